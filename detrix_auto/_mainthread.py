@@ -1,0 +1,92 @@
+"""Let the control thread import ``threading`` without stealing "main thread".
+
+Before Python 3.13, whichever thread first imports ``threading`` becomes its
+``main_thread()``. If that is our control thread, two things break in the
+host: interpreter exit waits forever for our (never-ending) thread, and
+``threading.current_thread() is threading.main_thread()`` turns false in the
+real main thread (asyncio's ``get_event_loop()`` then refuses to make a loop).
+
+Importing ``threading`` in the main thread at start-up would avoid this but
+costs about 4 ms, most of our start-up budget, for something the host nearly
+always does itself soon after (``logging`` and ``asyncio`` import it). So the
+control thread calls :func:`ensure_threading` on the first connection:
+
+1. If the main thread already imported ``threading``, nothing to do.
+2. Otherwise it asks the main thread, through ``Py_AddPendingCall`` (the
+   documented C API for running a call in the main thread at its next
+   bytecode boundary), to import it, and waits briefly.
+3. If the main thread is busy in C code (a long ``time.sleep()``), it imports
+   ``threading`` itself, takes its own thread out of the shutdown join, and
+   leaves the pending call to rebuild the real ``MainThread`` object in the
+   main thread as soon as it runs Python code again, the way
+   ``threading._after_fork`` rebuilds it after a fork.
+"""
+
+from __future__ import annotations
+
+import _thread
+import sys
+
+__all__ = ["ensure_threading"]
+
+_callbacks: list[object] = []  # keep ctypes callbacks alive
+
+
+def ensure_threading(wait: float = 0.25) -> None:
+    """Call from a thread started with ``_thread`` before anything imports ``threading``."""
+    if sys.version_info >= (3, 13) or "threading" in sys.modules:
+        return  # 3.13 asks the runtime which thread is main
+    done = _thread.allocate_lock()
+    done.acquire()
+    if _schedule_in_main(lambda: _repair_in_main(done)) and done.acquire(timeout=wait):
+        return
+    import threading
+
+    _demote_current_thread(threading)
+
+
+def _schedule_in_main(func: object) -> bool:
+    try:
+        import ctypes
+
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+        def trampoline(_arg: object) -> int:
+            try:
+                func()  # type: ignore[operator]
+            except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
+                pass
+            return 0
+
+        callback = callback_type(trampoline)
+        _callbacks.append(callback)
+        return bool(ctypes.pythonapi.Py_AddPendingCall(callback, None) == 0)
+    except Exception:  # noqa: BLE001 - no ctypes (some embedded builds): fall back
+        return False
+
+
+def _repair_in_main(done: _thread.LockType) -> None:
+    """Runs in the main thread: import threading, or fix who it thinks is main."""
+    try:
+        import threading
+
+        bogus = threading._main_thread  # type: ignore[attr-defined]
+        if bogus.ident != _thread.get_ident():
+            threading._main_thread = threading._MainThread()  # type: ignore[attr-defined]
+    finally:
+        done.release()
+
+
+def _demote_current_thread(threading: object) -> None:
+    """We imported threading off the main thread: do not be waited for at exit."""
+    current = threading.main_thread()  # type: ignore[attr-defined]
+    if current.ident != _thread.get_ident():
+        return
+    current._daemonic = True
+    current._name = "detrix-control"
+    lock = getattr(current, "_tstate_lock", None)
+    locks = getattr(threading, "_shutdown_locks", None)
+    guard = getattr(threading, "_shutdown_locks_lock", None)
+    if lock is not None and locks is not None and guard is not None:
+        with guard:
+            locks.discard(lock)

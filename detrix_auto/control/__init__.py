@@ -1,0 +1,1 @@
+"""The control plane every Detrix client serves (the OpenAPI file in spec/)."""

@@ -1,0 +1,149 @@
+"""Routing control-plane requests to the client, with auth and audit.
+
+``health``, ``status`` and ``info`` are answered inline on the I/O thread from
+the lock-free snapshot; ``wake`` and ``sleep`` are handed to a worker as a
+:class:`~detrix_auto.control.loop.Deferred` so that they never delay the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .. import _log
+from ..config import parse_url
+from ..errors import ConfigError, DaemonError, DetrixError
+from .auth import Caller, classify
+from .http import Request, error_response, json_response
+from .loop import Connection, Deferred
+
+__all__ = ["Router"]
+
+ROUTES: dict[str, str] = {
+    "/detrix/health": "GET",
+    "/detrix/status": "GET",
+    "/detrix/info": "GET",
+    "/detrix/wake": "POST",
+    "/detrix/sleep": "POST",
+}
+
+
+class Router:
+    def __init__(self, client: Any, token_source: Callable[[], str | None]) -> None:
+        self._client = client
+        self._token_source = token_source
+
+    def handle(self, request: Request, conn: Connection) -> bytes | Deferred:
+        keep = request.keep_alive
+        method = ROUTES.get(request.path)
+        if method is None:
+            return error_response(404, f"no such endpoint: {request.path[:100]}", keep_alive=keep)
+        if request.method != method:
+            return _with_allow(
+                error_response(405, f"{request.path} accepts {method} only", keep_alive=keep),
+                method,
+            )
+        if request.path == "/detrix/health":
+            return json_response(200, {"status": "ok", "service": "detrix-client"},
+                                 keep_alive=keep)
+        caller = self._caller(request, conn)
+        if not caller.authorized:
+            if request.path in ("/detrix/wake", "/detrix/sleep"):
+                self._audit(request.path, caller, "refused (unauthorized)")
+            message = "invalid token" if caller.token_bad else (
+                f"unauthorized: {caller.reason}; send Authorization: Bearer <token>"
+            )
+            return error_response(401, message, keep_alive=keep)
+        if request.path == "/detrix/status":
+            self._client.poke()
+            return json_response(200, self._client.status(), keep_alive=keep)
+        if request.path == "/detrix/info":
+            return json_response(200, self._client.info(), keep_alive=keep)
+        problem = _state_change_problem(request)
+        if problem is not None:
+            return error_response(problem[0], problem[1], keep_alive=keep)
+        if request.path == "/detrix/sleep":
+            return Deferred(lambda: self._sleep(caller, keep), keep)
+        try:
+            override = _wake_override(request.body)
+        except ConfigError as exc:
+            return error_response(400, str(exc), keep_alive=keep)
+        return Deferred(lambda: self._wake(caller, override, keep), keep)
+
+    def _caller(self, request: Request, conn: Connection) -> Caller:
+        try:
+            token = self._token_source()
+        except DetrixError:
+            token = None
+        return classify(
+            request, conn.peer, conn.local, token,
+            require_token=self._client.settings.require_token,
+            conn_cache=conn.auth_cache,
+        )
+
+    def _wake(self, caller: Caller, override: str | None, keep: bool) -> bytes:
+        try:
+            # The token goes to a caller-chosen daemon only if that caller
+            # proved it holds the token; a same-user local caller may point
+            # the client elsewhere, but then without the token.
+            result = self._client.wake(override, send_token=caller.token_ok)
+        except DaemonError as exc:
+            self._audit("/detrix/wake", caller, f"failed (503): {exc}")
+            return error_response(503, str(exc), keep_alive=keep)
+        except DetrixError as exc:
+            self._audit("/detrix/wake", caller, f"failed (500): {exc}")
+            return error_response(500, str(exc), keep_alive=keep)
+        self._audit("/detrix/wake", caller, f"{result['status']} port={result['debug_port']}"
+                    + (f" daemon={override}" if override else ""))
+        return json_response(200, result, keep_alive=keep)
+
+    def _sleep(self, caller: Caller, keep: bool) -> bytes:
+        try:
+            result = self._client.sleep()
+        except DetrixError as exc:
+            self._audit("/detrix/sleep", caller, f"failed: {exc}")
+            return error_response(500, str(exc), keep_alive=keep)
+        self._audit("/detrix/sleep", caller, result["status"])
+        return json_response(200, result, keep_alive=keep)
+
+    def _audit(self, path: str, caller: Caller, outcome: str) -> None:
+        uid = "?" if caller.uid is None else str(caller.uid)
+        _log.audit(
+            "%s peer=%s:%d uid=%s auth=%s outcome=%s",
+            path.rsplit("/", 1)[-1], caller.address, caller.port, uid, caller.how, outcome,
+        )
+
+
+def _state_change_problem(request: Request) -> tuple[int, str] | None:
+    """Only JSON or empty bodies: no HTML form or simple cross-site request can wake us."""
+    content_type = request.header("content-type")
+    if content_type is None:
+        if request.body.strip():
+            return 415, "a request body must be sent as Content-Type: application/json"
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        return 415, "Content-Type must be application/json"
+    return None
+
+
+def _wake_override(body: bytes) -> str | None:
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError("wake body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError("wake body must be a JSON object such as {\"daemon_url\": \"http://...\"}")
+    url = data.get("daemon_url")
+    if url is None:
+        return None
+    return parse_url(url, "daemon_url")
+
+
+def _with_allow(response: bytes, method: str) -> bytes:
+    head, sep, body = response.partition(b"\r\n\r\n")
+    return head + f"\r\nAllow: {method}".encode() + sep + body
+

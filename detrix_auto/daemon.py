@@ -1,0 +1,285 @@
+"""Talking to the Detrix daemon's HTTP API (CONTRACT.md section 2).
+
+:class:`DaemonClient` is the protocol the lifecycle depends on, so tests and
+users can substitute their own. :class:`HttpDaemonClient` implements it on
+urllib3 with one connection pool per daemon URL, a total time limit per call
+(connect plus read) and no automatic retries: the lifecycle decides what a
+failure means. Every failure becomes a :class:`DaemonError` whose message a
+person can act on; no urllib3, ``ssl`` or ``json`` exception escapes.
+
+This module imports urllib3 at import time; the lifecycle imports it only when
+a wake needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import urllib3
+from urllib3.exceptions import (
+    HTTPError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    SSLError,
+)
+from urllib3.exceptions import (
+    TimeoutError as Urllib3Timeout,
+)
+
+from .errors import DaemonError
+
+__all__ = ["DaemonClient", "HttpDaemonClient", "Registration", "client_for", "same_origin"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The body of ``POST /api/v1/connections``."""
+
+    host: str
+    port: int
+    name: str
+    workspace_root: str
+    hostname: str
+    pid: int | None = None
+    safe_mode: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "language": "python",
+            "name": self.name,
+            # The daemon refuses an empty workspaceRoot; "/" is the honest fallback.
+            "workspaceRoot": self.workspace_root or "/",
+            "hostname": self.hostname,
+        }
+        if self.pid is not None:
+            body["pid"] = self.pid
+        if self.safe_mode:
+            body["safeMode"] = True
+        return body
+
+
+class DaemonClient(Protocol):
+    """What the lifecycle needs from a daemon."""
+
+    url: str
+
+    def health(self, timeout: float) -> dict[str, Any]: ...
+
+    def register(self, registration: Registration, token: str | None, timeout: float) -> str: ...
+
+    def unregister(self, connection_id: str, token: str | None, timeout: float) -> None: ...
+
+    def connection(
+        self, connection_id: str, token: str | None, timeout: float
+    ) -> dict[str, Any] | None: ...
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Scheme, host and port equal: where a bearer token may be sent."""
+
+    def origin(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+    try:
+        return origin(a) == origin(b)
+    except ValueError:
+        return False
+
+
+class HttpDaemonClient:
+    """The daemon over HTTP(S), pooled, with a hard time limit per call."""
+
+    def __init__(self, url: str, *, verify_ssl: bool = True, ca_bundle: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        kwargs: dict[str, Any] = {"maxsize": 4, "retries": False, "block": False}
+        if self.url.startswith("https:"):
+            kwargs["cert_reqs"] = "CERT_REQUIRED" if verify_ssl else "CERT_NONE"
+            if ca_bundle:
+                kwargs["ca_certs"] = ca_bundle
+            if not verify_ssl:
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._pool = urllib3.PoolManager(num_pools=2, **kwargs)
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float,
+        token: str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> tuple[int, bytes]:
+        headers = {"Accept": "application/json", "User-Agent": "detrix-auto"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = self.url + path
+        try:
+            response = self._pool.request(
+                method,
+                url,
+                body=data,
+                headers=headers,
+                timeout=urllib3.Timeout(total=timeout),
+                redirect=False,
+                preload_content=True,
+            )
+        except (SSLError, MaxRetryError, NewConnectionError, Urllib3Timeout, ProtocolError) as exc:
+            raise DaemonError(self._explain(exc, timeout)) from None
+        except HTTPError as exc:
+            raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
+        return response.status, response.data or b""
+
+    def _explain(self, exc: Exception, timeout: float) -> str:
+        reason = getattr(exc, "reason", None) or exc
+        text = str(reason)
+        if isinstance(reason, SSLError) or "SSL" in type(reason).__name__ or "CERTIFICATE" in text:
+            return (
+                f"TLS to the daemon at {self.url} failed ({_short(text)}); point DETRIX_CA_BUNDLE "
+                "at the CA that signed its certificate, or use http:// on loopback"
+            )
+        # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+        if "refused" in text.lower():
+            return (
+                f"daemon not reachable at {self.url} (connection refused); start it with "
+                "`detrix serve` or set DETRIX_DAEMON_URL"
+            )
+        if isinstance(reason, Urllib3Timeout) or "timed out" in text.lower():
+            return (
+                f"daemon at {self.url} did not answer within {timeout:g}s; check it is healthy "
+                "or raise the DETRIX_*_TIMEOUT setting"
+            )
+        if isinstance(reason, NewConnectionError):
+            return f"daemon not reachable at {self.url} ({_short(text)}); check DETRIX_DAEMON_URL"
+        if isinstance(reason, ProtocolError):
+            return f"daemon at {self.url} closed the connection mid-reply ({_short(text)})"
+        return f"daemon not reachable at {self.url} ({_short(text)})"
+
+    def _json(self, status: int, data: bytes, what: str) -> Any:
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise DaemonError(
+                f"daemon at {self.url} answered {what} with HTTP {status} and a body that is not "
+                f"JSON ({_short(data.decode('utf-8', 'replace')) or 'empty'}); is "
+                "DETRIX_DAEMON_URL pointing at a Detrix daemon?",
+                status=status,
+            ) from None
+
+    def _failure(self, status: int, data: bytes, what: str) -> DaemonError:
+        detail = ""
+        try:
+            parsed = json.loads(data.decode("utf-8")) if data else None
+            if isinstance(parsed, dict):
+                detail = str(parsed.get("error") or parsed.get("message") or "")
+        except (UnicodeDecodeError, ValueError):
+            detail = data.decode("utf-8", "replace")
+        detail = _short(detail)
+        if status == 401:
+            hint = "the daemon wants a token: set DETRIX_TOKEN or check ~/detrix/mcp-token"
+        elif status == 429:
+            hint = "the daemon is rate-limiting; try again shortly"
+        elif status == 404:
+            hint = "is DETRIX_DAEMON_URL pointing at a Detrix daemon (with the right path)?"
+        else:
+            hint = ""
+        parts = [f"daemon at {self.url} refused {what} (HTTP {status}"]
+        parts.append(f": {detail})" if detail else ")")
+        if hint:
+            parts.append(f"; {hint}")
+        return DaemonError("".join(parts), status=status)
+
+    # -- API --------------------------------------------------------------
+
+    def health(self, timeout: float) -> dict[str, Any]:
+        status, data = self._request("GET", "/health", timeout=timeout)
+        if status != 200:
+            raise self._failure(status, data, "the health check")
+        body = self._json(status, data, "the health check")
+        if not isinstance(body, dict) or body.get("service") != "detrix":
+            raise DaemonError(
+                f"{self.url} answered the health check but is not a Detrix daemon "
+                "(no \"service\": \"detrix\"); check DETRIX_DAEMON_URL",
+                status=status,
+            )
+        return body
+
+    def register(self, registration: Registration, token: str | None, timeout: float) -> str:
+        status, data = self._request(
+            "POST", "/api/v1/connections", timeout=timeout, token=token,
+            body=registration.to_json(),
+        )
+        if status not in (200, 201):
+            raise self._failure(status, data, "the registration")
+        body = self._json(status, data, "the registration")
+        connection_id = body.get("connectionId") if isinstance(body, dict) else None
+        if not isinstance(connection_id, str) or not connection_id:
+            raise DaemonError(
+                f"daemon at {self.url} accepted the registration but sent no connectionId",
+                status=status,
+            )
+        return connection_id
+
+    def unregister(self, connection_id: str, token: str | None, timeout: float) -> None:
+        path = "/api/v1/connections/" + quote(connection_id, safe="")
+        status, data = self._request("DELETE", path, timeout=timeout, token=token)
+        if status in (200, 202, 204, 404):
+            return  # 404: already gone, which is what we wanted
+        raise self._failure(status, data, "the unregistration")
+
+    def connection(
+        self, connection_id: str, token: str | None, timeout: float
+    ) -> dict[str, Any] | None:
+        path = "/api/v1/connections/" + quote(connection_id, safe="")
+        status, data = self._request("GET", path, timeout=timeout, token=token)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._failure(status, data, "the connection read-back")
+        body = self._json(status, data, "the connection read-back")
+        if not isinstance(body, dict):
+            raise DaemonError(f"daemon at {self.url} sent a connection that is not an object")
+        inner = body.get("connection")
+        return inner if isinstance(inner, dict) else body
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_clients: dict[tuple[str, bool, str | None], HttpDaemonClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(
+    url: str, *, verify_ssl: bool = True, ca_bundle: str | None = None
+) -> HttpDaemonClient:
+    """One pooled client per daemon URL and TLS setting, shared by every caller."""
+    key = (url.rstrip("/"), verify_ssl, ca_bundle)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = HttpDaemonClient(url, verify_ssl=verify_ssl, ca_bundle=ca_bundle)
+            _clients[key] = client
+        return client
