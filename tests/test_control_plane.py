@@ -1,0 +1,216 @@
+"""The control plane in this process: routes, errors, limits, keep-alive, concurrency.
+
+No wake happens here (debugpy would then trace the whole test run); waking is
+covered by the subprocess tests.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+import detrix_auto
+from detrix_auto import DetrixError
+from detrix_auto.control import loop as control_loop
+
+
+@pytest.fixture
+def plane(home):
+    detrix_auto.init(detrix_home=str(home), name="plane", daemon_url="http://127.0.0.1:9")
+    status = detrix_auto.status()
+    yield status["control_host"], status["control_port"]
+    detrix_auto.shutdown()
+
+
+def _raw(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _split(response: bytes) -> tuple[int, dict[str, str], object]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
+
+
+def test_api_before_init_is_a_clear_error():
+    for call in (detrix_auto.wake, detrix_auto.sleep, detrix_auto.status):
+        with pytest.raises(DetrixError, match="init"):
+            call()
+
+
+def test_init_twice_is_refused(plane, home):
+    with pytest.raises(DetrixError, match="already initialised"):
+        detrix_auto.init(detrix_home=str(home))
+
+
+def test_health_status_info(plane):
+    _, port = plane
+    code, headers, body = _split(_raw(port, b"GET /detrix/health HTTP/1.1\r\nHost: x\r\n"
+                                            b"Connection: close\r\n\r\n"))
+    assert (code, body) == (200, {"status": "ok", "service": "detrix-client"})
+    assert headers["Content-Type"] == "application/json"
+    code, _, body = _split(_raw(port, b"GET /detrix/status HTTP/1.0\r\n\r\n"))
+    assert code == 200
+    assert body["state"] == "sleeping" and body["name"].startswith("plane-")
+    assert body["control_port"] == port and body["connection_id"] is None
+    code, _, body = _split(_raw(port, b"GET /detrix/info HTTP/1.0\r\n\r\n"))
+    assert code == 200 and set(body) == {"name", "pid", "python_version", "python_executable"}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /nope HTTP/1.0\r\n\r\n", 404),
+        (b"POST /detrix/status HTTP/1.0\r\n\r\n", 405),
+        (b"GET /detrix/wake HTTP/1.0\r\n\r\n", 405),
+        (b"BREW /detrix/health HTTP/1.0\r\n\r\n", 405),
+        (b"GET /detrix/health HTTP/9.9\r\n\r\n", 400),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),  # a TLS hello
+        (b"POST /detrix/wake HTTP/1.0\r\nContent-Length: 999999\r\n\r\n", 413),
+        (b"POST /detrix/wake HTTP/1.0\r\nContent-Type: application/json\r\n"
+         b"Content-Length: 5\r\n\r\n{nope", 400),
+        (b"POST /detrix/wake HTTP/1.0\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 2\r\n\r\n{}", 415),
+        (b"POST /detrix/wake HTTP/1.0\r\nContent-Type: application/json\r\n"
+         b"Content-Length: 25\r\n\r\n{\"daemon_url\": \"ftp://x\"}", 400),
+    ],
+)
+def test_every_failure_is_a_json_error(plane, request_bytes, status):
+    _, port = plane
+    code, headers, body = _split(_raw(port, request_bytes))
+    assert code == status
+    assert headers["Content-Type"] == "application/json"
+    assert isinstance(body, dict) and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in body["error"]
+    if status == 405:
+        assert "Allow" in headers
+
+
+def test_keep_alive_and_pipelining(plane):
+    _, port = plane
+    one = b"GET /detrix/health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    last = b"GET /detrix/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    data = _raw(port, one * 5 + last)
+    assert data.count(b"HTTP/1.1 200 OK") == 6
+
+
+def test_an_idle_connection_does_not_hold_the_control_plane(plane):
+    _, port = plane
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    partial = socket.create_connection(("127.0.0.1", port))
+    partial.sendall(b"GET /detrix/status HTTP/1.1\r\nHost: loc")  # and then nothing
+    try:
+        start = time.perf_counter()
+        code, _, _ = _split(_raw(port, b"GET /detrix/status HTTP/1.0\r\n\r\n"))
+        assert code == 200
+        assert time.perf_counter() - start < 1.0
+    finally:
+        for s in [*idle, partial]:
+            s.close()
+
+
+def test_a_slow_client_gets_408(plane, monkeypatch):
+    _, port = plane
+    monkeypatch.setattr(control_loop, "REQUEST_TIMEOUT", 0.5)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /detrix/status HTTP/1.1\r\n")
+        time.sleep(0.1)
+        s.sendall(b"Host: localhost\r\n")  # ... and never finishes
+        data = s.recv(65536)
+    assert _split(data)[0] == 408
+
+
+def test_many_concurrent_connections_are_all_served(plane):
+    _, port = plane
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        code = _split(_raw(port, b"GET /detrix/status HTTP/1.0\r\n\r\n", timeout=15))[0]
+        with lock:
+            results.append(code)
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.count(200) == 200
+
+
+def test_ipv6_bind(home):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    detrix_auto.init(detrix_home=str(home), control_host="::1")
+    try:
+        port = detrix_auto.status()["control_port"]
+        code, _, body = _split(_raw(port, b"GET /detrix/status HTTP/1.1\r\nHost: [::1]\r\n"
+                                          b"Connection: close\r\n\r\n", host="::1"))
+        assert code == 200 and body["control_host"] == "::1"
+    finally:
+        detrix_auto.shutdown()
+
+
+def test_port_already_taken_is_a_control_plane_error(home):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(detrix_auto.ControlPlaneError, match="DETRIX_CONTROL_PORT"):
+            detrix_auto.init(detrix_home=str(home), control_port=port)
+    assert not _runtime_started()
+
+
+def _runtime_started() -> bool:
+    from detrix_auto import _runtime
+
+    return _runtime.is_started()
+
+
+def test_discovery_record_is_private_and_removed_on_shutdown(home):
+    detrix_auto.init(detrix_home=str(home))
+    import os
+
+    record = home / "clients" / f"{os.getpid()}.json"
+    try:
+        assert record.exists()
+        assert (record.stat().st_mode & 0o777) == 0o600
+        assert ((home / "clients").stat().st_mode & 0o777) == 0o700
+        data = json.loads(record.read_text())
+        assert data["control_port"] == detrix_auto.status()["control_port"]
+    finally:
+        detrix_auto.shutdown()
+    assert not record.exists()
+
+
+def test_shutdown_then_init_again(home):
+    detrix_auto.init(detrix_home=str(home))
+    first = detrix_auto.status()["control_port"]
+    detrix_auto.shutdown()
+    with pytest.raises(DetrixError):
+        detrix_auto.status()
+    detrix_auto.init(detrix_home=str(home))
+    try:
+        assert detrix_auto.status()["control_port"] > 0
+    finally:
+        detrix_auto.shutdown()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", first), timeout=1).close()
