@@ -132,7 +132,7 @@ class FaultDaemon:
             if headers.get(key):
                 request.add_header(key, headers[key])
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=30) as response:
                 return (response.status, response.read(),
                         response.headers.get("Content-Type", "application/json"))
         except urllib.error.HTTPError as exc:

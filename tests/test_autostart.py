@@ -41,8 +41,9 @@ PROBE = textwrap.dedent(
         "loaded": sorted(m for m in sys.modules if m.startswith("detrix_auto")),
         "threads": threading.active_count(),
         "listening": listening_sockets(),
-        "heavy": [m for m in ("urllib3", "debugpy", "logging", "socket", "selectors", "detrix_auto.lifecycle",
-                              "detrix_auto.control.loop") if m in sys.modules],
+        "heavy": [m for m in ("urllib3", "debugpy", "logging", "socket", "selectors",
+                              "detrix_auto.lifecycle", "detrix_auto.control.loop")
+                  if m in sys.modules],
     }))
     sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     """
@@ -51,8 +52,10 @@ PROBE = textwrap.dedent(
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
 
-def run_probe(tmp_path: Path, home: Path, *flags: str, exit_code: int = 0,
-              python: str | None = None, **env: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+def run_probe(
+    tmp_path: Path, home: Path, *flags: str, exit_code: int = 0, python: str | None = None,
+    **env: str,
+) -> tuple[subprocess.CompletedProcess[str], dict]:
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     proc = subprocess.run(
@@ -228,7 +231,9 @@ def test_sitecustomize_shim_chains_to_the_next_one(tmp_path, home):
     shim = Path(__file__).resolve().parent.parent / "sitecustomize_shim"
     other = tmp_path / "other"
     other.mkdir()
-    (other / "sitecustomize.py").write_text("import os; os.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n")
+    (other / "sitecustomize.py").write_text(
+        "import os; os.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n"
+    )
     script = tmp_path / "s.py"
     script.write_text(
         "import os, sys; print(os.environ.get('OTHER_SITECUSTOMIZE'), "
