@@ -368,8 +368,8 @@ def resolve(
     """Build :class:`Settings`; the first bad value raises :class:`ConfigError`.
 
     ``options`` are explicit arguments: a key that is present wins, whatever
-    its value, except ``None``, which is Python's "not given". ``environ`` defaults to ``os.environ``; empty variables count as
-    unset, as in most tools.
+    its value, except ``None``, which is Python's "not given". ``environ``
+    defaults to ``os.environ``; empty variables count as unset.
     """
     options = dict(options or {})
     env = os.environ if environ is None else environ

@@ -98,6 +98,8 @@ class Client:
         self._keeper: threading.Thread | None = None
         self._keeper_event = threading.Event()
         self._closed = False
+        self._generation = 0
+        self._last_liveness = 0.0
         self.control: Any = None  # the control server, set by the runtime
 
     # -- reads ------------------------------------------------------------
@@ -214,6 +216,9 @@ class Client:
             raise DebuggerError(f"wake failed unexpectedly: {type(exc).__name__}: {exc}") from None
         self._pending_cleanup = [p for p in self._pending_cleanup if p[1] != connection_id]
         self._daemon, self._token = daemon, token
+        # The daemon's ids are deterministic, so a re-registration reuses the
+        # id: the generation tells one registration from the next.
+        self._generation += 1
         snap = self.cell.update(state=State.AWAKE, connection_id=connection_id, last_error=None)
         return self._wake_result("awake", snap)
 
@@ -245,8 +250,10 @@ class Client:
     def sleep(self) -> dict[str, Any]:
         """Unregister (best effort, bounded by the unregister timeout) and sleep."""
         self._check_open()
-        self._want_awake = False
         with self._op_lock:
+            # Under the lock: a wake that finishes while we wait for it must
+            # not leave the keeper believing we still want to be awake.
+            self._want_awake = False
             return self._sleep_locked()
 
     def _sleep_locked(self) -> dict[str, Any]:
@@ -276,8 +283,8 @@ class Client:
         self._ensure_keeper()
 
     def poke(self) -> None:
-        """Ask the keeper for a liveness check soon; never blocks."""
-        if self._keeper is not None:
+        """Ask the keeper for a liveness check soon (at most once a second); never blocks."""
+        if self._keeper is not None and time.monotonic() - self._last_liveness >= 1.0:
             self._keeper_event.set()
 
     def shutdown(self, *, at_exit: bool = False) -> None:
@@ -359,7 +366,8 @@ class Client:
 
     def _check_liveness(self) -> None:
         """Is our connection still attached on the daemon's side?"""
-        daemon, token = self._daemon, self._token
+        self._last_liveness = time.monotonic()
+        daemon, token, generation = self._daemon, self._token, self._generation
         cid = self.cell.current.connection_id
         if daemon is None or cid is None:
             return
@@ -373,7 +381,10 @@ class Client:
                 return
             lost = "the daemon no longer holds this connection (restarted or dropped it)"
         with self._op_lock:
-            if self.cell.current.connection_id != cid or not self._want_awake:
+            snap = self.cell.current
+            if generation != self._generation or snap.state is not State.AWAKE:
+                return  # slept or re-registered meanwhile: that answer is stale
+            if not self._want_awake:
                 return
             self._daemon = self._token = None
             self.cell.update(state=State.WAKING, connection_id=None, last_error=lost)

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 #: A small untouched application: a loop whose line 7 changes ``value``.
+#: A logpoint runs before its line, so line 8 sees ``value == counter * 10``.
 SAMPLE_APP = textwrap.dedent(
     """\
     import sys, time
@@ -41,7 +42,7 @@ SAMPLE_APP = textwrap.dedent(
     print("app finished", counter > 0, flush=True)
     """
 )
-SAMPLE_LINE = 7  # `value = counter * 10`
+SAMPLE_LINE = 8  # `time.sleep(0.02)`, just after `value = counter * 10`
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
