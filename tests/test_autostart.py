@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, http_json, wait_for_record, wait_until
+from support import clean_env, http_json, wait_for_record, wait_until
 
 PROBE = textwrap.dedent(
     """\

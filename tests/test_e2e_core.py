@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import SAMPLE_LINE, wait_until
+from support import SAMPLE_LINE, wait_until
 from doubles import Fault, FaultDaemon
 
 from detrix_auto.devdaemon import MetricSpec

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, http_json, wait_until
+from support import clean_env, http_json, wait_until
 
 from detrix_auto.discovery import iter_records
 

@@ -1,0 +1,143 @@
+"""Shared test helpers: instrumented apps as real subprocesses, HTTP, waiting.
+
+Import these from ``support`` (not from ``conftest``: several test folders have
+a conftest of their own, and ``from conftest import`` then finds the wrong one).
+
+Every test that wakes a client runs that client in its own subprocess started
+with ``DETRIX_ENABLE=1`` (debugpy listens once per process, and the hook is
+what we ship). The daemon is :class:`detrix_auto.devdaemon.DevDaemon`, which
+speaks the daemon's HTTP API and runs the DAP sequence of CONTRACT.md section 3
+against the app's real debugpy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+#: A small untouched application: a loop whose line 7 changes ``value``.
+#: A logpoint runs before its line, so line 8 sees ``value == counter * 10``.
+SAMPLE_APP = textwrap.dedent(
+    """\
+    import sys, time
+    print("app started", flush=True)
+    deadline = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 60)
+    counter = 0
+    while time.time() < deadline:
+        counter += 1
+        value = counter * 10
+        time.sleep(0.02)
+    print("app finished", counter > 0, flush=True)
+    """
+)
+SAMPLE_LINE = 8  # `time.sleep(0.02)`, just after `value = counter * 10`
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The test process's environment without any DETRIX_* leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
+    env.pop("PYTHONPATH", None)
+    env["DETRIX_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class App:
+    """A running instrumented subprocess and how to reach its control plane."""
+
+    proc: subprocess.Popen[str]
+    home: Path
+    script: Path
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return str(self.record["control_url"])
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+        return http_json(self.url, method, path, body, headers=headers, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.request("GET", "/detrix/status")
+        assert code == 200, body
+        return body
+
+    def stop(self) -> tuple[str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return out, err
+
+
+def http_json(base: str, method: str, path: str, body: Any = None, *,
+              headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """One request with the stdlib client; returns (status, parsed JSON or raw text)."""
+    host_port = base.split("://", 1)[1].rstrip("/")
+    conn = http.client.HTTPConnection(host_port, timeout=timeout)
+    data = None
+    hdrs = dict(headers or {})
+    if body is not None:
+        data = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(raw) if raw else None
+    except ValueError:
+        return response.status, raw.decode("utf-8", "replace")
+
+
+def wait_for_record(home: Path, pid: int, proc: subprocess.Popen[str] | None = None,
+                    timeout: float = 20.0) -> dict[str, Any]:
+    """Poll for the discovery record the hook writes once the control plane listens."""
+    path = home / "clients" / f"{pid}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                return dict(json.loads(path.read_text()))
+            except ValueError:
+                pass  # being renamed into place
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"app exited {proc.returncode} before listening: {out}\n{err}")
+        time.sleep(0.02)
+    raise AssertionError(f"no discovery record for pid {pid} under {home}")
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
