@@ -9,8 +9,11 @@ holds, because each alone is bypassable (SECURITY.md has the threat model):
 * the ``Host`` header, when present, names loopback: DNS rebinding makes a
   browser send ``Host: attacker.example`` to 127.0.0.1;
 * no ``Origin`` or ``Sec-Fetch-*`` header: a browser sent it (CSRF);
-* on Linux, the peer socket belongs to our own uid or to root, read from
-  ``/proc/net/tcp{,6}``: another local user is not us.
+* on Linux, the peer socket belongs to our own uid or to root, asked of the
+  kernel (``sock_diag``, else ``/proc/net/tcp{,6}``): another local user is
+  not us. A socket its owner has already closed is reported with uid 0 and
+  inode 0 (the kernel forgets the owner), so it proves nothing and is never
+  taken for root.
 
 Everyone else needs ``Authorization: Bearer <token>``, compared in constant
 time. ``DETRIX_REQUIRE_TOKEN=1`` makes the token mandatory for every caller.
@@ -18,9 +21,11 @@ time. ``DETRIX_REQUIRE_TOKEN=1`` makes the token mandatory for every caller.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +36,15 @@ from .http import Request
 __all__ = ["Caller", "classify", "peer_uid"]
 
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-                 "x-real-ip", "via")
-BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest")
+                 "x-real-ip", "via", "forwarded-for", "x-forwarded", "x-client-ip",
+                 "x-cluster-client-ip", "client-ip", "true-client-ip", "cf-connecting-ip",
+                 "fastly-client-ip", "x-original-forwarded-for", "x-proxyuser-ip")
+#: Any header starting with one of these also marks a proxy (``X-Forwarded-Port``...).
+PROXY_PREFIXES = ("x-forwarded-",)
+BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest",
+                   "sec-fetch-user")
+#: Any header starting with one of these was written by a browser.
+BROWSER_PREFIXES = ("sec-fetch-",)
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,11 @@ def classify(
         reason = "this process requires a token from every caller (DETRIX_REQUIRE_TOKEN)"
     elif not is_loopback(address):
         reason = "remote callers need a token"
-    elif any(request.header(h) is not None for h in PROXY_HEADERS):
+    elif _has_any(request, PROXY_HEADERS, PROXY_PREFIXES):
         reason = "proxied requests need a token"
     elif not _host_is_loopback(request.header("host")):
         reason = "the Host header does not name this machine's loopback"
-    elif any(request.header(h) is not None for h in BROWSER_HEADERS):
+    elif _has_any(request, BROWSER_HEADERS, BROWSER_PREFIXES):
         reason = "browser requests need a token"
     else:
         cache = conn_cache if conn_cache is not None else {}
@@ -97,6 +109,11 @@ def classify(
                 reason = f"local callers of another user (uid {uid}) need a token"
     return Caller(address=address, port=port, uid=uid, token_ok=token_ok, token_bad=token_bad,
                   local=not reason, reason=reason)
+
+
+def _has_any(request: Request, names: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
+    headers = request.headers  # keys are lower case
+    return any(n in headers for n in names) or any(k.startswith(prefixes) for k in headers)
 
 
 def _peer_address(peer: Any) -> tuple[str, int]:
@@ -136,14 +153,88 @@ def _proc_address(address: str, port: int, v6: bool) -> str:
 def peer_uid(peer: Any, local_addr: Any) -> int | None:
     """The uid owning the other end of a loopback TCP connection (Linux only).
 
-    The peer's socket is listed with our address as its remote end; the
-    ``uid`` column is its owner. Returns None when it cannot be found.
+    The kernel is asked for exactly one socket, the one whose local end is the
+    peer's address and whose remote end is ours (``sock_diag`` over netlink,
+    what ``ss`` uses: a hash lookup, however many sockets the host has). Where
+    netlink is unavailable, ``/proc/net/tcp{,6}`` is read instead.
+
+    Returns None when the socket cannot be found, and when it has no inode:
+    the peer closed it already (an orphaned or TIME_WAIT socket), and the
+    kernel then reports uid 0 whoever owned it, which must not pass for
+    root. A client that waits for its answer always has a live socket.
     """
     if not sys.platform.startswith("linux"):
         return None
     try:
         peer_host, peer_port = _peer_address(peer)
         our_host, our_port = _peer_address(local_addr)
+        owner = _diag_owner(peer_host, peer_port, our_host, our_port)
+    except _Unavailable:
+        owner = _proc_owner(peer_host, peer_port, our_host, our_port)
+    except (OSError, ValueError, TypeError, struct.error):
+        return None
+    if owner is None:
+        return None
+    uid, inode = owner
+    return uid if inode else None
+
+
+class _Unavailable(Exception):
+    """This kernel or sandbox does not answer sock_diag requests."""
+
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_NO_COOKIE = 0xFFFFFFFF
+
+
+def _packed(host: str, v6: bool) -> bytes:
+    if v6:
+        return socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+    return socket.inet_aton(host) + bytes(12)
+
+
+def _diag_owner(peer_host: str, peer_port: int, our_host: str,
+                our_port: int) -> tuple[int, int] | None:
+    """(uid, inode) of the socket ``peer_host:peer_port`` -> ``our_host:our_port``."""
+    v6 = ":" in peer_host
+    # struct inet_diag_req_v2 with an exact struct inet_diag_sockid (see linux/inet_diag.h).
+    sockid = (struct.pack("!HH", peer_port, our_port) + _packed(peer_host, v6)
+              + _packed(our_host, v6) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE))
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    message = struct.pack("=IHHII", 16 + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+    try:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    except (OSError, AttributeError):
+        raise _Unavailable from None
+    try:
+        nl.settimeout(1.0)
+        nl.sendto(message + body, (0, 0))
+        reply = nl.recv(8192)
+    except OSError:
+        raise _Unavailable from None
+    finally:
+        nl.close()
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind == _NLMSG_ERROR:
+        (error,) = struct.unpack_from("=i", reply, 16)
+        if error in (-errno.ENOENT, 0):
+            return None  # no such socket (any more)
+        raise _Unavailable  # EPERM, EINVAL...: let /proc decide
+    if kind != _SOCK_DIAG_BY_FAMILY or length < 16 + 72:
+        return None
+    # struct inet_diag_msg: 4 bytes, the sockid (48), expires, rqueue, wqueue, uid, inode.
+    uid, inode = struct.unpack_from("=II", reply, 16 + 4 + 48 + 12)
+    return uid, inode
+
+
+def _proc_owner(peer_host: str, peer_port: int, our_host: str,
+                our_port: int) -> tuple[int, int] | None:
+    """The same from ``/proc/net/tcp{,6}``: the peer socket's uid and inode columns."""
+    try:
         candidates: list[tuple[str, str, str]] = []
         for table, v6 in (("/proc/net/tcp6", True), ("/proc/net/tcp", False)):
             hosts = [(peer_host, our_host)]
@@ -156,13 +247,18 @@ def peer_uid(peer: Any, local_addr: Any) -> int | None:
     except (OSError, ValueError):
         return None
     for table, want_local, want_remote in candidates:
+        needle = f": {want_local} {want_remote} ".encode()
         try:
-            with open(table, encoding="ascii", errors="replace") as handle:
-                next(handle, None)
-                for line in handle:
-                    fields = line.split()
-                    if len(fields) > 7 and fields[1] == want_local and fields[2] == want_remote:
-                        return int(fields[7])
-        except (OSError, ValueError):
+            with open(table, "rb") as handle:
+                data = handle.read()
+        except OSError:
             continue
+        at = data.find(needle)
+        if at < 0:
+            continue
+        fields = data[at : data.find(b"\n", at)].split()
+        try:
+            return int(fields[7]), int(fields[9])  # fields[0] is the ":" after "sl"
+        except (IndexError, ValueError):
+            return None
     return None

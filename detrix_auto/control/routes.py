@@ -14,6 +14,7 @@ from typing import Any
 from .. import _log
 from ..config import parse_url
 from ..errors import ConfigError, DaemonError, DetrixError
+from ..token import TokenFileError
 from .auth import Caller, classify
 from .http import Request, error_response, json_response
 from .loop import Connection, Deferred
@@ -33,16 +34,30 @@ class Router:
     def __init__(self, client: Any, token_source: Callable[[], str | None]) -> None:
         self._client = client
         self._token_source = token_source
+        self._token_problem = ""
+        # The token last loaded, only to scrub it from what we answer and log:
+        # a daemon that echoes our Authorization header in an error body must
+        # not get it into a 503 message, the status or an audit line.
+        self._secret: str | None = None
 
     def handle(self, request: Request, conn: Connection) -> bytes | Deferred:
+        if request.method == "HEAD":
+            # Answered like GET but without a body (RFC 9110), so that a
+            # keep-alive client never reads a body it did not ask for.
+            outcome = self._handle(request, conn, "GET")
+            return outcome if isinstance(outcome, Deferred) else _head_only(outcome)
+        return self._handle(request, conn, request.method)
+
+    def _handle(self, request: Request, conn: Connection, verb: str) -> bytes | Deferred:
         keep = request.keep_alive
         method = ROUTES.get(request.path)
         if method is None:
             return error_response(404, f"no such endpoint: {request.path[:100]}", keep_alive=keep)
-        if request.method != method:
+        if verb != method:
+            allow = "GET, HEAD" if method == "GET" else method
             return _with_allow(
-                error_response(405, f"{request.path} accepts {method} only", keep_alive=keep),
-                method,
+                error_response(405, f"{request.path} accepts {allow} only", keep_alive=keep),
+                allow,
             )
         if request.path == "/detrix/health":
             return json_response(200, {"status": "ok", "service": "detrix-client"},
@@ -57,7 +72,9 @@ class Router:
             return error_response(401, message, keep_alive=keep)
         if request.path == "/detrix/status":
             self._client.poke()
-            return json_response(200, self._client.status(), keep_alive=keep)
+            status = {k: self._scrub(v) if isinstance(v, str) else v
+                      for k, v in self._client.status().items()}
+            return json_response(200, status, keep_alive=keep)
         if request.path == "/detrix/info":
             return json_response(200, self._client.info(), keep_alive=keep)
         problem = _state_change_problem(request)
@@ -74,8 +91,16 @@ class Router:
     def _caller(self, request: Request, conn: Connection) -> Caller:
         try:
             token = self._token_source()
+        except TokenFileError as exc:
+            # Fail closed (nobody authenticates with that file), and say why
+            # once on stderr: the 401 a caller sees must not describe our files.
+            token = None
+            if str(exc) != self._token_problem:
+                self._token_problem = str(exc)
+                _log.warn(str(exc))
         except DetrixError:
             token = None
+        self._secret = token
         return classify(
             request, conn.peer, conn.local, token,
             require_token=self._client.settings.require_token,
@@ -90,10 +115,10 @@ class Router:
             result = self._client.wake(override, send_token=caller.token_ok)
         except DaemonError as exc:
             self._audit("/detrix/wake", caller, f"failed (503): {exc}")
-            return error_response(503, str(exc), keep_alive=keep)
+            return error_response(503, self._scrub(str(exc)), keep_alive=keep)
         except DetrixError as exc:
             self._audit("/detrix/wake", caller, f"failed (500): {exc}")
-            return error_response(500, str(exc), keep_alive=keep)
+            return error_response(500, self._scrub(str(exc)), keep_alive=keep)
         self._audit("/detrix/wake", caller, f"{result['status']} port={result['debug_port']}"
                     + (f" daemon={override}" if override else ""))
         return json_response(200, result, keep_alive=keep)
@@ -103,15 +128,20 @@ class Router:
             result = self._client.sleep()
         except DetrixError as exc:
             self._audit("/detrix/sleep", caller, f"failed: {exc}")
-            return error_response(500, str(exc), keep_alive=keep)
+            return error_response(500, self._scrub(str(exc)), keep_alive=keep)
         self._audit("/detrix/sleep", caller, result["status"])
         return json_response(200, result, keep_alive=keep)
+
+    def _scrub(self, text: str) -> str:
+        secret = self._secret
+        return text.replace(secret, "<token>") if secret and secret in text else text
 
     def _audit(self, path: str, caller: Caller, outcome: str) -> None:
         uid = "?" if caller.uid is None else str(caller.uid)
         _log.audit(
             "%s peer=%s:%d uid=%s auth=%s outcome=%s",
-            path.rsplit("/", 1)[-1], caller.address, caller.port, uid, caller.how, outcome,
+            path.rsplit("/", 1)[-1], caller.address, caller.port, uid, caller.how,
+            self._scrub(outcome),
         )
 
 
@@ -135,12 +165,19 @@ def _wake_override(body: bytes) -> str | None:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ConfigError("wake body is not valid JSON") from None
+    except RecursionError:  # deeply nested arrays or objects
+        raise ConfigError("wake body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError("wake body must be a JSON object such as {\"daemon_url\": \"http://...\"}")
     url = data.get("daemon_url")
     if url is None:
         return None
     return parse_url(url, "daemon_url")
+
+
+def _head_only(response: bytes) -> bytes:
+    head, sep, _ = response.partition(b"\r\n\r\n")
+    return head + sep
 
 
 def _with_allow(response: bytes, method: str) -> bytes:
