@@ -214,3 +214,28 @@ def test_shutdown_then_init_again(home):
         detrix_auto.shutdown()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", first), timeout=1).close()
+
+
+def test_a_half_closed_client_still_gets_its_wake_answer(plane):
+    """`nc -N` style: send the request, shut down writing, read the answer."""
+    _, port = plane
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /detrix/wake HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    code, _, body = _split(data)
+    assert code == 503 and "daemon not reachable" in body["error"]
+
+
+def test_a_backlog_behind_a_running_wake_is_bounded(plane):
+    _, port = plane
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /detrix/wake HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        try:
+            for _ in range(64):
+                s.sendall(b"x" * 65536)
+        except OSError:
+            pass  # dropped: what we want
+    assert _split(_raw(port, b"GET /detrix/health HTTP/1.0\r\n\r\n"))[0] == 200

@@ -22,7 +22,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .http import HttpError, Request, error_response, parse_request
+from .http import (
+    MAX_BODY,
+    MAX_HEADER_BYTES,
+    MAX_REQUEST_LINE,
+    HttpError,
+    Request,
+    error_response,
+    parse_request,
+)
 
 __all__ = ["Connection", "EventLoop"]
 
@@ -35,6 +43,8 @@ MAX_CONNECTIONS = 512
 #: Worker threads for slow requests (wake/sleep); they are serialised anyway.
 MAX_WORKERS = 4
 RECV_SIZE = 65536
+#: Bytes a client may queue behind a request that is still being handled.
+MAX_PIPELINED = MAX_REQUEST_LINE + MAX_HEADER_BYTES + MAX_BODY
 
 
 class Connection:
@@ -206,6 +216,10 @@ class EventLoop:
         if not conn.inbuf:
             conn.deadline = time.monotonic() + REQUEST_TIMEOUT
         conn.inbuf += data
+        if conn.busy and len(conn.inbuf) > MAX_PIPELINED:
+            # Pipelining while a wake runs is fine; an unbounded backlog is not.
+            self._drop(conn)
+            return
         self._process(conn)
 
     def _process(self, conn: Connection) -> None:
@@ -352,10 +366,9 @@ class EventLoop:
             conn.busy = False
             if conn.sock.fileno() < 0:
                 continue
-            if conn.peer_closed:
-                self._drop(conn)
-                continue
-            self._respond(conn, data, keep_alive=keep_alive)
+            # A peer that half-closed after sending (``nc -N``) still gets
+            # its answer; one that is fully gone makes the send fail.
+            self._respond(conn, data, keep_alive=keep_alive and not conn.peer_closed)
             if conn.sock.fileno() >= 0 and conn.inbuf and not conn.busy:
                 self._process(conn)
 
