@@ -4,9 +4,9 @@ Used by ``detrix-auto run`` (and by hand) for interpreters whose
 site-packages lack ``detrix_auto.pth``. It first chain-loads the next
 ``sitecustomize`` further down ``sys.path`` (Debian ships one), so adding this
 directory never shadows it, then runs the same gate as the ``.pth`` hook.
-If ``detrix_auto`` is not importable by this interpreter, the directory named
-by ``DETRIX_AUTO_PATH`` is appended to ``sys.path`` (at the end: the
-application's own packages keep precedence).
+If ``detrix_auto`` is not importable by this interpreter, the directories
+listed in ``DETRIX_AUTO_PATH`` (``os.pathsep``-separated) are appended to
+``sys.path`` (at the end: the application's own packages keep precedence).
 """
 
 
@@ -47,10 +47,10 @@ def _detrix_auto_chain_and_start() -> None:
         try:
             import detrix_auto._boot as boot
         except ImportError:
-            extra = os.environ.get("DETRIX_AUTO_PATH")
+            extra = [p for p in os.environ.get("DETRIX_AUTO_PATH", "").split(os.pathsep) if p]
             if not extra:
                 raise
-            sys.path.append(extra)
+            sys.path.extend(p for p in extra if p not in sys.path)
             import detrix_auto._boot as boot
         boot.start_from_site()
     except SystemExit:

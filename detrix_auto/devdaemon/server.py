@@ -271,6 +271,8 @@ class _RegistrationError(Exception):
 
 
 HitCallback = Callable[[MetricHit], None]
+#: ``callback(connection_id, category, text)`` for every raw DAP ``output`` event.
+OutputCallback = Callable[[str, str, str], None]
 
 
 # -- the daemon --------------------------------------------------------------------------
@@ -321,6 +323,7 @@ class DevDaemon:
         self._metrics: dict[str, MetricSpec] = {}
         self._conns: dict[str, _Connection] = {}
         self._callbacks: list[HitCallback] = []
+        self._output_callbacks: list[OutputCallback] = []
         self._port_released: dict[int, float] = {}
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -551,6 +554,16 @@ class DevDaemon:
         with self._lock:
             self._callbacks.append(callback)
 
+    def on_output(self, callback: OutputCallback) -> None:
+        """Call ``callback(connection_id, category, text)`` for every DAP output event.
+
+        Event boundaries matter to a caller telling debugpy's one-event report
+        of a failed logpoint expression from the app's own prints, which
+        arrive in pieces; hits are still parsed and delivered to ``on_hit``.
+        """
+        with self._lock:
+            self._output_callbacks.append(callback)
+
     def breakpoint_results(self, connection_id: str) -> list[dict[str, Any]]:
         """debugpy's answer per installed logpoint, with ``metric``/``path``/``requestedLine``.
 
@@ -769,6 +782,13 @@ class DevDaemon:
         text = body.get("output")
         if not isinstance(text, str):
             return
+        with self._lock:
+            listeners = list(self._output_callbacks) if conn.generation == generation else []
+        for listener in listeners:
+            try:
+                listener(conn.record.connection_id, str(category), text)
+            except Exception:  # noqa: BLE001 - a listener must not kill the session
+                _log.exception("on_output callback failed")
         if category == "stdout":
             now = time.time()
             new_hits: list[MetricHit] = []

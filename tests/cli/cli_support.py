@@ -1,0 +1,113 @@
+"""Helpers shared by the CLI tests (a module of its own: ``conftest`` names clash)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+#: An untouched application: ``value`` changes every 50 ms. A logpoint runs
+#: before its line, so at OBSERVE_LINE ``value == counter * 10`` always holds.
+APP = textwrap.dedent(
+    """\
+    import sys, time
+
+    deadline = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 60)
+    counter = 0
+    while time.time() < deadline:
+        counter += 1
+        value = counter * 10
+        # the logpoint goes on the next line
+        time.sleep(0.05)
+    """
+)
+OBSERVE_LINE = 9
+BLANK_LINE = 2
+COMMENT_LINE = 8
+
+#: The environment variable every process started by a test inherits, so the
+#: test can find any process it left behind, however deeply nested.
+MARKER = "CLI_TEST_MARKER"
+
+
+def base_env(home: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without DETRIX_* or PYTHONPATH leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
+    env.pop("PYTHONPATH", None)
+    env["DETRIX_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def cli_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "detrix_auto", *args]
+
+
+def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; from outside the source tree, so the installed package is tested."""
+    full = base_env(home)
+    full.update(env or {})
+    return subprocess.run(cli_argv(*args), env=full, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(cwd or home.parent), check=False)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def processes_with(marker_value: str) -> list[int]:
+    """Pids (other than ours) whose environment carries this test's marker."""
+    needle = f"{MARKER}={marker_value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a failed command: exactly one line, no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def wait_for_record(home: Path, pid: int, proc: subprocess.Popen[str] | None = None,
+                    timeout: float = 20.0) -> dict[str, Any]:
+    """The discovery record a process writes once its control plane listens."""
+    path = home / "clients" / f"{pid}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                return dict(json.loads(path.read_text()))
+            except ValueError:
+                pass  # being renamed into place
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process {pid} exited ({proc.returncode}) before listening")
+        time.sleep(0.02)
+    raise AssertionError(f"no discovery record for pid {pid} under {home}")
