@@ -2,10 +2,17 @@
 
 :class:`DaemonClient` is the protocol the lifecycle depends on, so tests and
 users can substitute their own. :class:`HttpDaemonClient` implements it on
-urllib3 with one connection pool per daemon URL, a total time limit per call
-(connect plus read) and no automatic retries: the lifecycle decides what a
-failure means. Every failure becomes a :class:`DaemonError` whose message a
-person can act on; no urllib3, ``ssl`` or ``json`` exception escapes.
+urllib3 with one connection pool per daemon URL, a hard time limit per call
+and no automatic retries: the lifecycle decides what a failure means.
+
+The limit is a deadline for the whole call, connect to last body byte. urllib3's
+own read timeout applies to each ``recv`` separately, so a daemon that trickles
+its answer a byte at a time would hold a wake (and the lock sleep waits on)
+for as long as it likes; here every send and receive of a call first checks
+the call's deadline and waits at most until it.
+
+Every failure becomes a :class:`DaemonError` whose message a person can act
+on; no urllib3, ``ssl`` or ``json`` exception escapes.
 
 This module imports urllib3 at import time; the lifecycle imports it only when
 a wake needs it.
@@ -14,13 +21,19 @@ a wake needs it.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     HTTPError,
     MaxRetryError,
@@ -96,6 +109,101 @@ def same_origin(a: str, b: str) -> bool:
         return False
 
 
+# -- a deadline for the whole call ---------------------------------------------
+
+_call = threading.local()
+
+
+def _arm(sock: socket.socket) -> None:
+    """Before each send or receive: wait at most until the current call's deadline."""
+    deadline: float | None = getattr(_call, "deadline", None)
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")  # urllib3 turns it into a ReadTimeoutError
+    sock.settimeout(left)
+
+
+class _DeadlineSocket(socket.socket):
+    def recv(self, *args: Any) -> bytes:
+        _arm(self)
+        return super().recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        _arm(self)
+        return super().recv_into(*args)
+
+    def send(self, *args: Any) -> int:
+        _arm(self)
+        return super().send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        _arm(self)
+        super().sendall(*args)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    def recv(self, *args: Any) -> bytes:
+        _arm(self)
+        return super().recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        _arm(self)
+        return super().recv_into(*args)
+
+    def read(self, *args: Any) -> Any:
+        _arm(self)
+        return super().read(*args)
+
+    def send(self, *args: Any) -> int:
+        _arm(self)
+        return super().send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        _arm(self)
+        super().sendall(*args)
+
+
+def _deadline_socket(sock: socket.socket) -> socket.socket:
+    timeout = sock.gettimeout()
+    wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    wrapped.settimeout(timeout)
+    return wrapped
+
+
+class _HTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _deadline_socket(super()._new_conn())
+
+
+class _HTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = _deadline_socket(super()._new_conn())
+        _arm(sock)  # bounds the TLS handshake too
+        return sock
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def _tls_context(verify_ssl: bool, ca_bundle: str | None) -> ssl.SSLContext:
+    """urllib3's own context, whose sockets honour the call's deadline."""
+    from urllib3.util.ssl_ import create_urllib3_context
+
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED if verify_ssl else ssl.CERT_NONE)
+    if verify_ssl and not ca_bundle:
+        # urllib3 loads the system's CAs only into contexts it made itself.
+        context.load_default_certs()
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
 class HttpDaemonClient:
     """The daemon over HTTP(S), pooled, with a hard time limit per call."""
 
@@ -106,9 +214,11 @@ class HttpDaemonClient:
             kwargs["cert_reqs"] = "CERT_REQUIRED" if verify_ssl else "CERT_NONE"
             if ca_bundle:
                 kwargs["ca_certs"] = ca_bundle
+            kwargs["ssl_context"] = _tls_context(verify_ssl, ca_bundle)
             if not verify_ssl:
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._pool = urllib3.PoolManager(num_pools=2, **kwargs)
+        self._pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
     # -- plumbing ---------------------------------------------------------
 
@@ -129,6 +239,7 @@ class HttpDaemonClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         url = self.url + path
+        _call.deadline = time.monotonic() + timeout
         try:
             response = self._pool.request(
                 method,
@@ -145,6 +256,8 @@ class HttpDaemonClient:
             raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
         except (OSError, ValueError) as exc:
             raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
+        finally:
+            _call.deadline = None
         return response.status, response.data or b""
 
     def _explain(self, exc: Exception, timeout: float) -> str:
@@ -268,6 +381,11 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Daemon URLs whose client (and its pooled connections) is kept. A wake body may
+#: name any daemon: without a bound, every new URL would keep a pool, and its
+#: idle keep-alive sockets, for the life of the process.
+MAX_CLIENTS = 4
+
 _clients: dict[tuple[str, bool, str | None], HttpDaemonClient] = {}
 _clients_lock = threading.Lock()
 
@@ -275,11 +393,39 @@ _clients_lock = threading.Lock()
 def client_for(
     url: str, *, verify_ssl: bool = True, ca_bundle: str | None = None
 ) -> HttpDaemonClient:
-    """One pooled client per daemon URL and TLS setting, shared by every caller."""
+    """One pooled client per daemon URL and TLS setting, shared by every caller.
+
+    The most recently used :data:`MAX_CLIENTS` are kept; an older one is closed
+    (its idle connections released). A caller still holding it can go on using
+    it: the pool reopens connections on demand.
+    """
     key = (url.rstrip("/"), verify_ssl, ca_bundle)
+    evicted: list[HttpDaemonClient] = []
     with _clients_lock:
-        client = _clients.get(key)
+        client = _clients.pop(key, None)
         if client is None:
             client = HttpDaemonClient(url, verify_ssl=verify_ssl, ca_bundle=ca_bundle)
-            _clients[key] = client
-        return client
+        _clients[key] = client  # re-inserted: dicts keep insertion order, newest last
+        while len(_clients) > MAX_CLIENTS:
+            evicted.append(_clients.pop(next(iter(_clients))))
+    for old in evicted:
+        old.close()
+    return client
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: never share the parent's pooled connections.
+
+    A keep-alive socket inherited from the parent is the same TCP connection:
+    a request from the child would interleave with the parent's. The child's
+    copies are just dropped (their descriptors close when collected, which
+    never shuts down or ends TLS on the parent's connection); the lock is new
+    in case a parent thread held it at the fork.
+    """
+    global _clients, _clients_lock
+    _clients = {}
+    _clients_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

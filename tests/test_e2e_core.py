@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from support import SAMPLE_LINE, wait_until
 from doubles import Fault, FaultDaemon
+from support import SAMPLE_LINE, wait_until
 
 from detrix_auto.devdaemon import MetricSpec
 
