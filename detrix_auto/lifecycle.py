@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _log
+from . import _debug_gate, _log
 from .config import DEFAULT_DAEMON_URL, Settings
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
@@ -248,8 +248,13 @@ class Client:
         self._past: list[weakref.ref[Any]] = []
         self._past_lock = threading.Lock()  # keeper and wake both touch it; no I/O under it
         self.control: Any = None  # the control server, set by the runtime
+        _debug_gate.set_policy(self._attach_expected)
 
     # -- reads ------------------------------------------------------------
+
+    def _attach_expected(self) -> bool:
+        """May a DAP client attach now? Only while we wake or are awake."""
+        return not self._closed and self.cell.current.state is not State.SLEEPING
 
     def status(self) -> dict[str, Any]:
         """The status document of the OpenAPI schema, plus ``warm``. Lock-free."""
@@ -344,6 +349,9 @@ class Client:
             daemon.health(settings.health_check_timeout)
             keep_host_visible_to_pydevd()
             port = self.debugger.listen(settings.debug_host, settings.debug_port)
+            # From now on only a same-user peer, and only while we wake or are
+            # awake, may attach to the debugger (see _debug_gate).
+            _debug_gate.install()
             self.cell.update(debug_port=port, debug_port_active=True, warm=True)
             self.debugger.rearm()
             registration = self._registration(port)
