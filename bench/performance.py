@@ -1,0 +1,1159 @@
+#!/usr/bin/env python3
+"""detrix-auto's performance, side by side with detrix-py and with the floor.
+
+One command builds what it needs and measures everything of issue 6::
+
+    python bench/performance.py                        # the interpreter running it
+    python bench/performance.py --pythons 3.10,3.11,3.12,3.13
+    python bench/performance.py --quick                # a few minutes per Python
+    python bench/performance.py --runs 50 --no-write   # more runs, print only
+
+For every Python it makes three virtual environments under ``bench/.venvs/``
+(git-ignored): ``bare`` (debugpy and urllib3, no detrix-auto), ``auto`` (the
+same plus detrix-auto installed from a wheel built from this checkout, so the
+``.pth`` hook is the shipped one) and ``detrix-py`` (the original client from
+the package index). Every measurement runs real subprocesses and an embedded
+daemon (``detrix_auto.devdaemon``) that performs the real DAP attach. Runs of
+the variants being compared are interleaved (A B A B ...), and the tables give
+medians with min/max, and ratios taken from the same run.
+
+Only public tooling: ``subprocess``, ``time.perf_counter``, ``os.wait4``
+(rusage of each child) and ``/proc/<pid>/status`` for RSS.
+
+Results go to ``docs/performance.md``: the hand-written parts of that file
+(everything outside the ``bench:`` markers) are kept, and only the sections of
+the Pythons measured are replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import os
+import platform
+import queue
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / "bench" / ".venvs"
+DOC = ROOT / "docs" / "performance.md"
+sys.path.insert(0, str(ROOT))
+
+#: Requirements shared by the ``bare`` and ``auto`` environments (detrix-auto's own).
+BASE_REQS = ["debugpy", "urllib3"]
+ORIGINAL = "detrix-py"
+
+# -- the child program ---------------------------------------------------------------
+
+#: One script for every child: ``app.py IMPL MODE [ARG]``. IMPL is ``hook``
+#: (detrix-auto through its .pth hook, nothing imported here), ``api``
+#: (``detrix_auto.init()``), ``orig`` (``detrix.init()``), ``bare``, or
+#: ``debugpy-inproc``/``debugpy-adapter`` (bare debugpy, the floors). MODE is
+#: ``idle`` (wait for stdin to close), ``work`` (time CPU-bound blocks until
+#: stdin closes) or ``statusbench`` (in-process status() latency).
+APP = textwrap.dedent(
+    '''\
+    import json, os, select, sys, threading, time
+
+    IMPL, MODE = sys.argv[1], sys.argv[2]
+    URL = os.environ.get("BENCH_DAEMON_URL", "http://127.0.0.1:9")
+
+    def emit(**fields):
+        sys.stdout.write(json.dumps(fields) + "\\n")
+        sys.stdout.flush()
+
+    def loop_work(n):
+        total = 0
+        i = 0
+        while i < n:
+            total += i * i % 7
+            i += 1
+        return total
+
+    def leaf(x):
+        return x & 3
+
+    def calls_work(n):
+        total = 0
+        for i in range(n):
+            total += leaf(i)
+        return total
+
+    def cold(block):
+        seen = block + 1  # COLD_LINE
+        return seen
+
+    api = None
+    info = {}
+    if IMPL == "api":
+        import detrix_auto as api
+        api.init(daemon_url=URL)
+        info["control_port"] = api.status()["control_port"]
+    elif IMPL == "orig":
+        import detrix as api
+        api.init(name="bench-orig-%d" % os.getpid(), daemon_url=URL)
+        info["control_port"] = api.status()["control_port"]
+    elif IMPL.startswith("debugpy-"):
+        t0 = time.perf_counter()
+        import debugpy
+        t1 = time.perf_counter()
+        import debugpy.server.api
+        t2 = time.perf_counter()
+        if IMPL == "debugpy-tuned":  # what detrix-auto does around listen(), nothing else
+            from debugpy.common import log
+            if log.log_dir is None:
+                debugpy.server.api.ensure_logging.ensured = True
+        host, port = debugpy.listen(("127.0.0.1", 0),
+                                    in_process_debug_adapter=IMPL != "debugpy-adapter")
+        t3 = time.perf_counter()
+        if IMPL == "debugpy-tuned":
+            import socket
+            from _pydevd_bundle.pydevd_constants import get_global_debugger
+            py_db = get_global_debugger()
+            accept = py_db.initialize_network
+            def initialize_network(sock, *args, **kwargs):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return accept(sock, *args, **kwargs)
+            py_db.initialize_network = initialize_network
+        info.update(port=port, t_import=t1 - t0, t_import_server=t2 - t1, t_listen=t3 - t2)
+
+    def stdin_closed():
+        return bool(select.select([sys.stdin], [], [], 0)[0]) and not sys.stdin.readline()
+
+    if MODE == "idle":
+        emit(ready=True, **info)
+        sys.stdin.read()
+    elif MODE == "work":
+        n_loop, n_calls = (int(x) for x in sys.argv[3].split(","))
+        emit(ready=True, **info)
+        block = 0
+        while not stdin_closed():
+            t0 = time.perf_counter()
+            loop_work(n_loop)
+            t1 = time.perf_counter()
+            calls_work(n_calls)
+            t2 = time.perf_counter()
+            cold(block)
+            emit(block=block, loop=t1 - t0, calls=t2 - t1)
+            block += 1
+    elif MODE == "statusbench":
+        count = int(sys.argv[3])
+        emit(ready=True, **info)
+        def timed_status():
+            t = time.perf_counter_ns()
+            api.status()
+            return time.perf_counter_ns() - t
+        idle = [timed_status() for _ in range(count)]
+        box = {}
+        def wake():
+            t = time.perf_counter()
+            try:
+                api.wake()
+            except Exception as exc:
+                box["error"] = repr(exc)
+            box["wake"] = time.perf_counter() - t
+        th = threading.Thread(target=wake)
+        during = []
+        th.start()
+        while th.is_alive():
+            during.append(timed_status())
+            time.sleep(0.0005)
+        th.join()
+        t = time.perf_counter()
+        api.sleep()
+        emit(idle=idle, during=during, sleep=time.perf_counter() - t, **box)
+        sys.stdin.read()
+    '''
+)
+COLD_LINE = next(i for i, line in enumerate(APP.splitlines(), 1) if "COLD_LINE" in line)
+
+
+# -- small utilities -------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float, digits: int = 1) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    return f"{seconds * 1000:.{digits}f}"
+
+
+def ratio(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b) or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def mib(kib: float) -> str:
+    if math.isnan(kib):
+        return "n/a"
+    return f"{kib / 1024:.1f}"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DETRIX_", "PYTHON", "PYDEVD_", "VIRTUAL_ENV"))}
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no frozen-modules warning from bare debugpy
+    env.update(extra)
+    return env
+
+
+def rss_kib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float("nan")
+
+
+def adapter_pids() -> set[int]:
+    """debugpy adapter processes (the separate-process mode spawns one per listen)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmd = handle.read()
+        except OSError:
+            continue
+        if b"debugpy/adapter" in cmd and b"--for-server" in cmd:
+            found.add(int(entry))
+    return found
+
+
+def request(base: str, method: str, path: str, body: Any = None,
+         timeout: float = 60.0) -> tuple[int, Any, float]:
+    """One request on a fresh connection; returns (status, JSON body, seconds)."""
+    host, port = base.split("://", 1)[1].rstrip("/").rsplit(":", 1)
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    elapsed = time.perf_counter() - started
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = raw.decode("utf-8", "replace")
+    return response.status, parsed, elapsed
+
+
+class Hammer:
+    """GET /detrix/status back to back on a thread; latencies of requests made meanwhile."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                code, _, elapsed = request(self.base, "GET", "/detrix/status", timeout=30)
+                if code == 200:
+                    self.latencies.append(elapsed)
+                else:
+                    self.errors += 1
+            except Exception:
+                self.errors += 1
+            time.sleep(0.001)
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+class Child:
+    """A running child with its stdout lines (JSON) on a queue and stderr collected."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=str(cwd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.err: list[str] = []
+        threading.Thread(target=self._pump_out, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def next(self, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"no output from {self.argv[1:]} within {timeout}s; "
+                                   f"stderr: {''.join(self.err)[-2000:]}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.lines.put(None)
+                raise RuntimeError(f"{self.argv[1:]} exited ({self.proc.poll()}): "
+                                   f"{''.join(self.err)[-2000:]}")
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return dict(json.loads(line))
+                except ValueError:
+                    continue
+
+    def drain(self) -> None:
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is None:
+                self.lines.put(None)
+                return
+
+    def stop(self, timeout: float = 20.0) -> float:
+        """Close stdin (the child then ends by itself); returns how long exit took."""
+        started = time.perf_counter()
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            log(f"warning: {self.argv[1:]} did not exit within {timeout}s and was killed")
+            return float("nan")
+        return time.perf_counter() - started
+
+
+# -- environments ---------------------------------------------------------------------
+
+
+@dataclass
+class Envs:
+    version: str        # "3.11"
+    full_version: str   # "3.11.7"
+    bare: Path
+    auto: Path
+    orig: Path | None
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+def find_python(version: str) -> str:
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        return sys.executable
+    found = shutil.which(f"python{version}")
+    if found is None:
+        raise SystemExit(
+            f"python{version} is not on PATH (with pyenv: export PYENV_VERSION=... "
+            "listing the versions, as .ci/run does)"
+        )
+    return found
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise SystemExit(f"command failed: {' '.join(argv)}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def build_wheel() -> Path:
+    out = VENVS / "wheels"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    log("building the detrix-auto wheel from this checkout")
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)])
+    wheels = sorted(out.glob("detrix_auto-*.whl"))
+    if not wheels:
+        raise SystemExit("pip wheel produced no detrix_auto wheel")
+    return wheels[-1]
+
+
+def venv_python(path: Path) -> Path:
+    return path / "bin" / "python"
+
+
+def ensure_venv(python: str, path: Path, requirements: list[str]) -> None:
+    marker = path / ".bench-ready"
+    wanted = json.dumps(requirements)
+    if marker.exists() and marker.read_text() == wanted and venv_python(path).exists():
+        return
+    if path.exists():
+        shutil.rmtree(path)
+    log(f"creating {path.relative_to(ROOT)} ({', '.join(requirements)})")
+    run([python, "-m", "venv", str(path)])
+    run([str(venv_python(path)), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         *requirements])
+    marker.write_text(wanted)
+
+
+def installed(path: Path) -> dict[str, str]:
+    result = run([str(venv_python(path)), "-m", "pip", "list", "--format=json",
+                  "--disable-pip-version-check"])
+    return {item["name"].lower(): item["version"] for item in json.loads(result.stdout)}
+
+
+def prepare(version: str, wheel: Path, with_original: bool) -> Envs:
+    python = find_python(version)
+    full = run([python, "-c", "import platform; print(platform.python_version())"]).stdout.strip()
+    bare = VENVS / f"py{version}-bare"
+    auto = VENVS / f"py{version}-auto"
+    orig = VENVS / f"py{version}-detrix-py"
+    ensure_venv(python, bare, BASE_REQS)
+    ensure_venv(python, auto, BASE_REQS)
+    # Always the current checkout: reinstall the freshly built wheel.
+    run([str(venv_python(auto)), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps",
+         "--disable-pip-version-check", str(wheel)])
+    envs = Envs(version, full, bare, auto, None)
+    if with_original:
+        try:
+            ensure_venv(python, orig, [ORIGINAL])
+            envs.orig = orig
+        except SystemExit as exc:
+            log(f"warning: could not install {ORIGINAL} for {version}: {exc}")
+    pkgs = installed(auto)
+    envs.packages = {k: pkgs[k] for k in ("detrix-auto", "debugpy", "urllib3") if k in pkgs}
+    if envs.orig is not None:
+        orig_pkgs = installed(envs.orig)
+        envs.packages.update({k: orig_pkgs[k] for k in ("detrix-py", "pydantic", "httpx")
+                              if k in orig_pkgs})
+        if orig_pkgs.get("debugpy") != envs.packages.get("debugpy"):
+            envs.packages["debugpy (detrix-py env)"] = orig_pkgs.get("debugpy", "?")
+    return envs
+
+
+# -- measurements -----------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    runs: int
+    quick: bool
+    cycles: int
+    overhead_runs: int
+    phase_blocks: int
+    mem_runs: int
+    status_requests: int
+    work: str
+
+
+def config(args: argparse.Namespace) -> Config:
+    if args.quick:
+        return Config(runs=max(30, args.runs or 30), quick=True, cycles=3, overhead_runs=1,
+                      phase_blocks=8, mem_runs=1, status_requests=100, work="60000,30000")
+    runs = max(30, args.runs or 40)
+    return Config(runs=runs, quick=False, cycles=max(5, runs // 4), overhead_runs=3,
+                  phase_blocks=15, mem_runs=3, status_requests=300, work="60000,30000")
+
+
+class Bench:
+    def __init__(self, envs: Envs, cfg: Config, work_dir: Path) -> None:
+        self.envs = envs
+        self.cfg = cfg
+        self.dir = work_dir
+        self.app = work_dir / "app.py"
+        self.app.write_text(APP)
+        self.home = work_dir / "home"
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        self.results: dict[str, Any] = {}
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def py(self, which: str) -> str:
+        path = {"bare": self.envs.bare, "auto": self.envs.auto, "orig": self.envs.orig}[which]
+        assert path is not None
+        return str(venv_python(path))
+
+    def hook_env(self, **extra: str) -> dict[str, str]:
+        return clean_env(DETRIX_ENABLE="1", DETRIX_HOME=str(self.home), **extra)
+
+    def spawn(self, which: str, impl: str, mode: str, arg: str = "", *,
+              env: dict[str, str] | None = None) -> Child:
+        argv = [self.py(which), str(self.app), impl, mode] + ([arg] if arg else [])
+        return Child(argv, env if env is not None else clean_env(), self.dir)
+
+    def control_url(self, child: Child, ready: dict[str, Any]) -> str:
+        if "control_port" in ready:
+            return f"http://127.0.0.1:{ready['control_port']}"
+        record = self.home / "clients" / f"{child.pid}.json"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                return str(json.loads(record.read_text())["control_url"])
+            time.sleep(0.01)
+        raise RuntimeError(f"no discovery record for {child.pid}: {''.join(child.err)}")
+
+    @contextlib.contextmanager
+    def daemon(self, grace: float = 0.25) -> Iterator[Any]:
+        from detrix_auto.devdaemon import DevDaemon, server
+
+        # http.server writes a response's headers and body in two sends, with
+        # Nagle's algorithm on: on a kept-alive connection the body then waits
+        # ~40 ms for the client's delayed ACK. A real daemon's HTTP stack does
+        # not, so neither does the double here (it would add 40 ms to every
+        # wake of both clients and hide what the clients themselves cost).
+        handler = getattr(server, "_Handler", None)
+        if handler is not None:
+            handler.disable_nagle_algorithm = True
+        devdaemon = DevDaemon(reattach_grace=grace, attach_timeout=30).start()
+        try:
+            yield devdaemon
+        finally:
+            devdaemon.stop()
+
+    def wait_status(self, url: str, predicate: Callable[[dict[str, Any]], bool],
+                    timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, body, _ = request(url, "GET", "/detrix/status")
+            if code == 200 and isinstance(body, dict) and predicate(body):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"status at {url} never matched")
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def startup(self) -> None:
+        home = str(self.home)
+        warm_probe = ("import time, detrix_auto\n"
+                      "while not detrix_auto.status()['warm']:\n    time.sleep(0.0005)\n")
+        variants: list[tuple[str, list[str], dict[str, str]]] = [
+            ("bare interpreter", [self.py("bare"), "-c", "pass"], clean_env()),
+            ("detrix-auto installed, disabled", [self.py("auto"), "-c", "pass"], clean_env()),
+            ("detrix-auto enabled, sleeping", [self.py("auto"), "-c", "pass"], self.hook_env()),
+            ("detrix-auto enabled, warm (start-up)", [self.py("auto"), "-c", "pass"],
+             self.hook_env(DETRIX_START_STATE="warm")),
+            ("detrix-auto enabled, warm (until warm)", [self.py("auto"), "-c", warm_probe],
+             self.hook_env(DETRIX_START_STATE="warm")),
+            ("detrix-auto init() (API)",
+             [self.py("auto"), "-c",
+              "import detrix_auto; detrix_auto.init(daemon_url='http://127.0.0.1:9')"],
+             clean_env(DETRIX_HOME=home)),
+            ("floor: import debugpy", [self.py("bare"), "-c", "import debugpy"], clean_env()),
+            ("floor: import debugpy + server", [self.py("bare"), "-c",
+                                               "import debugpy, debugpy.server.api"], clean_env()),
+        ]
+        if self.envs.orig is not None:
+            variants += [
+                ("detrix-py env, bare interpreter", [self.py("orig"), "-c", "pass"], clean_env()),
+                ("detrix-py imported + init()",
+                 [self.py("orig"), "-c",
+                  "import detrix; detrix.init(name='bench', daemon_url='http://127.0.0.1:9')"],
+                 clean_env()),
+            ]
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
+        warmup = 3
+        rounds = warmup + self.cfg.runs
+        log(f"start-up: {len(variants)} variants x {self.cfg.runs} interleaved runs")
+        for round_no in range(rounds):
+            shift = round_no % len(variants)
+            for name, argv, env in variants[shift:] + variants[:shift]:
+                sample = timed_process(argv, env, self.dir)
+                if round_no >= warmup:
+                    samples[name].append(sample)
+        self.results["startup"] = samples
+
+    # -- memory -------------------------------------------------------------------------
+
+    def memory(self) -> None:
+        out: dict[str, list[float]] = {}
+
+        def add(key: str, value: float) -> None:
+            out.setdefault(key, []).append(value)
+
+        log(f"memory: {self.cfg.mem_runs} run(s) per state")
+        for _ in range(self.cfg.mem_runs):
+            child = self.spawn("bare", "bare", "idle")
+            child.next()
+            time.sleep(0.2)
+            add("bare interpreter", rss_kib(child.pid))
+            child.stop()
+
+            with self.daemon() as devdaemon:
+                child = self.spawn("auto", "hook", "idle",
+                                   env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
+                url = self.control_url(child, child.next())
+                time.sleep(0.2)
+                add("detrix-auto sleeping, control plane never used", rss_kib(child.pid))
+                request(url, "GET", "/detrix/status")
+                time.sleep(0.2)
+                add("detrix-auto sleeping, after one status request", rss_kib(child.pid))
+                code, body, _ = request(url, "POST", "/detrix/wake")
+                assert code == 200, body
+                time.sleep(0.3)
+                add("detrix-auto awake", rss_kib(child.pid))
+                request(url, "POST", "/detrix/sleep")
+                time.sleep(0.3)
+                add("detrix-auto after sleep", rss_kib(child.pid))
+                child.stop()
+
+            child = self.spawn("auto", "hook", "idle", env=self.hook_env(DETRIX_START_STATE="warm"))
+            url = self.control_url(child, child.next())
+            self.wait_status(url, lambda s: bool(s.get("warm")))
+            time.sleep(0.2)
+            add("detrix-auto warm", rss_kib(child.pid))
+            child.stop()
+
+            child = self.spawn("bare", "debugpy-inproc", "idle")
+            child.next()
+            time.sleep(0.2)
+            add("floor: debugpy listening (in-process adapter)", rss_kib(child.pid))
+            child.stop()
+
+            if self.envs.orig is not None:
+                with self.daemon() as devdaemon:
+                    before = adapter_pids()
+                    child = self.spawn("orig", "orig", "idle",
+                                       env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                    url = self.control_url(child, child.next())
+                    time.sleep(0.2)
+                    add("detrix-py sleeping", rss_kib(child.pid))
+                    code, body, _ = request(url, "POST", "/detrix/wake")
+                    if code != 200:
+                        log(f"warning: detrix-py wake answered {code}: {body}")
+                    time.sleep(0.3)
+                    add("detrix-py awake", rss_kib(child.pid))
+                    adapters = adapter_pids() - before
+                    add("detrix-py awake: its adapter process",
+                        sum(rss_kib(pid) for pid in adapters) if adapters else float("nan"))
+                    request(url, "POST", "/detrix/sleep")
+                    time.sleep(0.3)
+                    add("detrix-py after sleep", rss_kib(child.pid))
+                    child.stop()
+        self.results["memory"] = out
+
+    # -- wake, sleep and status latency ------------------------------------------------
+
+    def latency(self) -> None:
+        res: dict[str, list[float]] = {}
+
+        def add(key: str, value: float | list[float]) -> None:
+            if isinstance(value, list):
+                res.setdefault(key, []).extend(value)
+            else:
+                res.setdefault(key, []).append(value)
+
+        log(f"wake/sleep/status: {self.cfg.cycles} interleaved cycle(s)")
+        for _ in range(self.cfg.cycles):
+            # detrix-auto: cold wake, sleep, re-wake, with GET /detrix/status hammered.
+            with self.daemon() as devdaemon:
+                child = self.spawn("auto", "hook", "idle",
+                                   env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
+                url = self.control_url(child, child.next())
+                self.cycle("auto", url, res, add)
+                add("auto exit after sleep", child.stop())
+
+            with self.daemon() as devdaemon:
+                child = self.spawn("auto", "hook", "idle", env=self.hook_env(
+                    DETRIX_DAEMON_URL=devdaemon.url, DETRIX_START_STATE="warm"))
+                url = self.control_url(child, child.next())
+                self.wait_status(url, lambda s: bool(s.get("warm")))
+                code, body, elapsed = request(url, "POST", "/detrix/wake")
+                assert code == 200, body
+                add("auto wake after warm", elapsed)
+                child.stop()
+
+            if self.envs.orig is not None:
+                with self.daemon() as devdaemon:
+                    child = self.spawn("orig", "orig", "idle",
+                                       env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                    url = self.control_url(child, child.next())
+                    self.cycle("orig", url, res, add)
+                    add("orig exit after sleep", child.stop())
+
+            for mode in ("inproc", "adapter", "tuned"):
+                with self.daemon() as devdaemon:
+                    child = self.spawn("bare", f"debugpy-{mode}", "idle")
+                    ready = child.next()
+                    add(f"{mode} import", ready["t_import"] + ready["t_import_server"])
+                    add(f"{mode} listen", ready["t_listen"])
+                    first = self.register(devdaemon, child.pid, ready["port"])
+                    if first is not None:
+                        add(f"{mode} attach", first[0])
+                        add(f"{mode} detach", self.unregister(devdaemon, first[1]))
+                        time.sleep(0.3)
+                        again = self.register(devdaemon, child.pid, ready["port"])
+                        if again is not None:
+                            add(f"{mode} re-attach", again[0])
+                    child.stop()
+        self.results["latency"] = res
+        self.status_in_process()
+
+    def cycle(self, impl: str, url: str, res: dict[str, list[float]],
+              add: Callable[[str, Any], None]) -> None:
+        for i in range(self.cfg.status_requests + 1):
+            code, _, elapsed = request(url, "GET", "/detrix/status")
+            if code == 200:
+                # The first request loads the HTTP handling and the client lazily.
+                add(f"{impl} status {'first' if i == 0 else 'idle'}", elapsed)
+        with Hammer(url) as hammer:
+            code, body, elapsed = request(url, "POST", "/detrix/wake")
+        if code != 200:
+            log(f"warning: {impl} wake answered {code}: {body}")
+            return
+        add(f"{impl} wake cold", elapsed)
+        add(f"{impl} status during wake", hammer.latencies)
+        add(f"{impl} status errors during wake", float(hammer.errors))
+        time.sleep(0.3)
+        code, body, elapsed = request(url, "POST", "/detrix/sleep")
+        add(f"{impl} sleep", elapsed)
+        time.sleep(0.4)  # past the daemon double's re-attach grace
+        with Hammer(url) as hammer:
+            code, body, elapsed = request(url, "POST", "/detrix/wake")
+        if code == 200:
+            add(f"{impl} re-wake", elapsed)
+            add(f"{impl} status during wake", hammer.latencies)
+        time.sleep(0.3)
+        code, body, elapsed = request(url, "POST", "/detrix/sleep")
+        add(f"{impl} sleep", elapsed)
+
+    @staticmethod
+    def register(devdaemon: Any, pid: int, port: int) -> tuple[float, str] | None:
+        body = {"host": "127.0.0.1", "port": port, "language": "python",
+                "name": f"floor-{pid}", "workspaceRoot": os.getcwd(),
+                "hostname": socket.gethostname(), "pid": pid}
+        code, reply, elapsed = request(devdaemon.url, "POST", "/api/v1/connections", body)
+        if code != 201:
+            log(f"warning: floor register answered {code}: {reply}")
+            return None
+        return elapsed, str(reply["connectionId"])
+
+    @staticmethod
+    def unregister(devdaemon: Any, cid: str) -> float:
+        _, _, elapsed = request(devdaemon.url, "DELETE", f"/api/v1/connections/{cid}")
+        return elapsed
+
+    def status_in_process(self) -> None:
+        res: dict[str, list[float]] = {}
+        count = 2000 if self.cfg.quick else 20000
+        impls = ["api"] + (["orig"] if self.envs.orig is not None else [])
+        log("in-process status() latency")
+        for _ in range(1 if self.cfg.quick else 3):
+            for impl in impls:
+                with self.daemon() as devdaemon:
+                    which = "auto" if impl == "api" else "orig"
+                    env = clean_env(BENCH_DAEMON_URL=devdaemon.url, DETRIX_HOME=str(self.home))
+                    child = self.spawn(which, impl, "statusbench", str(count), env=env)
+                    child.next()
+                    out = child.next(timeout=120)
+                    if "error" in out:
+                        log(f"warning: {impl} in-process wake failed: {out['error']}")
+                    res.setdefault(f"{impl} idle", []).extend(x / 1e9 for x in out["idle"])
+                    res.setdefault(f"{impl} during", []).extend(x / 1e9 for x in out["during"])
+                    res.setdefault(f"{impl} wake", []).append(out.get("wake", float("nan")))
+                    child.stop()
+        self.results["status_in_process"] = res
+
+    # -- runtime overhead -----------------------------------------------------------------
+
+    def overhead(self) -> None:
+        from detrix_auto.devdaemon import MetricSpec
+
+        res: dict[str, dict[str, list[float]]] = {}
+        k = self.cfg.phase_blocks
+        log(f"runtime overhead: {self.cfg.overhead_runs} interleaved run(s), {k} blocks a phase")
+
+        def phase(child: Child) -> dict[str, float]:
+            child.drain()
+            child.next()  # may straddle the transition
+            blocks = [child.next() for _ in range(k)]
+            return {w: min(b[w] for b in blocks) for w in ("loop", "calls")}
+
+        impls = ["auto"] + (["orig"] if self.envs.orig is not None else [])
+        for _ in range(self.cfg.overhead_runs):
+            # Reference: the same workload in the bare interpreter (another process).
+            child = self.spawn("bare", "bare", "work", self.cfg.work)
+            child.next()
+            bare = phase(child)
+            child.stop()
+            for impl in impls:
+                with self.daemon() as devdaemon:
+                    if impl == "auto":
+                        child = self.spawn("auto", "hook", "work", self.cfg.work,
+                                           env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
+                    else:
+                        child = self.spawn("orig", "orig", "work", self.cfg.work,
+                                           env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                    url = self.control_url(child, child.next())
+                    phases = {"never woken": phase(child)}
+                    code, body, elapsed = request(url, "POST", "/detrix/wake")
+                    busy = self.results.setdefault("latency_busy", {})
+                    busy.setdefault(f"{impl} wake cold", []).append(elapsed)
+                    if code != 200:
+                        log(f"warning: {impl} wake answered {code}: {body}")
+                        child.stop()
+                        continue
+                    phases["awake, no logpoint"] = phase(child)
+                    devdaemon.add_metric(MetricSpec("cold", str(self.app), COLD_LINE, ("block",)))
+                    try:
+                        devdaemon.wait_for_hits("cold", 2, timeout=30)
+                    except TimeoutError as exc:
+                        log(f"warning: {impl}: no logpoint hit: {exc}")
+                    phases["awake, logpoint on a cold line"] = phase(child)
+                    _, _, elapsed = request(url, "POST", "/detrix/sleep")
+                    busy.setdefault(f"{impl} sleep", []).append(elapsed)
+                    time.sleep(0.2)
+                    phases["after sleep"] = phase(child)
+                    child.stop()
+                    never = phases["never woken"]
+                    for name, values in phases.items():
+                        for w in ("loop", "calls"):
+                            res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(
+                                values[w] / never[w])
+                            res[f"{impl}|{name}|{w}"].setdefault("ms", []).append(values[w])
+                    for w in ("loop", "calls"):
+                        res.setdefault(f"{impl}|never woken vs bare|{w}", {}).setdefault(
+                            "ratio", []).append(never[w] / bare[w])
+        self.results["overhead"] = res
+
+
+def timed_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, user+system CPU seconds) of one run to completion."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} exited {proc.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(bench: Bench, cfg: Config, elapsed: float) -> str:
+    envs, r = bench.envs, bench.results
+    out = [f"### Python {envs.full_version}", ""]
+    pkgs = ", ".join(f"{k} {v}" for k, v in envs.packages.items())
+    out.append(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, "
+               f"{'--quick' if cfg.quick else 'full run'}, {elapsed / 60:.1f} min. {pkgs}.")
+    out.append("")
+
+    if "startup" in r:
+        s = r["startup"]
+        bare = [x[0] for x in s["bare interpreter"]]
+        b_med = median(bare)
+        noise = pct(bare, 75) - pct(bare, 25)
+        b_cpu = median([x[1] for x in s["bare interpreter"]])
+        rows = []
+        for name, samples in s.items():
+            wall = [x[0] for x in samples]
+            cpu = [x[1] for x in samples]
+            ref = b_med
+            if name == "detrix-py imported + init()" and "detrix-py env, bare interpreter" in s:
+                ref = median([x[0] for x in s["detrix-py env, bare interpreter"]])
+            rows.append([name, ms(median(wall)), ms(min(wall)), ms(max(wall)),
+                         f"{(median(wall) - ref) * 1000:+.1f}", ratio(median(wall), ref),
+                         ms(median(cpu)), f"{(median(cpu) - b_cpu) * 1000:+.1f}"])
+        out.append(f"**Start-up** (`python -c pass` to exit; {len(bare)} interleaved runs each; "
+                   f"bare interquartile range {ms(noise, 2)} ms)")
+        out.append("")
+        out.append(table(["variant", "median ms", "min", "max", "added ms", "vs bare",
+                          "CPU ms", "added CPU ms"], rows))
+        out.append("")
+
+    if "latency" in r:
+        lat = r["latency"]
+
+        def m(key: str) -> float:
+            return median(lat.get(key, []))
+
+        def mm(key: str) -> str:
+            values = lat.get(key, [])
+            if not values:
+                return "n/a"
+            return f"{ms(median(values))} ({ms(min(values))}-{ms(max(values))})"
+
+        busy = r.get("latency_busy", {})
+
+        def mmb(key: str) -> str:
+            values = busy.get(key, [])
+            if not values:
+                return "n/a"
+            return f"{ms(median(values))} ({ms(min(values))}-{ms(max(values))})"
+
+        rows = [
+            ["wake, cold (request to `awake`, incl. DAP attach)", mm("auto wake cold"),
+             mm("orig wake cold"), ratio(m("orig wake cold"), m("auto wake cold")),
+             f"{ms(m('tuned import') + m('tuned listen') + m('tuned attach'))} "
+             "(import + listen + attach)"],
+            ["wake after `warm`", mm("auto wake after warm"), "n/a (no warm state)",
+             ratio(m("orig wake cold"), m("auto wake after warm")),
+             f"{ms(m('tuned listen') + m('tuned attach'))} (listen + attach)"],
+            ["wake again after sleep", mm("auto re-wake"), mm("orig re-wake"),
+             ratio(m("orig re-wake"), m("auto re-wake")),
+             f"{ms(m('tuned re-attach'))} (re-attach)"],
+            ["sleep (request to `sleeping`, incl. unregister)", mm("auto sleep"),
+             mm("orig sleep"), ratio(m("orig sleep"), m("auto sleep")),
+             f"{ms(m('tuned detach'))} (unregister alone)"],
+            ["wake, cold, while the host's main thread is CPU-bound",
+             mmb("auto wake cold"), mmb("orig wake cold"),
+             ratio(median(busy.get("orig wake cold", [])), median(busy.get("auto wake cold", []))),
+             "(GIL contention: see below)"],
+            ["sleep, host CPU-bound", mmb("auto sleep"), mmb("orig sleep"),
+             ratio(median(busy.get("orig sleep", [])), median(busy.get("auto sleep", []))), ""],
+            ["process exit after wake + sleep", mm("auto exit after sleep"),
+             mm("orig exit after sleep"), ratio(m("orig exit after sleep"),
+                                                m("auto exit after sleep")), ""],
+        ]
+        out.append(f"**Wake and sleep latency** (ms, median (min-max) over {cfg.cycles} "
+                   "interleaved cycles; each cold wake is a fresh process)")
+        out.append("")
+        out.append(table(["", "detrix-auto", "detrix-py", "detrix-py / detrix-auto",
+                          "floor (debugpy alone, tuned)"], rows))
+        out.append("")
+
+        def p(key: str, q: float) -> str:
+            return ms(pct(lat.get(key, []), q), 2)
+
+        rows = [
+            ["GET /detrix/status, first request (lazy loading)", mm("auto status first"), "",
+             mm("orig status first"), ""],
+            ["GET /detrix/status, idle", p("auto status idle", 50), p("auto status idle", 99),
+             p("orig status idle", 50), p("orig status idle", 99)],
+            ["GET /detrix/status, during a wake", p("auto status during wake", 50),
+             p("auto status during wake", 99), p("orig status during wake", 50),
+             p("orig status during wake", 99)],
+        ]
+        si = r.get("status_in_process", {})
+        rows += [
+            ["`status()` in-process, idle", ms(pct(si.get("api idle", []), 50), 4),
+             ms(pct(si.get("api idle", []), 99), 4), ms(pct(si.get("orig idle", []), 50), 4),
+             ms(pct(si.get("orig idle", []), 99), 4)],
+            ["`status()` in-process, during a wake", ms(pct(si.get("api during", []), 50), 4),
+             ms(pct(si.get("api during", []), 99), 4), ms(pct(si.get("orig during", []), 50), 4),
+             ms(pct(si.get("orig during", []), 99), 4)],
+        ]
+        n_auto = len(lat.get("auto status during wake", []))
+        n_orig = len(lat.get("orig status during wake", []))
+        out.append(f"**Status latency** (ms; HTTP on a fresh connection each; "
+                   f"{n_auto} vs {n_orig} requests completed during wakes)")
+        out.append("")
+        out.append(table(["", "detrix-auto p50", "p99", "detrix-py p50", "p99"], rows))
+        out.append("")
+
+        rows = []
+        for mode, label in (("inproc", "in-process (`in_process_debug_adapter=True`)"),
+                            ("adapter", "separate adapter process (debugpy's default)"),
+                            ("tuned", "in-process + the two fixes detrix-auto applies (below)")):
+            rows.append([label, mm(f"{mode} import"), mm(f"{mode} listen"), mm(f"{mode} attach"),
+                         mm(f"{mode} re-attach"),
+                         ms(m(f"{mode} listen") + m(f"{mode} attach"))])
+        out.append("**Floor: bare debugpy by adapter mode** (ms; attach = the daemon double's "
+                   "whole DAP attach, as in a registration)")
+        out.append("")
+        out.append(table(["adapter mode", "import debugpy + server", "listen()", "attach",
+                          "re-attach", "listen + attach"], rows))
+        out.append("")
+
+    if "memory" in r:
+        mem = r["memory"]
+        base = median(mem.get("bare interpreter", []))
+        rows = []
+        for name, values in mem.items():
+            value = median(values)
+            added = value - base if "adapter process" not in name else value
+            shown = "n/a" if math.isnan(added) else f"{added / 1024:+.1f}"
+            rows.append([name, mib(value), shown])
+        out.append(f"**Memory** (VmRSS MiB of the process in that state, median of "
+                   f"{cfg.mem_runs}; added vs the bare interpreter; the adapter process of "
+                   "detrix-py is a second process, shown on its own)")
+        out.append("")
+        out.append(table(["state", "RSS MiB", "added MiB"], rows))
+        out.append("")
+
+    if "overhead" in r:
+        ov = r["overhead"]
+        phases = ["never woken", "awake, no logpoint", "awake, logpoint on a cold line",
+                  "after sleep"]
+        rows = []
+        for name in phases:
+            row = [name]
+            for impl in ("auto", "orig"):
+                for w in ("loop", "calls"):
+                    values = ov.get(f"{impl}|{name}|{w}", {}).get("ratio", [])
+                    row.append(f"{median(values):.2f}x" if values else "n/a")
+            rows.append(row)
+        row = ["(never woken vs bare interpreter)"]
+        for impl in ("auto", "orig"):
+            for w in ("loop", "calls"):
+                values = ov.get(f"{impl}|never woken vs bare|{w}", {}).get("ratio", [])
+                row.append(f"{median(values):.2f}x" if values else "n/a")
+        rows.append(row)
+        out.append(f"**Runtime overhead** (time of a CPU-bound block relative to the same "
+                   f"process before any wake; fastest of {cfg.phase_blocks} blocks a phase, "
+                   f"median of {cfg.overhead_runs} run(s). `loop`: arithmetic loop, no calls; "
+                   "`calls`: a loop calling a small function)")
+        out.append("")
+        out.append(table(["phase", "detrix-auto loop", "detrix-auto calls", "detrix-py loop",
+                          "detrix-py calls"], rows))
+        out.append("")
+    return "\n".join(out)
+
+
+DEFAULT_INTRO = """# Performance
+
+How much detrix-auto costs, measured against the original client (`detrix-py`)
+and against the floor (what the interpreter and debugpy themselves cost).
+
+Rerun: `python bench/performance.py [--pythons 3.10,3.11,3.12,3.13] [--runs N] [--quick]`
+(with pyenv, expose the interpreters first, as `.ci/run` does). The script builds
+its virtual environments under `bench/.venvs/` (git-ignored), measures, prints the
+tables and rewrites the generated sections below; everything outside the
+`bench:` markers is hand-written and kept.
+"""
+
+BEGIN = "<!-- bench:{key}:begin -->"
+END = "<!-- bench:{key}:end -->"
+
+
+def write_doc(sections: dict[str, str]) -> None:
+    text = DOC.read_text() if DOC.exists() else DEFAULT_INTRO + "\n## Results\n\n"
+    for key, body in sections.items():
+        begin, end = BEGIN.format(key=key), END.format(key=key)
+        block = f"{begin}\n{body}\n{end}"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m, block=block: block, text)
+        else:
+            # New Python: insert in version order among the existing result sections.
+            keys = re.findall(r"<!-- bench:(py[\d.]+):begin -->", text)
+            later = [k for k in keys if _vkey(k) > _vkey(key)]
+            if later:
+                anchor = BEGIN.format(key=min(later, key=_vkey))
+                text = text.replace(anchor, f"{block}\n\n{anchor}", 1)
+            elif keys:
+                last_end = END.format(key=max(keys, key=_vkey))
+                text = text.replace(last_end, f"{last_end}\n\n{block}", 1)
+            else:
+                marker = "## Results\n"
+                if marker in text:
+                    text = text.replace(marker, f"{marker}\n{block}\n", 1)
+                else:
+                    text = text.rstrip() + f"\n\n## Results\n\n{block}\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+
+
+def _vkey(key: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in key[2:].split("."))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pythons", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+                        help="comma-separated versions, e.g. 3.10,3.11,3.12,3.13")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="start-up runs per variant (at least 30; default 40, 30 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="fewer cycles: a few minutes")
+    parser.add_argument("--no-original", action="store_true", help=f"skip {ORIGINAL}")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset: startup,memory,latency,overhead")
+    args = parser.parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        raise SystemExit("the benchmark reads /proc: run it on Linux")
+    cfg = config(args)
+    versions = [v.strip() for v in args.pythons.split(",") if v.strip()]
+    for version in versions:
+        if not re.fullmatch(r"3\.\d+", version):
+            raise SystemExit(f"--pythons wants versions like 3.11, not {version!r}")
+    only = {x.strip() for x in args.only.split(",") if x.strip()} or {
+        "startup", "memory", "latency", "overhead"}
+    VENVS.mkdir(parents=True, exist_ok=True)
+    wheel = build_wheel()
+    sections = {}
+    for version in versions:
+        started = time.perf_counter()
+        envs = prepare(version, wheel, with_original=not args.no_original)
+        log(f"Python {envs.full_version}: measuring")
+        with tempfile.TemporaryDirectory(prefix="detrix-bench-") as tmp:
+            bench = Bench(envs, cfg, Path(tmp))
+            for name in ("startup", "memory", "latency", "overhead"):
+                if name in only:
+                    getattr(bench, name)()
+        text = report(bench, cfg, time.perf_counter() - started)
+        print(text)
+        print()
+        sections[f"py{version}"] = text
+    if not args.no_write:
+        write_doc(sections)
+        log(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
