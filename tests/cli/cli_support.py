@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support import wait_for_record  # noqa: F401 - shared, re-exported
+
 #: An untouched application: ``value`` changes every 50 ms. A logpoint runs
 #: before its line, so at OBSERVE_LINE ``value == counter * 10`` always holds.
 APP = textwrap.dedent(
@@ -96,18 +98,4 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def wait_for_record(home: Path, pid: int, proc: subprocess.Popen[str] | None = None,
-                    timeout: float = 20.0) -> dict[str, Any]:
-    """The discovery record a process writes once its control plane listens."""
-    path = home / "clients" / f"{pid}.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            try:
-                return dict(json.loads(path.read_text()))
-            except ValueError:
-                pass  # being renamed into place
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process {pid} exited ({proc.returncode}) before listening")
-        time.sleep(0.02)
-    raise AssertionError(f"no discovery record for pid {pid} under {home}")
+

@@ -17,7 +17,6 @@ module imports nothing from it and defines what it needs itself.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import clean_env, http_json
 
 #: Seconds: every daemon timeout of the app under test, except register.
 TIMEOUT = 1.0
@@ -75,34 +75,6 @@ APP = textwrap.dedent(
 LIVE_STATUSES = (2, 3)  # connecting, connected
 
 
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
-    env.pop("PYTHONPATH", None)
-    env["DETRIX_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def http_json(base: str, method: str, path: str, body: Any = None, *,
-              timeout: float = 30.0) -> tuple[int, Any]:
-    host_port = base.split("://", 1)[1].rstrip("/")
-    conn = http.client.HTTPConnection(host_port, timeout=timeout)
-    headers = {}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(raw) if raw else None
-    except ValueError:
-        return response.status, raw.decode("utf-8", "replace")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,

@@ -41,6 +41,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from doubles import Fault, FaultDaemon  # noqa: E402
+from support import clean_env  # noqa: E402
 
 __all__ = [
     "TOKEN",
@@ -95,14 +96,6 @@ APP_SOURCE = textwrap.dedent(
     """
 )
 
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
-    env.pop("PYTHONPATH", None)
-    env["DETRIX_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 @dataclass
