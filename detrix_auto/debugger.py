@@ -28,11 +28,12 @@ all of it once no DAP client is attached, the way pydevd itself handles a DAP
 * always: output redirection off, breakpoints and exception breakpoints
   removed, thread notifications off (pydevd's ``request_disconnect``), the dead
   writer's queue dropped, pydevd's thread-start patch undone;
-* ``sys.settrace`` mode (3.10/3.11): ``threading.settrace(None)`` for future
-  threads; on every existing thread a tiny self-removing trace function
-  replaces pydevd's (through pydevd's own all-threads helper) and is set as
-  ``f_trace`` of every running frame, so that each thread drops tracing
-  entirely at its next Python event; the calling thread drops it at once;
+* ``sys.settrace`` mode (3.10/3.11): tracing stays. Removing pydevd's tracer
+  from every thread works, but putting it back through pydevd's all-threads
+  injection was racy under load (a re-woken process could leave its main
+  thread untraced and never report a logpoint), so on these versions a
+  process that was woken once keeps paying the tracer's cost (measured in
+  docs/performance.md);
 * ``sys.monitoring`` mode (3.12+): with no breakpoint left, pydevd's own
   ``update_monitor_events()`` sets the DEBUGGER tool's global events to none
   and unregisters its callbacks; the tool id stays pydevd's, so the next attach
@@ -56,7 +57,6 @@ import os
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any
 
 from . import _log
@@ -244,11 +244,15 @@ class Debugger:
             # held logpoints had returned DISABLE for every other line.
             monitoring.update_monitor_events()
             _disable_local_events()
-        elif getattr(py_db, "frame_eval_func", None) is not None:
-            _log.debug("disarm: pydevd uses frame evaluation here; tracing left as is")
-            return
         else:
-            _stop_settrace(py_db)
+            # sys.settrace mode (3.10/3.11): stopping the tracer on every thread
+            # works, but re-arming it through pydevd's
+            # all-threads injection proved racy under load: about half of the
+            # re-wakes on a busy 2-core machine left the main thread untraced,
+            # so logpoints never reported. Missing values are worse than a slow
+            # loop, so the tracer stays; docs/performance.md has the cost.
+            _log.debug("disarm: sys.settrace mode; the session is closed, tracing stays")
+            return
         self.armed = False
         _log.debug("disarm: debugpy's tracing stopped")
 
@@ -282,7 +286,6 @@ class Debugger:
             monitoring.start_monitoring(all_threads=True)  # no-op while the tool is ours
             monitoring.update_monitor_events()
         else:
-            _clear_removers()
             # Exactly what pydevd.settrace() does on the first listen.
             py_db.patch_threads()
             py_db.enable_tracing(py_db.trace_dispatch, apply_to_all_threads=True)
@@ -529,67 +532,6 @@ def _unpatch_thread_start() -> None:
             original = getattr(module, original_attr, None)
             if original is not None:
                 setattr(module, attr, original)
-
-
-def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
-    """Trace function that switches tracing off in the thread that calls it."""
-    if not _REMOVER_ACTIVE[0]:
-        frame.f_trace = None  # rearmed since: pydevd decides anew for this frame
-        return
-    settrace = _original_settrace()
-    settrace(None)
-    f: FrameType | None = frame
-    while f is not None:
-        f.f_trace = None
-        f = f.f_back
-
-
-#: Whether ``_remove_trace`` should still remove (False once rearmed).
-_REMOVER_ACTIVE = [False]
-
-
-def _original_settrace() -> Any:
-    """``sys.settrace`` as it was before pydevd replaced it with a warning wrapper."""
-    tracing = sys.modules.get("pydevd_tracing")
-    holder = getattr(tracing, "TracingFunctionHolder", None)
-    original = getattr(holder, "_original_tracing", None)
-    return original if original is not None else sys.settrace
-
-
-def _stop_settrace(py_db: Any) -> None:
-    """3.10/3.11: pydevd's tracer off on every thread, now or at its next event."""
-    tracing = _pydevd("pydevd_tracing")
-    _REMOVER_ACTIVE[0] = True
-    try:
-        threading.settrace(None)
-    except Exception:  # noqa: BLE001, S110 - only future threads are concerned
-        pass
-    # Existing threads: the global trace function (called for 'call' events)...
-    try:
-        helper = tracing.set_trace_to_threads(_remove_trace, create_dummy_thread=False)
-    except Exception as exc:  # noqa: BLE001 - no helper library on this platform
-        helper = -1
-        _log.debug("disarm: pydevd's all-threads helper failed: %s", exc)
-    if helper != 0:
-        _log.debug("disarm: threads without a Python frame keep tracing until they run one")
-    # ...and every running frame's local one (called for 'line' and 'return').
-    me = threading.get_ident()
-    for ident, top in sys._current_frames().items():
-        frame: FrameType | None = top
-        while frame is not None:
-            frame.f_trace = None if ident == me else _remove_trace
-            frame = frame.f_back
-    tracing.SetTrace(None)  # this thread: at once
-
-
-def _clear_removers() -> None:
-    _REMOVER_ACTIVE[0] = False
-    for top in sys._current_frames().values():
-        frame: FrameType | None = top
-        while frame is not None:
-            if frame.f_trace is _remove_trace:
-                frame.f_trace = None
-            frame = frame.f_back
 
 
 def _disable_local_events() -> None:

@@ -113,7 +113,9 @@ def test_sleep_during_a_wake_waits_and_unregisters_what_it_created(spawn, daemon
             sleep = pool.submit(app.request, "POST", "/detrix/sleep")
             assert wake.result(30)[0] == 200
             assert sleep.result(30) == (200, {"status": "sleeping"})
-        assert slow.count("register") == 1 and slow.count("unregister") == 1
+        # One registration; unregistered at least once (the keeper may repeat
+        # the DELETE if the daemon is slow to close its DAP socket: idempotent).
+        assert slow.count("register") == 1 and slow.count("unregister") >= 1
     assert app.status()["state"] == "sleeping"
     assert daemon.connections[next(iter(daemon.connections))].status == 1
 
@@ -142,9 +144,11 @@ def test_many_clients_waking_sleeping_and_reading_status_at_once(spawn, daemon):
     for t in threads:
         t.join(120)
     assert not errors
-    # Every registration was matched by an unregistration, or is the live one.
+    # Every registration was matched by an unregistration, and nothing stays
+    # attached (a repeated DELETE for a slow-closing session is harmless).
     app.request("POST", "/detrix/sleep")
-    assert daemon.registrations == daemon.unregistrations
+    assert daemon.unregistrations >= daemon.registrations
+    wait_until(lambda: all(c.status != 3 for c in daemon.connections.values()), timeout=10)
     assert app.proc.poll() is None
 
 
