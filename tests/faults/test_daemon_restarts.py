@@ -190,7 +190,11 @@ def test_another_debugger_cannot_attach_while_asleep(
         reattach(other, app)  # an unrelated "debugger": a daemon we never registered with
     assert not live_rows(other)
     status = app.status()
-    assert status["state"] == "sleeping" and status["last_error"] is None, status
+    assert status["state"] == "sleeping", status
+    # Under load the warm-up's own session may outlive its unregister, and the
+    # keeper then asks *our* daemon to let go; the other one is never asked.
+    assert status["last_error"] is None or "detach" in status["last_error"], status
+    assert other.unregistrations == 0
     code, body = app.wake(daemon.url)
     assert code == 200, body
     assert app.sleep()[0] == 200
