@@ -144,6 +144,7 @@ class Debugger:
             self.armed = True
             self._want_armed = True
             self._install_hooks()
+            _trace_main_thread_itself()
             return self.port
 
     # -- disarm / rearm ---------------------------------------------------------
@@ -564,3 +565,41 @@ _DISABLE: Any = getattr(getattr(sys, "monitoring", None), "DISABLE", None)
 
 def pydevd_loaded() -> bool:
     return "pydevd" in sys.modules
+
+
+def _original_settrace() -> Any:
+    """``sys.settrace`` as it was before pydevd replaced it with a warning wrapper."""
+    tracing = sys.modules.get("pydevd_tracing")
+    holder = getattr(tracing, "TracingFunctionHolder", None)
+    original = getattr(holder, "_original_tracing", None)
+    return original if original is not None else sys.settrace
+
+
+def _trace_main_thread_itself() -> None:
+    """3.10/3.11: have the main thread install pydevd's tracer on itself.
+
+    pydevd's all-threads helper finds a thread's state by thread id, and the
+    state of a thread being started carries its creator's id until the new
+    thread runs: while the main thread starts a thread, the helper can put the
+    tracer on the newborn thread and miss the main thread, whose logpoints
+    then never fire (seen in 1 to 5% of attaches with an app that starts
+    threads). The main thread setting its own tracer, at its next bytecode
+    boundary (Py_AddPendingCall), cannot miss.
+    """
+    if sys.version_info >= (3, 12) or threading.current_thread() is threading.main_thread():
+        return
+
+    def trace_me() -> None:
+        py_db = _py_db()
+        if py_db is None or sys.gettrace() is not None:
+            return
+        py_db.enable_tracing()  # pydevd's way (its faster trampoline)...
+        if sys.gettrace() is None:  # ...which can miss this very thread the same way
+            _original_settrace()(py_db.get_thread_local_trace_func())
+
+    try:
+        from ._mainthread import _schedule_in_main
+
+        _schedule_in_main(trace_me)
+    except Exception as exc:  # noqa: BLE001 - no ctypes: the all-threads helper alone
+        _log.debug("could not schedule a call in the main thread: %s", exc)
