@@ -30,6 +30,7 @@ __all__ = [
     "parse_bool",
     "parse_enable",
     "resolve",
+    "same_origin",
 ]
 
 DEFAULT_DAEMON_URL = "http://127.0.0.1:8090"
@@ -439,3 +440,18 @@ def split_host_port(value: str) -> tuple[str, str | None]:
         host, port = value.split(":", 1)
         return host, port
     return value, None
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Scheme, host and port equal: where a bearer token may be sent."""
+    from urllib.parse import urlsplit  # at wake time only: start-up does not pay for it
+
+    def origin(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+    try:
+        return origin(a) == origin(b)
+    except ValueError:
+        return False

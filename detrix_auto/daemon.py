@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -47,7 +47,7 @@ from urllib3.exceptions import (
 
 from .errors import DaemonError
 
-__all__ = ["DaemonClient", "HttpDaemonClient", "Registration", "client_for", "same_origin"]
+__all__ = ["DaemonClient", "HttpDaemonClient", "Registration", "client_for"]
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,6 @@ class DaemonClient(Protocol):
     def connection(
         self, connection_id: str, token: str | None, timeout: float
     ) -> dict[str, Any] | None: ...
-
-
-def same_origin(a: str, b: str) -> bool:
-    """Scheme, host and port equal: where a bearer token may be sent."""
-
-    def origin(url: str) -> tuple[str, str, int | None]:
-        parts = urlsplit(url)
-        default = 443 if parts.scheme == "https" else 80
-        return parts.scheme, (parts.hostname or "").lower(), parts.port or default
-
-    try:
-        return origin(a) == origin(b)
-    except ValueError:
-        return False
 
 
 # -- a deadline for the whole call ---------------------------------------------
@@ -258,7 +244,12 @@ class HttpDaemonClient:
             raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
         finally:
             _call.deadline = None
-        return response.status, response.data or b""
+        reply: bytes = response.data or b""
+        if token and token.encode() in reply:
+            # A daemon (or whatever answers at its URL) that echoes the request
+            # back must not get the token into our errors, stderr or status.
+            reply = reply.replace(token.encode(), b"<token>")
+        return response.status, reply
 
     def _explain(self, exc: Exception, timeout: float) -> str:
         reason = getattr(exc, "reason", None) or exc

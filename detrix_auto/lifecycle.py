@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _debug_gate, _log
-from .config import DEFAULT_DAEMON_URL, Settings
+from .config import DEFAULT_DAEMON_URL, Settings, same_origin
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
 from .state import Snapshot, State, StateCell
@@ -189,8 +189,13 @@ def _weak(obj: Any) -> weakref.ref[Any] | None:
 
 
 def _default_daemon_factory(url: str, settings: Settings) -> Any:
-    from .daemon import client_for
-
+    try:
+        from .daemon import client_for
+    except ImportError as exc:  # urllib3 missing or broken in this environment
+        raise DaemonError(
+            f"cannot load the daemon client ({exc}); install it in this environment: "
+            "pip install urllib3"
+        ) from None
     return client_for(url, verify_ssl=settings.verify_ssl, ca_bundle=settings.ca_bundle)
 
 
@@ -316,8 +321,6 @@ class Client:
             return result
 
     def _resolve_daemon(self, override: str | None, send_token: bool) -> tuple[str, str | None]:
-        from .daemon import same_origin
-
         configured = self.settings.daemon_url
         if configured is None:
             from .daemonfile import discover_daemon_url

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from doubles import Fault, FaultDaemon
-from support import SAMPLE_LINE, wait_until
+from support import SAMPLE_APP, SAMPLE_LINE, wait_until
 
 from detrix_auto.devdaemon import MetricSpec
 
@@ -161,6 +161,17 @@ def test_daemon_down_gives_503_and_leaves_the_debugger_closed(spawn):
     assert status["state"] == "sleeping"
     assert (status["debug_port"], status["debug_port_active"]) == (0, False)
     assert status["last_error"]
+
+
+def test_missing_urllib3_is_a_named_daemon_error_not_a_crash(spawn, daemon):
+    # As if urllib3 were not installed: the import of the daemon client fails.
+    app = spawn("import sys\nsys.modules['urllib3'] = None\n" + SAMPLE_APP)
+    code, body = app.request("POST", "/detrix/wake")
+    assert code == 503, body
+    assert "pip install urllib3" in body["error"]
+    status = app.status()
+    assert status["state"] == "sleeping" and "urllib3" in status["last_error"]
+    assert app.proc.poll() is None
 
 
 @pytest.mark.parametrize(
