@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _debug_gate, _log
+from ._handoff import quick_handoffs
 from .config import DEFAULT_DAEMON_URL, Settings, same_origin
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
@@ -291,7 +292,8 @@ class Client:
     def warm(self) -> None:
         """Import debugpy now so that the next wake skips it."""
         try:
-            self.debugger.prepare()
+            with quick_handoffs():
+                self.debugger.prepare()
         except DebuggerError as exc:
             _log.warn(f"warm start failed: {exc}")
             return
@@ -339,6 +341,12 @@ class Client:
 
     def _wake_locked(
         self, override: str | None, send_token: bool, *, retry: bool = False
+    ) -> dict[str, Any]:
+        with quick_handoffs():
+            return self._wake_with_handoffs(override, send_token, retry)
+
+    def _wake_with_handoffs(
+        self, override: str | None, send_token: bool, retry: bool
     ) -> dict[str, Any]:
         url, token = self._resolve_daemon(override, send_token)
         if retry:
@@ -445,7 +453,8 @@ class Client:
             # Under the lock: a wake that finishes while we wait for it must
             # not leave the keeper believing we still want to be awake.
             self._want_awake = False
-            return self._sleep_locked()
+            with quick_handoffs():  # the daemon's goodbye reaches pydevd's threads sooner
+                return self._sleep_locked()
 
     def _sleep_locked(self) -> dict[str, Any]:
         snap = self.cell.current

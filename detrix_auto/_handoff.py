@@ -1,0 +1,57 @@
+"""Quick GIL hand-offs while a wake runs beside a host that computes.
+
+A thread that waits for the GIL gets it only when the running thread reaches
+CPython's switch interval (5 ms by default). A cold wake imports debugpy and
+attaches: a few thousand file and socket calls, each of which gives the GIL
+up and must then wait for it again. Beside a main thread that never blocks,
+every one of those waits lasts the full interval, and a wake that takes 0.2 s
+on an idle host took 10-30 s (measured, docs/performance.md). For the length
+of a wake the interval is made short, then put back, unless the host changed
+it meanwhile (then the host's value stays). The host's own threads see more
+frequent switches only while a wake runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import TracebackType
+
+__all__ = ["WAKE_SWITCH_INTERVAL", "quick_handoffs"]
+
+#: Switch interval (seconds) while a wake runs: 0.1 ms keeps a cold wake beside a
+#: CPU-bound host within a small multiple of the idle wake.
+WAKE_SWITCH_INTERVAL = 0.0001
+
+_lock = threading.Lock()
+_holders = 0
+_saved: float | None = None
+
+
+class quick_handoffs:  # lower case: reads like a function in ``with quick_handoffs():``
+    """Context manager: a short switch interval while at least one holder is inside."""
+
+    def __enter__(self) -> None:
+        global _holders, _saved
+        with _lock:
+            _holders += 1
+            if _holders == 1:
+                current = sys.getswitchinterval()
+                if current > WAKE_SWITCH_INTERVAL:
+                    _saved = current
+                    sys.setswitchinterval(WAKE_SWITCH_INTERVAL)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        global _holders, _saved
+        with _lock:
+            _holders -= 1
+            if _holders == 0 and _saved is not None:
+                # Someone else set another value meanwhile: theirs wins.
+                if abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6:
+                    sys.setswitchinterval(_saved)
+                _saved = None
