@@ -290,13 +290,22 @@ class Client:
     # -- transitions ------------------------------------------------------
 
     def warm(self) -> None:
-        """Import debugpy now so that the next wake skips it."""
+        """Import what a wake needs now, so that the next wake skips it.
+
+        That is debugpy (most of the cost) and the daemon client: urllib3 and
+        ssl are a third of the rest of a wake after ``warm`` (measured in
+        docs/performance.md). Nothing listens and nothing is traced.
+        """
         try:
             with quick_handoffs():
                 self.debugger.prepare()
         except DebuggerError as exc:
             _log.warn(f"warm start failed: {exc}")
             return
+        try:
+            from . import daemon  # noqa: F401 - imported for its side effect: loaded
+        except Exception as exc:  # noqa: BLE001 - the wake will say it properly
+            _log.debug("warm: the daemon client could not be loaded: %s", exc)
         self.cell.update(warm=True)
 
     def wake(self, daemon_url: str | None = None, *, send_token: bool = True) -> dict[str, Any]:
