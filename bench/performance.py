@@ -152,6 +152,19 @@ APP = textwrap.dedent(
             cold(block)
             emit(block=block, loop=t1 - t0, calls=t2 - t1)
             block += 1
+    elif MODE == "onrequest":  # one block per line on stdin: runs interleaved with others
+        n_loop, n_calls = (int(x) for x in sys.argv[3].split(","))
+        emit(ready=True, **info)
+        for _ in sys.stdin:
+            best = {"loop": 1e9, "calls": 1e9}
+            for _ in range(5):  # the first runs after a wait run on cold caches
+                t0 = time.perf_counter()
+                loop_work(n_loop)
+                t1 = time.perf_counter()
+                calls_work(n_calls)
+                t2 = time.perf_counter()
+                best = {"loop": min(best["loop"], t1 - t0), "calls": min(best["calls"], t2 - t1)}
+            emit(**best)
     elif MODE == "statusbench":
         count = int(sys.argv[3])
         emit(ready=True, **info)
@@ -363,6 +376,13 @@ class Child:
                 except ValueError:
                     continue
 
+    def ask(self) -> dict[str, Any]:
+        """One block of work (``onrequest`` mode), while every other child waits."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self.next()
+
     def drain(self) -> None:
         while True:
             try:
@@ -400,6 +420,7 @@ class Envs:
     auto: Path
     orig: Path | None
     packages: dict[str, str] = field(default_factory=dict)
+    orig_missing: str = ""  # why detrix-py is not measured on this Python, if it is not
 
 
 def find_python(version: str) -> str:
@@ -473,9 +494,19 @@ def prepare(version: str, wheel: Path, with_original: bool) -> Envs:
     if with_original:
         try:
             ensure_venv(python, orig, [ORIGINAL])
-            envs.orig = orig
         except SystemExit as exc:
             log(f"warning: could not install {ORIGINAL} for {version}: {exc}")
+            envs.orig_missing = f"{ORIGINAL} could not be installed"
+        else:
+            probe = subprocess.run([str(venv_python(orig)), "-c", "import detrix"], check=False,
+                                   capture_output=True, text=True, env=clean_env())
+            if probe.returncode == 0:
+                envs.orig = orig
+            else:
+                last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+                envs.orig_missing = f"`import detrix` fails on Python {version}: {last}"
+                log(f"warning: {ORIGINAL} is installed but {envs.orig_missing}; measuring "
+                    "detrix-auto alone on this Python")
     pkgs = installed(auto)
     envs.packages = {k: pkgs[k] for k in ("detrix-auto", "debugpy", "urllib3") if k in pkgs}
     if envs.orig is not None:
@@ -825,12 +856,8 @@ class Bench:
             return {w: min(b[w] for b in blocks) for w in ("loop", "calls")}
 
         impls = ["auto"] + (["orig"] if self.envs.orig is not None else [])
+        self.idle_cost(res)
         for _ in range(self.cfg.overhead_runs):
-            # Reference: the same workload in the bare interpreter (another process).
-            child = self.spawn("bare", "bare", "work", self.cfg.work)
-            child.next()
-            bare = phase(child)
-            child.stop()
             for impl in impls:
                 with self.daemon() as devdaemon:
                     if impl == "auto":
@@ -866,10 +893,42 @@ class Bench:
                             res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(
                                 values[w] / never[w])
                             res[f"{impl}|{name}|{w}"].setdefault("ms", []).append(values[w])
-                    for w in ("loop", "calls"):
-                        res.setdefault(f"{impl}|never woken vs bare|{w}", {}).setdefault(
-                            "ratio", []).append(never[w] / bare[w])
         self.results["overhead"] = res
+
+    def idle_cost(self, res: dict[str, dict[str, list[float]]]) -> None:
+        """Never woken against not installed: three live processes, one block each in turn.
+
+        Separate runs one after the other differ by a few percent with whatever
+        else the machine does; taking turns block by block, all three see the
+        same machine.
+        """
+        with self.daemon() as devdaemon:
+            children = {"bare": self.spawn("bare", "bare", "onrequest", self.cfg.work)}
+            children["bare"].next()
+            auto = self.spawn("auto", "hook", "onrequest", self.cfg.work,
+                              env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
+            # One status request first: the control plane's HTTP side is then loaded.
+            request(self.control_url(auto, auto.next()), "GET", "/detrix/status")
+            children["auto"] = auto
+            if self.envs.orig is not None:
+                orig = self.spawn("orig", "orig", "onrequest", self.cfg.work,
+                                  env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                request(self.control_url(orig, orig.next()), "GET", "/detrix/status")
+                children["orig"] = orig
+            best: dict[str, dict[str, float]] = {}
+            for _ in range(self.cfg.phase_blocks * 2):
+                for name, child in children.items():
+                    block = child.ask()
+                    for w in ("loop", "calls"):
+                        slot = best.setdefault(name, {})
+                        slot[w] = min(slot.get(w, math.inf), block[w])
+            for child in children.values():
+                child.stop()
+        for name in ("auto", "orig"):
+            if name in best:
+                for w in ("loop", "calls"):
+                    res.setdefault(f"{name}|never woken vs bare|{w}", {}).setdefault(
+                        "ratio", []).append(best[name][w] / best["bare"][w])
 
 
 def timed_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
@@ -894,6 +953,62 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def headline(r: dict[str, Any]) -> list[str]:
+    """detrix-auto against detrix-py on the figures issue 6 names, from this run."""
+    rows: list[list[str]] = []
+
+    def add(label: str, auto: float, orig: float, unit: str, digits: int = 1) -> None:
+        if math.isnan(auto) or math.isnan(orig):
+            return
+        scale = 1000.0 if unit == "ms" else 1 / 1024
+        rows.append([label, f"{auto * scale:.{digits}f} {unit}",
+                     f"{orig * scale:.{digits}f} {unit}", ratio(orig, auto)])
+
+    def med(group: dict[str, list[Any]], key: str, index: int | None = None) -> float:
+        values = group.get(key, [])
+        if index is not None:
+            values = [v[index] for v in values]
+        return median(values) if values else float("nan")
+
+    s = r.get("startup", {})
+    if s:
+        bare = med(s, "bare interpreter", 0)
+        orig_bare = med(s, "detrix-py env, bare interpreter", 0)
+        orig = med(s, "detrix-py imported + init()", 0) - orig_bare
+        add("start-up added: zero-code, enabled and sleeping",
+            med(s, "detrix-auto enabled, sleeping", 0) - bare, orig, "ms")
+        add("start-up added: `init()` from code (detrix-py's only way)",
+            med(s, "detrix-auto init() (API)", 0) - bare, orig, "ms")
+    lat = r.get("latency", {})
+    if lat:
+        add("wake, cold (request to `awake`)", med(lat, "auto wake cold"),
+            med(lat, "orig wake cold"), "ms")
+        add("wake again after sleep", med(lat, "auto re-wake"), med(lat, "orig re-wake"), "ms")
+        for q in (50, 99):
+            auto_s, orig_s = lat.get("auto status during wake"), lat.get("orig status during wake")
+            if auto_s and orig_s:
+                add(f"GET /detrix/status during a wake, p{q}", pct(auto_s, q), pct(orig_s, q),
+                    "ms", 2)
+        auto_s, orig_s = lat.get("auto status during wake"), lat.get("orig status during wake")
+        if auto_s and orig_s:
+            add("GET /detrix/status during a wake, worst", max(auto_s), max(orig_s), "ms", 2)
+    mem = r.get("memory", {})
+    if mem:
+        base = med(mem, "bare interpreter")
+        add("memory added, sleeping (after a status request)",
+            med(mem, "detrix-auto sleeping, after one status request") - base,
+            med(mem, "detrix-py sleeping") - base, "MiB")
+        adapter = med(mem, "detrix-py awake: its adapter process")
+        add("memory added, awake (detrix-py: + its adapter process)",
+            med(mem, "detrix-auto awake") - base,
+            med(mem, "detrix-py awake") - base + (0.0 if math.isnan(adapter) else adapter), "MiB")
+    if not rows:
+        return []
+    return ["**detrix-auto against detrix-py** (this run; the last column is how many times "
+            "more detrix-py takes)", "",
+            table(["figure", "detrix-auto", "detrix-py", "detrix-py / detrix-auto"], rows), ""]
+
+
 def report(bench: Bench, cfg: Config, elapsed: float) -> str:
     envs, r = bench.envs, bench.results
     out = [f"### Python {envs.full_version}", ""]
@@ -901,6 +1016,11 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
     out.append(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, "
                f"{'--quick' if cfg.quick else 'full run'}, {elapsed / 60:.1f} min. {pkgs}.")
     out.append("")
+
+    if bench.envs.orig is not None:
+        out += headline(r)
+    elif bench.envs.orig_missing:
+        out += [f"detrix-py is not measured here: {bench.envs.orig_missing}.", ""]
 
     if "startup" in r:
         s = r["startup"]
@@ -1047,7 +1167,7 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
                     values = ov.get(f"{impl}|{name}|{w}", {}).get("ratio", [])
                     row.append(f"{median(values):.2f}x" if values else "n/a")
             rows.append(row)
-        row = ["(never woken vs bare interpreter)"]
+        row = ["never woken vs not installed (interleaved, 3 live processes)"]
         for impl in ("auto", "orig"):
             for w in ("loop", "calls"):
                 values = ov.get(f"{impl}|never woken vs bare|{w}", {}).get("ratio", [])
