@@ -155,6 +155,7 @@ APP = textwrap.dedent(
     elif MODE == "onrequest":  # one block per line on stdin: runs interleaved with others
         n_loop, n_calls = (int(x) for x in sys.argv[3].split(","))
         emit(ready=True, **info)
+        block = 0
         for _ in sys.stdin:
             best = {"loop": 1e9, "calls": 1e9}
             for _ in range(5):  # the first runs after a wait run on cold caches
@@ -164,6 +165,8 @@ APP = textwrap.dedent(
                 calls_work(n_calls)
                 t2 = time.perf_counter()
                 best = {"loop": min(best["loop"], t1 - t0), "calls": min(best["calls"], t2 - t1)}
+            cold(block)
+            block += 1
             emit(**best)
     elif MODE == "statusbench":
         count = int(sys.argv[3])
@@ -843,92 +846,88 @@ class Bench:
     # -- runtime overhead -----------------------------------------------------------------
 
     def overhead(self) -> None:
+        """Runtime cost of each phase against a bare interpreter computing in turn with it.
+
+        Two live processes, the bare interpreter and the one measured, compute
+        one block each in turn (best of 5 runs per block, best block of the
+        phase), so both see the same machine: separate runs one after the
+        other differed by up to 40% here with whatever else the machine did.
+        """
         from detrix_auto.devdaemon import MetricSpec
 
         res: dict[str, dict[str, list[float]]] = {}
         k = self.cfg.phase_blocks
-        log(f"runtime overhead: {self.cfg.overhead_runs} interleaved run(s), {k} blocks a phase")
-
-        def phase(child: Child) -> dict[str, float]:
-            child.drain()
-            child.next()  # may straddle the transition
-            blocks = [child.next() for _ in range(k)]
-            return {w: min(b[w] for b in blocks) for w in ("loop", "calls")}
-
+        log(f"runtime overhead: {self.cfg.overhead_runs} run(s), {k} blocks a phase in turn")
         impls = ["auto"] + (["orig"] if self.envs.orig is not None else [])
-        self.idle_cost(res)
         for _ in range(self.cfg.overhead_runs):
             for impl in impls:
                 with self.daemon() as devdaemon:
-                    if impl == "auto":
-                        child = self.spawn("auto", "hook", "work", self.cfg.work,
-                                           env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
-                    else:
-                        child = self.spawn("orig", "orig", "work", self.cfg.work,
-                                           env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                    bare = self.spawn("bare", "bare", "onrequest", self.cfg.work)
+                    bare.next()
+                    child = self.spawn_impl(impl, "onrequest", devdaemon.url)
                     url = self.control_url(child, child.next())
-                    phases = {"never woken": phase(child)}
-                    code, body, elapsed = request(url, "POST", "/detrix/wake")
-                    busy = self.results.setdefault("latency_busy", {})
-                    busy.setdefault(f"{impl} wake cold", []).append(elapsed)
+                    request(url, "GET", "/detrix/status")  # its HTTP side is loaded, as in use
+
+                    def phase(bare: Child = bare, child: Child = child) -> dict[str, float]:
+                        best: dict[str, dict[str, float]] = {"bare": {}, "impl": {}}
+                        for _ in range(k):
+                            for name, proc in (("bare", bare), ("impl", child)):
+                                block = proc.ask()
+                                for w in ("loop", "calls"):
+                                    best[name][w] = min(best[name].get(w, math.inf), block[w])
+                        return {w: best["impl"][w] / best["bare"][w] for w in ("loop", "calls")}
+
+                    phases = {"never woken": phase()}
+                    code, body, _ = request(url, "POST", "/detrix/wake")
                     if code != 200:
                         log(f"warning: {impl} wake answered {code}: {body}")
                         child.stop()
+                        bare.stop()
                         continue
-                    phases["awake, no logpoint"] = phase(child)
+                    phases["awake, no logpoint"] = phase()
                     devdaemon.add_metric(MetricSpec("cold", str(self.app), COLD_LINE, ("block",)))
-                    try:
-                        devdaemon.wait_for_hits("cold", 2, timeout=30)
-                    except TimeoutError as exc:
-                        log(f"warning: {impl}: no logpoint hit: {exc}")
-                    phases["awake, logpoint on a cold line"] = phase(child)
-                    _, _, elapsed = request(url, "POST", "/detrix/sleep")
-                    busy.setdefault(f"{impl} sleep", []).append(elapsed)
+                    deadline = time.monotonic() + 30
+                    while len(devdaemon.hits("cold")) < 2 and time.monotonic() < deadline:
+                        child.ask()  # the cold line runs once per block
+                        time.sleep(0.05)
+                    if len(devdaemon.hits("cold")) < 2:
+                        log(f"warning: {impl}: the logpoint did not report within 30 s")
+                    phases["awake, logpoint on a cold line"] = phase()
+                    request(url, "POST", "/detrix/sleep")
                     time.sleep(0.2)
-                    phases["after sleep"] = phase(child)
+                    phases["after sleep"] = phase()
                     child.stop()
-                    never = phases["never woken"]
-                    for name, values in phases.items():
+                    bare.stop()
+                    for name, ratios in phases.items():
                         for w in ("loop", "calls"):
-                            res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(
-                                values[w] / never[w])
-                            res[f"{impl}|{name}|{w}"].setdefault("ms", []).append(values[w])
+                            res.setdefault(f"{impl}|{name}|{w}", {}).setdefault(
+                                "ratio", []).append(ratios[w])
+                self.busy_wake(impl)
         self.results["overhead"] = res
 
-    def idle_cost(self, res: dict[str, dict[str, list[float]]]) -> None:
-        """Never woken against not installed: three live processes, one block each in turn.
+    def spawn_impl(self, impl: str, mode: str, daemon_url: str) -> Child:
+        if impl == "auto":
+            return self.spawn("auto", "hook", mode, self.cfg.work,
+                              env=self.hook_env(DETRIX_DAEMON_URL=daemon_url))
+        return self.spawn("orig", "orig", mode, self.cfg.work,
+                          env=clean_env(BENCH_DAEMON_URL=daemon_url))
 
-        Separate runs one after the other differ by a few percent with whatever
-        else the machine does; taking turns block by block, all three see the
-        same machine.
-        """
+    def busy_wake(self, impl: str) -> None:
+        """Wake and sleep while the host's main thread computes without pause."""
+        busy = self.results.setdefault("latency_busy", {})
         with self.daemon() as devdaemon:
-            children = {"bare": self.spawn("bare", "bare", "onrequest", self.cfg.work)}
-            children["bare"].next()
-            auto = self.spawn("auto", "hook", "onrequest", self.cfg.work,
-                              env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
-            # One status request first: the control plane's HTTP side is then loaded.
-            request(self.control_url(auto, auto.next()), "GET", "/detrix/status")
-            children["auto"] = auto
-            if self.envs.orig is not None:
-                orig = self.spawn("orig", "orig", "onrequest", self.cfg.work,
-                                  env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
-                request(self.control_url(orig, orig.next()), "GET", "/detrix/status")
-                children["orig"] = orig
-            best: dict[str, dict[str, float]] = {}
-            for _ in range(self.cfg.phase_blocks * 2):
-                for name, child in children.items():
-                    block = child.ask()
-                    for w in ("loop", "calls"):
-                        slot = best.setdefault(name, {})
-                        slot[w] = min(slot.get(w, math.inf), block[w])
-            for child in children.values():
-                child.stop()
-        for name in ("auto", "orig"):
-            if name in best:
-                for w in ("loop", "calls"):
-                    res.setdefault(f"{name}|never woken vs bare|{w}", {}).setdefault(
-                        "ratio", []).append(best[name][w] / best["bare"][w])
+            child = self.spawn_impl(impl, "work", devdaemon.url)
+            url = self.control_url(child, child.next())
+            child.next()  # computing
+            code, body, elapsed = request(url, "POST", "/detrix/wake")
+            if code != 200:
+                log(f"warning: {impl} wake answered {code}: {body}")
+            else:
+                busy.setdefault(f"{impl} wake cold", []).append(elapsed)
+                time.sleep(0.3)
+                _, _, elapsed = request(url, "POST", "/detrix/sleep")
+                busy.setdefault(f"{impl} sleep", []).append(elapsed)
+            child.stop()
 
 
 def timed_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
@@ -991,7 +990,12 @@ def headline(r: dict[str, Any]) -> list[str]:
                     "ms", 2)
         auto_s, orig_s = lat.get("auto status during wake"), lat.get("orig status during wake")
         if auto_s and orig_s:
+            add("GET /detrix/status during a wake, mean", statistics.fmean(auto_s),
+                statistics.fmean(orig_s), "ms", 2)
             add("GET /detrix/status during a wake, worst", max(auto_s), max(orig_s), "ms", 2)
+        busy = r.get("latency_busy", {})
+        add("wake, cold, host's main thread computing", med(busy, "auto wake cold"),
+            med(busy, "orig wake cold"), "ms")
     mem = r.get("memory", {})
     if mem:
         base = med(mem, "bare interpreter")
@@ -1167,16 +1171,11 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
                     values = ov.get(f"{impl}|{name}|{w}", {}).get("ratio", [])
                     row.append(f"{median(values):.2f}x" if values else "n/a")
             rows.append(row)
-        row = ["never woken vs not installed (interleaved, 3 live processes)"]
-        for impl in ("auto", "orig"):
-            for w in ("loop", "calls"):
-                values = ov.get(f"{impl}|never woken vs bare|{w}", {}).get("ratio", [])
-                row.append(f"{median(values):.2f}x" if values else "n/a")
-        rows.append(row)
-        out.append(f"**Runtime overhead** (time of a CPU-bound block relative to the same "
-                   f"process before any wake; fastest of {cfg.phase_blocks} blocks a phase, "
-                   f"median of {cfg.overhead_runs} run(s). `loop`: arithmetic loop, no calls; "
-                   "`calls`: a loop calling a small function)")
+        out.append("**Runtime overhead** (time of a CPU-bound block relative to a bare "
+                   "interpreter, without detrix-auto or detrix-py, computing the same block in "
+                   f"turn with it; best of {cfg.phase_blocks} blocks a phase, median of "
+                   f"{cfg.overhead_runs} run(s); 1.00x = no cost. `loop`: arithmetic loop, no "
+                   "calls; `calls`: a loop calling a small function)")
         out.append("")
         out.append(table(["phase", "detrix-auto loop", "detrix-auto calls", "detrix-py loop",
                           "detrix-py calls"], rows))
