@@ -15,11 +15,13 @@ control thread calls :func:`ensure_threading` on the first connection:
 2. Otherwise it asks the main thread, through ``Py_AddPendingCall`` (the
    documented C API for running a call in the main thread at its next
    bytecode boundary), to import it, and waits briefly.
-3. If the main thread is busy in C code (a long ``time.sleep()``), it imports
-   ``threading`` itself, takes its own thread out of the shutdown join, and
-   leaves the pending call to rebuild the real ``MainThread`` object in the
-   main thread as soon as it runs Python code again, the way
-   ``threading._after_fork`` rebuilds it after a fork.
+3. If the main thread is busy in C code (a long ``time.sleep()``), or its
+   import failed (the pending call landed in the middle of one of the main
+   thread's own imports, found under load), it imports ``threading`` itself,
+   takes its own thread out of the shutdown join, and leaves a pending call
+   to rebuild the real ``MainThread`` object in the main thread as soon as it
+   runs Python code again, the way ``threading._after_fork`` rebuilds it
+   after a fork.
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ def ensure_threading(wait: float = 0.25) -> None:
         return  # 3.13 asks the runtime which thread is main
     done = _thread.allocate_lock()
     done.acquire()
-    if _schedule_in_main(lambda: _repair_in_main(done)) and done.acquire(timeout=wait):
-        return
+    if _schedule_in_main(lambda: _import_in_main(done)):
+        done.acquire(timeout=wait)
+    # Whatever happened above, this thread must not end up "main": the main
+    # thread may be busy in C, or its import may have failed (a pending call
+    # can land in the middle of one of the main thread's own imports, and
+    # threading then sees a half-initialised functools).
     import threading
 
-    _demote_current_thread(threading)
+    if threading.main_thread().ident == _thread.get_ident():
+        _demote_current_thread(threading)
+        # Rebuild the real one once the main thread runs Python again. Also
+        # when the call above already ran: it found no threading to repair.
+        _schedule_in_main(_repair_in_main)
 
 
 def _schedule_in_main(func: object) -> bool:
@@ -65,16 +75,26 @@ def _schedule_in_main(func: object) -> bool:
         return False
 
 
-def _repair_in_main(done: _thread.LockType) -> None:
-    """Runs in the main thread: import threading, or fix who it thinks is main."""
+def _import_in_main(done: _thread.LockType) -> None:
+    """Runs in the main thread: import threading (which then knows who is main)."""
     try:
-        import threading
-
-        bogus = threading._main_thread  # type: ignore[attr-defined]
-        if bogus.ident != _thread.get_ident():
-            threading._main_thread = threading._MainThread()  # type: ignore[attr-defined]
+        import threading  # noqa: F401 - imported for its side effect
+    except BaseException:  # noqa: BLE001, S110 - the control thread checks and falls back
+        pass
     finally:
         done.release()
+    _repair_in_main()
+
+
+def _repair_in_main() -> None:
+    """Runs in the main thread: fix who threading thinks is main, if it is wrong.
+
+    Imports nothing: it may run in the middle of any import of the main thread.
+    """
+    threading = sys.modules.get("threading")
+    bogus = getattr(threading, "_main_thread", None)
+    if bogus is not None and bogus.ident != _thread.get_ident():
+        threading._main_thread = threading._MainThread()  # type: ignore[union-attr]
 
 
 def _demote_current_thread(threading: object) -> None:

@@ -37,6 +37,17 @@ OVERHEAD_APP = textwrap.dedent(
     import faulthandler, json, os, signal, sys, threading, time
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
+    def who_is_waited_for(*_):  # SIGUSR2: what threading._shutdown() waits for
+        locks = list(getattr(threading, "_shutdown_locks", ()))
+        info = {"main": repr(threading._main_thread), "me": threading.get_ident(),
+                "threads": [(t.name, t.ident, t.daemon, t.is_alive(),
+                             getattr(t, "_tstate_lock", None) in locks)
+                            for t in threading.enumerate()],
+                "shutdown_locks": [repr(lock) for lock in locks]}
+        sys.stderr.write("WAITED-FOR " + json.dumps(info) + "\\n")
+        sys.stderr.flush()
+    signal.signal(signal.SIGUSR2, who_is_waited_for)
+
     def work(n):
         total = 0
         for i in range(n):
@@ -207,7 +218,15 @@ def _finish(app: App, timings: Timings, stop: Path) -> tuple[str, str]:
     try:
         app.proc.wait(timeout=20)
     except Exception:
-        raise AssertionError("the app did not exit after wake/sleep (pydevd blocked exit)")
+        # Where every thread is (faulthandler on SIGUSR1 in the app), for the message.
+        app.proc.send_signal(signal.SIGUSR2)
+        time.sleep(0.5)
+        app.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        app.proc.kill()
+        assert app.proc.stderr is not None
+        stacks = app.proc.stderr.read()[-8000:]
+        raise AssertionError(f"the app did not exit after wake/sleep:\n{stacks}") from None
     timings.reader.join(5)
     out = []
     while not timings.lines.empty():
