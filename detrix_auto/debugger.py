@@ -28,19 +28,23 @@ all of it once no DAP client is attached, the way pydevd itself handles a DAP
 * always: output redirection off, breakpoints and exception breakpoints
   removed, thread notifications off (pydevd's ``request_disconnect``), the dead
   writer's queue dropped, pydevd's thread-start patch undone;
-* ``sys.settrace`` mode (3.10/3.11): tracing stays. Removing pydevd's tracer
-  from every thread works, but putting it back through pydevd's all-threads
-  injection was racy under load (a re-woken process could leave its main
-  thread untraced and never report a logpoint), so on these versions a
-  process that was woken once keeps paying the tracer's cost (measured in
-  docs/performance.md);
+* ``sys.settrace`` mode (3.10/3.11): ``threading.settrace(None)`` for future
+  threads; on every existing thread a tiny self-removing trace function
+  replaces pydevd's (through pydevd's helper library) and is set as
+  ``f_trace`` of every running frame, so that each thread drops tracing
+  entirely at its next Python event; the calling thread drops it at once,
+  the main thread through a pending call (``Py_AddPendingCall``);
 * ``sys.monitoring`` mode (3.12+): with no breakpoint left, pydevd's own
   ``update_monitor_events()`` sets the DEBUGGER tool's global events to none
   and unregisters its callbacks; the tool id stays pydevd's, so the next attach
   needs no re-registration.
 
 :meth:`Debugger.rearm` (called by ``wake()`` before registering) re-applies
-tracing the way ``pydevd.settrace`` does on the first listen. If a DAP client
+tracing the way ``pydevd.settrace`` does on the first listen, and then the
+main thread checks its own tracer: pydevd's all-threads helper can miss a
+thread that is starting another one (``_trace_main_thread_itself``; this is
+what made re-wakes lose logpoints under load before, and it affects debugpy's
+own first ``listen()`` just the same). If a DAP client
 attaches while disarmed without a wake (a daemon that restarted re-attaches to
 stored connections), a DAP-message listener re-arms on its ``initialize`` and
 a watcher disarms again once it leaves, so logpoints always work while a
@@ -57,6 +61,7 @@ import os
 import sys
 import threading
 import time
+from types import FrameType
 from typing import Any
 
 from . import _log
@@ -245,15 +250,11 @@ class Debugger:
             # held logpoints had returned DISABLE for every other line.
             monitoring.update_monitor_events()
             _disable_local_events()
-        else:
-            # sys.settrace mode (3.10/3.11): stopping the tracer on every thread
-            # works, but re-arming it through pydevd's
-            # all-threads injection proved racy under load: about half of the
-            # re-wakes on a busy 2-core machine left the main thread untraced,
-            # so logpoints never reported. Missing values are worse than a slow
-            # loop, so the tracer stays; docs/performance.md has the cost.
-            _log.debug("disarm: sys.settrace mode; the session is closed, tracing stays")
+        elif getattr(py_db, "frame_eval_func", None) is not None:
+            _log.debug("disarm: pydevd uses frame evaluation here; tracing left as is")
             return
+        else:
+            _stop_settrace(py_db)
         self.armed = False
         _log.debug("disarm: debugpy's tracing stopped")
 
@@ -287,10 +288,12 @@ class Debugger:
             monitoring.start_monitoring(all_threads=True)  # no-op while the tool is ours
             monitoring.update_monitor_events()
         else:
+            _clear_removers()
             # Exactly what pydevd.settrace() does on the first listen.
             py_db.patch_threads()
             py_db.enable_tracing(py_db.trace_dispatch, apply_to_all_threads=True)
             py_db.set_tracing_for_untraced_contexts()
+            _trace_main_thread_itself()
         self.armed = True
         _log.debug("rearm: debugpy's tracing re-applied")
 
@@ -535,6 +538,153 @@ def _unpatch_thread_start() -> None:
                 setattr(module, attr, original)
 
 
+
+def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
+    """Trace function that switches tracing off in the thread that calls it."""
+    with _REMOVER_LOCK:  # a rearm in between must not be undone here
+        active = _REMOVER_ACTIVE[0]
+        if active:
+            _original_settrace()(None)
+    f: FrameType | None = frame
+    while f is not None:
+        if active or f.f_trace is _remove_trace:
+            f.f_trace = None  # if rearmed since: pydevd decides anew for the frame
+        f = f.f_back
+
+
+#: Whether ``_remove_trace`` should still remove (False once rearmed).
+_REMOVER_ACTIVE = [False]
+_REMOVER_LOCK = threading.Lock()
+
+
+def _original_settrace() -> Any:
+    """``sys.settrace`` as it was before pydevd replaced it with a warning wrapper."""
+    tracing = sys.modules.get("pydevd_tracing")
+    holder = getattr(tracing, "TracingFunctionHolder", None)
+    original = getattr(holder, "_original_tracing", None)
+    return original if original is not None else sys.settrace
+
+
+def _stop_settrace(py_db: Any) -> None:
+    """3.10/3.11: pydevd's tracer off on every thread, now or at its next event."""
+    tracing = _pydevd("pydevd_tracing")
+    with _REMOVER_LOCK:
+        _REMOVER_ACTIVE[0] = True
+    try:
+        threading.settrace(None)
+    except Exception:  # noqa: BLE001, S110 - only future threads are concerned
+        pass
+    me = threading.get_ident()
+    # Existing threads: the global trace function (called for 'call' events)...
+    try:
+        helper = _set_global_trace(tracing, _remove_trace, me)
+    except Exception as exc:  # noqa: BLE001 - no helper library on this platform
+        helper = -1
+        _log.debug("disarm: pydevd's all-threads helper failed: %s", exc)
+    if helper != 0:
+        _log.debug("disarm: some threads stop tracing only at their next line")
+    # ...and every running frame's local one (called for 'line' and 'return').
+    for ident, top in sys._current_frames().items():
+        frame: FrameType | None = top
+        while frame is not None:
+            frame.f_trace = None if ident == me else _remove_trace
+            frame = frame.f_back
+    tracing.SetTrace(None)  # this thread: at once
+    if me != threading.main_thread().ident:
+        _in_main_thread(_untrace_main)  # the main thread without waiting for its next line
+
+
+def _set_global_trace(tracing: Any, func: Any, me: int) -> int:
+    """Set ``func`` as the trace function of every other thread running Python code.
+
+    pydevd's helper library does the work in C, under the GIL, one thread at a
+    time, by thread id. pydevd's own ``set_trace_to_threads`` also starts a
+    short-lived thread per target to bump a counter that only CPython <= 3.9
+    had; on a busy host each of those waits for the GIL, which made a sleep
+    take ~150 ms instead of a few. Returns how many threads it could not reach.
+    """
+    import ctypes
+
+    lib = tracing._load_python_helper_lib()
+    if lib is None:
+        result: int = tracing.set_trace_to_threads(func, create_dummy_thread=False)
+        return result
+    skip = {t.ident for t in threading.enumerate() if getattr(t, "pydev_do_not_trace", False)}
+    holder = getattr(tracing, "TracingFunctionHolder", None)
+    set_trace = getattr(holder, "_original_tracing", None) or sys.settrace
+    failed = 0
+    for ident in list(sys._current_frames()):
+        if ident == me or ident in skip:
+            continue
+        code = lib.AttachDebuggerTracing(
+            ctypes.c_int(0),
+            ctypes.py_object(set_trace),
+            ctypes.py_object(func),
+            ctypes.c_uint(ident),
+            ctypes.py_object(None),
+        )
+        failed += code != 0
+    return failed
+
+
+def _in_main_thread(func: Any) -> None:
+    """Run ``func`` in the main thread at its next bytecode boundary (Py_AddPendingCall)."""
+    try:
+        from ._mainthread import _schedule_in_main
+
+        _schedule_in_main(func)
+    except Exception as exc:  # noqa: BLE001 - no ctypes: the all-threads helper alone
+        _log.debug("could not schedule a call in the main thread: %s", exc)
+
+
+def _trace_main_thread_itself() -> None:
+    """3.10/3.11: have the main thread install pydevd's tracer on itself.
+
+    pydevd's all-threads helper finds a thread's state by thread id, and the
+    state of a thread being started carries its creator's id until the new
+    thread runs: while the main thread starts a thread, the helper can put the
+    tracer on the newborn thread and miss the main thread, whose logpoints
+    then never fire (1 to 5% of attaches of an app that starts threads, on
+    debugpy's first listen() as on a re-arm). The main thread setting its own
+    tracer, at its next bytecode boundary, cannot miss. Other threads that
+    start threads keep that small debugpy race.
+    """
+    if sys.version_info >= (3, 12) or threading.current_thread() is threading.main_thread():
+        return
+
+    def trace_me() -> None:
+        py_db = _py_db()
+        if py_db is None or _REMOVER_ACTIVE[0] or sys.gettrace() is not None:
+            return
+        py_db.enable_tracing()  # pydevd's way (its faster trampoline)...
+        if sys.gettrace() is None:  # ...which can miss this very thread the same way
+            _original_settrace()(py_db.get_thread_local_trace_func())
+
+    _in_main_thread(trace_me)
+
+
+def _untrace_main() -> None:
+    with _REMOVER_LOCK:
+        if not _REMOVER_ACTIVE[0]:
+            return
+        _original_settrace()(None)
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        frame.f_trace = None
+        frame = frame.f_back
+
+
+def _clear_removers() -> None:
+    with _REMOVER_LOCK:
+        _REMOVER_ACTIVE[0] = False
+    for top in sys._current_frames().values():
+        frame: FrameType | None = top
+        while frame is not None:
+            if frame.f_trace is _remove_trace:
+                frame.f_trace = None
+            frame = frame.f_back
+
+
 def _disable_local_events() -> None:
     """3.12+: let code objects that held logpoints shed their local events.
 
@@ -565,41 +715,3 @@ _DISABLE: Any = getattr(getattr(sys, "monitoring", None), "DISABLE", None)
 
 def pydevd_loaded() -> bool:
     return "pydevd" in sys.modules
-
-
-def _original_settrace() -> Any:
-    """``sys.settrace`` as it was before pydevd replaced it with a warning wrapper."""
-    tracing = sys.modules.get("pydevd_tracing")
-    holder = getattr(tracing, "TracingFunctionHolder", None)
-    original = getattr(holder, "_original_tracing", None)
-    return original if original is not None else sys.settrace
-
-
-def _trace_main_thread_itself() -> None:
-    """3.10/3.11: have the main thread install pydevd's tracer on itself.
-
-    pydevd's all-threads helper finds a thread's state by thread id, and the
-    state of a thread being started carries its creator's id until the new
-    thread runs: while the main thread starts a thread, the helper can put the
-    tracer on the newborn thread and miss the main thread, whose logpoints
-    then never fire (seen in 1 to 5% of attaches with an app that starts
-    threads). The main thread setting its own tracer, at its next bytecode
-    boundary (Py_AddPendingCall), cannot miss.
-    """
-    if sys.version_info >= (3, 12) or threading.current_thread() is threading.main_thread():
-        return
-
-    def trace_me() -> None:
-        py_db = _py_db()
-        if py_db is None or sys.gettrace() is not None:
-            return
-        py_db.enable_tracing()  # pydevd's way (its faster trampoline)...
-        if sys.gettrace() is None:  # ...which can miss this very thread the same way
-            _original_settrace()(py_db.get_thread_local_trace_func())
-
-    try:
-        from ._mainthread import _schedule_in_main
-
-        _schedule_in_main(trace_me)
-    except Exception as exc:  # noqa: BLE001 - no ctypes: the all-threads helper alone
-        _log.debug("could not schedule a call in the main thread: %s", exc)
