@@ -63,13 +63,13 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", ["python-loop", "busy-in-c", "import-fails-in-main"])
-def test_the_real_main_thread_stays_main_and_exit_is_not_blocked(tmp_path, home, mode):
+def _run(tmp_path, home, mode: str) -> dict:
     from support import clean_env, http_json, wait_for_record
 
     script = tmp_path / "app.py"
     script.write_text(APP)
     asked = tmp_path / "asked"
+    asked.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, str(script), mode, str(asked)],
         env=clean_env(home, DETRIX_ENABLE="1"), cwd=str(tmp_path),
@@ -86,7 +86,23 @@ def test_the_real_main_thread_stays_main_and_exit_is_not_blocked(tmp_path, home,
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    report = json.loads(out.splitlines()[-1])
-    assert report["is_main"] and report["main_ident_ok"], report
-    assert report["import_failed"] is (mode == "import-fails-in-main"), report
     assert "detrix-auto" not in err, err
+    report = dict(json.loads(out.splitlines()[-1]))
+    assert report["is_main"] and report["main_ident_ok"], report
+    return report
+
+
+@pytest.mark.parametrize("mode", ["python-loop", "busy-in-c", "import-fails-in-main"])
+def test_the_real_main_thread_stays_main_and_exit_is_not_blocked(tmp_path, home, mode):
+    report = _run(tmp_path, home, mode)
+    if mode == "import-fails-in-main":
+        # The failing import happens only if the main thread runs our pending
+        # call before the control thread stops waiting for it (0.25 s); on a
+        # loaded machine it may not: try again, checking the outcome each time.
+        for _ in range(4):
+            if report["import_failed"]:
+                break
+            report = _run(tmp_path, home, mode)
+        assert report["import_failed"], "the main thread never ran the pending call in time"
+    else:
+        assert not report["import_failed"], report
