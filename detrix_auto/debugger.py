@@ -664,13 +664,24 @@ def _trace_main_thread_itself() -> None:
 
 
 def _untrace_main() -> None:
+    """Runs in the main thread (pending call): have it drop tracing in its own frames.
+
+    Not ``settrace(None)`` here: before 3.12 "tracing is on" is also a flag of
+    each C-level evaluation loop, and ``settrace`` updates only the current
+    one, which for a pending call is a nested loop. The loop the main thread
+    returns to would keep the flag, and with it a slower instruction dispatch
+    (measured 1.2-1.6x) with no tracer at all. Instead the main thread gets
+    ``_remove_trace`` as its tracer and on its frames: at its next event, in
+    its own loop, the tracer goes and the interpreter recomputes that loop's
+    flag on the way out of the trace call.
+    """
     with _REMOVER_LOCK:
         if not _REMOVER_ACTIVE[0]:
             return
-        _original_settrace()(None)
-    frame: FrameType | None = sys._getframe()
+        _original_settrace()(_remove_trace)
+    frame: FrameType | None = sys._getframe().f_back
     while frame is not None:
-        frame.f_trace = None
+        frame.f_trace = _remove_trace
         frame = frame.f_back
 
 
