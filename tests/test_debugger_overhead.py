@@ -9,8 +9,9 @@ fastest blocks of each phase, which is what survives a noisy shared machine.
 
 Measured on the development machine (docs/performance.md): awake 2.3-2.5x on
 3.10/3.11 and ~1.0x on 3.12/3.13; after sleep 0.97-1.08x everywhere. The
-assertions leave a wide margin: after sleep < 1.5x never woken, and the main
-thread's ``sys.gettrace()`` is None (exact: timings alone swing with load).
+exact assertion is the probe's (no tracer in the main thread, no global
+``sys.monitoring`` event left on 3.12+); the timing is only a sanity bound
+(< 3x), as timings swing with the load of a shared machine.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ OVERHEAD_APP = textwrap.dedent(
 
     def probe():  # what the tracer sees, for a failing test's message
         state = {"gettrace": repr(sys.gettrace())}
+        mon = getattr(sys, "monitoring", None)
+        if mon is not None:  # 3.12+: global events still on for the debugger tool
+            # (Local events stay set on code that held a logpoint; our callback
+            # answers DISABLE, which switches each location off at its first hit.)
+            state["events"] = mon.get_events(mon.DEBUGGER_ID)
         try:
             from _pydevd_bundle.pydevd_trace_dispatch import global_cache_skips
             state["cold_skipped"] = global_cache_skips.get(cold.__code__)
@@ -202,13 +208,21 @@ def _wait_hits(app: App, daemon: Any, at_least: int, what: str, timeout: float =
     )
 
 
-def _main_tracer(app: App) -> str:
-    """The app's main thread's ``sys.gettrace()``, as its probe reports it."""
+def _still_traced(app: App) -> str:
+    """What tracing the app still has, as its probe reports it: '' when none.
+
+    Exact, unlike a timing: the main thread's ``sys.gettrace()`` and, on
+    3.12+, the debugger tool's global events.
+    """
     (app.script.parent / "stop.probe").write_text("")
     for _ in range(10_000):
         line = app_lines(app).get(timeout=20)
         if line.startswith('{"probe"'):
-            return str(json.loads(line)["probe"]["gettrace"])
+            probe = json.loads(line)["probe"]
+            left = [] if probe["gettrace"] == "None" else [f"tracer {probe['gettrace']}"]
+            if probe.get("events"):
+                left.append(f"sys.monitoring events {probe['events']}")
+            return ", ".join(left)
     return "no probe"
 
 
@@ -257,6 +271,7 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
     _wake(app, daemon)
     _wait_hits(app, daemon, 1, "first wake")
     awake = timings.phase()
+    assert _still_traced(app) != "", "the probe must see tracing while awake"
     _sleep(app)
     after = timings.phase()
 
@@ -265,8 +280,10 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
         # The measurement can see the tracer: otherwise the next assert proves nothing.
         assert awake / never > 1.3, ratios
     # No tracer left in the main thread (exact), and no cost left (timed, wide margin).
-    assert _main_tracer(app) == "None", ratios
-    assert after / never < 1.5, ratios
+    assert _still_traced(app) == "", ratios
+    # The timing only as a sanity bound: the tracer costs 4-12x here on
+    # 3.10/3.11, while noise on a loaded 2-core CI machine reached 1.8x.
+    assert after / never < 3.0, ratios
 
     # And again: a second wake re-arms, a second sleep disarms.
     hits = len(daemon.hits("cold"))
@@ -277,8 +294,8 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
         assert timings.phase(6) / never > 1.3, "tracing was not re-armed by the second wake"
     _sleep(app)
     again = timings.phase()
-    assert _main_tracer(app) == "None", f"after the second sleep: {again / never:.2f}x"
-    assert again / never < 1.5, f"after the second sleep: {again / never:.2f}x"
+    assert _still_traced(app) == "", f"after the second sleep: {again / never:.2f}x"
+    assert again / never < 3.0, f"after the second sleep: {again / never:.2f}x"
 
     _, err = _finish(app, timings, stop)
     assert "detrix-auto" not in err and "pydev" not in err.lower(), err
