@@ -669,8 +669,7 @@ class Bench:
             child.stop()
 
             with self.daemon() as devdaemon:
-                child = self.spawn("auto", "hook", "idle",
-                                   env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
+                child = self.spawn_impl("auto", "idle", devdaemon.url)
                 url = self.control_url(child, child.next())
                 time.sleep(0.2)
                 add("detrix-auto sleeping, control plane never used", rss_kib(child.pid))
@@ -702,8 +701,7 @@ class Bench:
             if self.envs.orig is not None:
                 with self.daemon() as devdaemon:
                     before = adapter_pids()
-                    child = self.spawn("orig", "orig", "idle",
-                                       env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                    child = self.spawn_impl("orig", "idle", devdaemon.url)
                     url = self.control_url(child, child.next())
                     time.sleep(0.2)
                     add("detrix-py sleeping", rss_kib(child.pid))
@@ -736,8 +734,7 @@ class Bench:
         for _ in range(self.cfg.cycles):
             # detrix-auto: cold wake, sleep, re-wake, with GET /detrix/status hammered.
             with self.daemon() as devdaemon:
-                child = self.spawn("auto", "hook", "idle",
-                                   env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url))
+                child = self.spawn_impl("auto", "idle", devdaemon.url)
                 url = self.control_url(child, child.next())
                 self.cycle("auto", url, res, add)
                 add("auto exit after sleep", child.stop())
@@ -754,8 +751,7 @@ class Bench:
 
             if self.envs.orig is not None:
                 with self.daemon() as devdaemon:
-                    child = self.spawn("orig", "orig", "idle",
-                                       env=clean_env(BENCH_DAEMON_URL=devdaemon.url))
+                    child = self.spawn_impl("orig", "idle", devdaemon.url)
                     url = self.control_url(child, child.next())
                     self.cycle("orig", url, res, add)
                     add("orig exit after sleep", child.stop())
@@ -906,11 +902,12 @@ class Bench:
         self.results["overhead"] = res
 
     def spawn_impl(self, impl: str, mode: str, daemon_url: str) -> Child:
+        """detrix-auto (through its hook) or detrix-py (``init()``), told where the daemon is."""
+        work = "" if mode == "idle" else self.cfg.work
         if impl == "auto":
-            return self.spawn("auto", "hook", mode, self.cfg.work,
+            return self.spawn("auto", "hook", mode, work,
                               env=self.hook_env(DETRIX_DAEMON_URL=daemon_url))
-        return self.spawn("orig", "orig", mode, self.cfg.work,
-                          env=clean_env(BENCH_DAEMON_URL=daemon_url))
+        return self.spawn("orig", "orig", mode, work, env=clean_env(BENCH_DAEMON_URL=daemon_url))
 
     def busy_wake(self, impl: str) -> None:
         """Wake and sleep while the host's main thread computes without pause."""

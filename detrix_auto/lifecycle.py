@@ -296,16 +296,16 @@ class Client:
         ssl are a third of the rest of a wake after ``warm`` (measured in
         docs/performance.md). Nothing listens and nothing is traced.
         """
-        try:
-            with quick_handoffs():
+        with quick_handoffs():
+            try:
                 self.debugger.prepare()
-        except DebuggerError as exc:
-            _log.warn(f"warm start failed: {exc}")
-            return
-        try:
-            from . import daemon  # noqa: F401 - imported for its side effect: loaded
-        except Exception as exc:  # noqa: BLE001 - the wake will say it properly
-            _log.debug("warm: the daemon client could not be loaded: %s", exc)
+            except DebuggerError as exc:
+                _log.warn(f"warm start failed: {exc}")
+                return
+            try:
+                from . import daemon  # noqa: F401 - imported for its side effect: loaded
+            except Exception as exc:  # noqa: BLE001 - the wake will say it properly
+                _log.debug("warm: the daemon client could not be loaded: %s", exc)
         self.cell.update(warm=True)
 
     def wake(self, daemon_url: str | None = None, *, send_token: bool = True) -> dict[str, Any]:

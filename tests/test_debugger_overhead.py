@@ -175,17 +175,7 @@ def _wait_hits(app: App, daemon: Any, at_least: int, what: str, timeout: float =
             return
         time.sleep(0.05)
     status = app.status()
-    probe = {}
-    stop = app.script.parent / "stop.probe"
-    stop.write_text("")
-    for _ in range(100_000):
-        try:
-            line = app_lines(app).get(timeout=5)
-        except queue.Empty:
-            break
-        if line.startswith('{"probe"'):
-            probe = json.loads(line)["probe"]
-            break
+    probe = _probe(app, line_timeout=5)
     dump = ""
     if not probe:  # the app stopped printing: show where its threads are
         app.proc.send_signal(signal.SIGUSR1)
@@ -208,22 +198,32 @@ def _wait_hits(app: App, daemon: Any, at_least: int, what: str, timeout: float =
     )
 
 
+def _probe(app: App, line_timeout: float) -> dict[str, Any]:
+    """Ask the app for its probe (see ``probe()`` in the app); {} if it does not answer."""
+    (app.script.parent / "stop.probe").write_text("")
+    for _ in range(100_000):
+        try:
+            line = app_lines(app).get(timeout=line_timeout)
+        except queue.Empty:
+            break
+        if line.startswith('{"probe"'):
+            return dict(json.loads(line)["probe"])
+    return {}
+
+
 def _still_traced(app: App) -> str:
     """What tracing the app still has, as its probe reports it: '' when none.
 
     Exact, unlike a timing: the main thread's ``sys.gettrace()`` and, on
     3.12+, the debugger tool's global events.
     """
-    (app.script.parent / "stop.probe").write_text("")
-    for _ in range(10_000):
-        line = app_lines(app).get(timeout=20)
-        if line.startswith('{"probe"'):
-            probe = json.loads(line)["probe"]
-            left = [] if probe["gettrace"] == "None" else [f"tracer {probe['gettrace']}"]
-            if probe.get("events"):
-                left.append(f"sys.monitoring events {probe['events']}")
-            return ", ".join(left)
-    return "no probe"
+    probe = _probe(app, line_timeout=20)
+    if not probe:
+        return "no probe"
+    left = [] if probe["gettrace"] == "None" else [f"tracer {probe['gettrace']}"]
+    if probe.get("events"):
+        left.append(f"sys.monitoring events {probe['events']}")
+    return ", ".join(left)
 
 
 def _wake(app: App, daemon: Any) -> None:
