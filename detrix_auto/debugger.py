@@ -61,6 +61,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -545,11 +546,16 @@ def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
         active = _REMOVER_ACTIVE[0]
         if active:
             _original_settrace()(None)
-    f: FrameType | None = frame
-    while f is not None:
+    for f in _stack(frame):
         if active or f.f_trace is _remove_trace:
             f.f_trace = None  # if rearmed since: pydevd decides anew for the frame
-        f = f.f_back
+
+
+def _stack(frame: FrameType | None) -> Iterator[FrameType]:
+    """``frame`` and its callers, innermost first."""
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 #: Whether ``_remove_trace`` should still remove (False once rearmed).
@@ -585,10 +591,8 @@ def _stop_settrace(py_db: Any) -> None:
         _log.debug("disarm: some threads stop tracing only at their next line")
     # ...and every running frame's local one (called for 'line' and 'return').
     for ident, top in sys._current_frames().items():
-        frame: FrameType | None = top
-        while frame is not None:
+        for frame in _stack(top):
             frame.f_trace = None if ident == me else _remove_trace
-            frame = frame.f_back
     tracing.SetTrace(None)  # this thread: at once
     if me != threading.main_thread().ident:
         _in_main_thread(_untrace_main)  # the main thread without waiting for its next line
@@ -675,25 +679,31 @@ def _untrace_main() -> None:
     its own loop, the tracer goes and the interpreter recomputes that loop's
     flag on the way out of the trace call.
     """
-    with _REMOVER_LOCK:
-        if not _REMOVER_ACTIVE[0]:
-            return
-        _original_settrace()(_remove_trace)
-    frame: FrameType | None = sys._getframe().f_back
-    while frame is not None:
+    if not _REMOVER_ACTIVE[0]:
+        return
+    # From the frame the pending call interrupted: this function and
+    # _mainthread's trampoline run in the nested loop, and an event of theirs
+    # reaching _remove_trace would remove the tracer in the wrong loop.
+    try:
+        interrupted = sys._getframe(2)
+    except ValueError:  # not called through the trampoline: nothing to mark
+        interrupted = None
+    for frame in _stack(interrupted):
         frame.f_trace = _remove_trace
-        frame = frame.f_back
+    # Last: once this thread has a tracer, any Python call here would be a
+    # 'call' event, and the removal would happen in this nested loop after all.
+    with _REMOVER_LOCK:
+        if _REMOVER_ACTIVE[0]:
+            _original_settrace()(_remove_trace)
 
 
 def _clear_removers() -> None:
     with _REMOVER_LOCK:
         _REMOVER_ACTIVE[0] = False
     for top in sys._current_frames().values():
-        frame: FrameType | None = top
-        while frame is not None:
+        for frame in _stack(top):
             if frame.f_trace is _remove_trace:
                 frame.f_trace = None
-            frame = frame.f_back
 
 
 def _disable_local_events() -> None:
