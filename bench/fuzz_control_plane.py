@@ -70,17 +70,51 @@ detrix_auto.shutdown()
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "get", "TRACE", "CONNECT"]
-PATHS = [*ROUTES, "/", "/detrix", "/detrix/wake/", "//detrix/status", "/detrix/status?x=1",
-         "/detrix/%77ake", "*", "http://evil/detrix/wake", "/detrix/wake#x", "/../detrix/info"]
+PATHS = [
+    *ROUTES,
+    "/",
+    "/detrix",
+    "/detrix/wake/",
+    "//detrix/status",
+    "/detrix/status?x=1",
+    "/detrix/%77ake",
+    "*",
+    "http://evil/detrix/wake",
+    "/detrix/wake#x",
+    "/../detrix/info",
+]
 VERSIONS = ["HTTP/1.1"] * 6 + ["HTTP/1.0"] * 3 + ["HTTP/2.0", "http/1.1", "HTTP/1.1 x", ""]
 HEADER_VALUES = {
-    "Host": ["127.0.0.1", "localhost:1", "evil.example", "[::1]:8", "", "a:b:c",
-             "127.0.0.1:99999999999", "127.0.0.2", "[::ffff:127.0.0.1]:1"],
-    "Content-Type": ["application/json", "application/json; charset=utf-8", "text/plain",
-                     "application/x-www-form-urlencoded", "multipart/form-data",
-                     "APPLICATION/JSON", ""],
-    "Authorization": [f"Bearer {TOKEN}", "Bearer", "Bearer x", "Basic eA==", f"bearer {TOKEN}",
-                      "", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x"],
+    "Host": [
+        "127.0.0.1",
+        "localhost:1",
+        "evil.example",
+        "[::1]:8",
+        "",
+        "a:b:c",
+        "127.0.0.1:99999999999",
+        "127.0.0.2",
+        "[::ffff:127.0.0.1]:1",
+    ],
+    "Content-Type": [
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "APPLICATION/JSON",
+        "",
+    ],
+    "Authorization": [
+        f"Bearer {TOKEN}",
+        "Bearer",
+        "Bearer x",
+        "Basic eA==",
+        f"bearer {TOKEN}",
+        "",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer {TOKEN}x",
+    ],
     "Origin": ["http://evil.example", "null", ""],
     "X-Forwarded-For": ["203.0.113.9"],
     "Forwarded": ["for=203.0.113.9"],
@@ -90,9 +124,21 @@ HEADER_VALUES = {
     "Expect": ["100-continue"],
     "Content-Length": ["0", "-1", "1e3", "99999999999999", "+5", " 2", "0x10", "70000"],
 }
-DAEMON_URLS = ["http://127.0.0.1:9", "https://127.0.0.1:9/x/", "ftp://x",
-               "http://user:pw@127.0.0.1:9", "http://[::1]:9", "http://h:0",
-               "http://evil.example:80", "http://127.0.0.1:9?q", "", " ", None, 5, ["x"]]
+DAEMON_URLS = [
+    "http://127.0.0.1:9",
+    "https://127.0.0.1:9/x/",
+    "ftp://x",
+    "http://user:pw@127.0.0.1:9",
+    "http://[::1]:9",
+    "http://h:0",
+    "http://evil.example:80",
+    "http://127.0.0.1:9?q",
+    "",
+    " ",
+    None,
+    5,
+    ["x"],
+]
 
 
 def rand_text(rng: random.Random, alphabet: str, lo: int, hi: int) -> str:
@@ -106,11 +152,11 @@ def rand_json(rng: random.Random, depth: int = 0) -> object:
     if kind == 1:
         return rng.random() < 0.5
     if kind == 2:
-        return rng.randint(-(10 ** 12), 10 ** 12)
+        return rng.randint(-(10**12), 10**12)
     if kind == 3:
         return rng.random() * 1e6
     if kind == 4:
-        return rand_text(rng, "ab\u00e9\u2603\"\\/ \x01", 0, 12)
+        return rand_text(rng, 'ab\u00e9\u2603"\\/ \x01', 0, 12)
     if kind == 5:
         return [rand_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
     keys = [rand_text(rng, "abc_", 0, 6) for _ in range(rng.randint(0, 4))]
@@ -172,8 +218,12 @@ def generated(rng: random.Random) -> tuple[bytes, bool]:
             name = rng.choice(sorted(pool))
             headers.append((name, rng.choice(pool[name])))
         else:
-            headers.append((rand_text(rng, TOKEN_CHARS + " :", 1, 12),
-                            rand_text(rng, "abc \t\x00\x7f\u00ff:", 0, 30)))
+            headers.append(
+                (
+                    rand_text(rng, TOKEN_CHARS + " :", 1, 12),
+                    rand_text(rng, "abc \t\x00\x7f\u00ff:", 0, 30),
+                )
+            )
     close = rng.random() < 0.5
     if close:
         headers = [(n, v) for n, v in headers if n.lower() != "connection"]
@@ -201,7 +251,8 @@ def mutated(rng: random.Random) -> bytes:
     body = b'{"daemon_url": "http://127.0.0.1:9"}' if method == "POST" else b""
     data = bytearray(
         f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     for _ in range(rng.randint(1, 4)):
         op = rng.randrange(5)
@@ -209,12 +260,23 @@ def mutated(rng: random.Random) -> bytes:
         if op == 0 and data:
             data[at] ^= rng.randint(1, 255)
         elif op == 1:
-            data[at:at] = rng.choice([rng.randbytes(rng.randint(1, 16)), b"\r\n", b"\r\n\r\n",
-                                      b":", b" ", b"\x00", b"\r", b"\n", b"\t"])
+            data[at:at] = rng.choice(
+                [
+                    rng.randbytes(rng.randint(1, 16)),
+                    b"\r\n",
+                    b"\r\n\r\n",
+                    b":",
+                    b" ",
+                    b"\x00",
+                    b"\r",
+                    b"\n",
+                    b"\t",
+                ]
+            )
         elif op == 2:
-            del data[at:at + rng.randint(1, 8)]
+            del data[at : at + rng.randint(1, 8)]
         elif op == 3:
-            data[at:at] = data[at:at + rng.randint(1, 40)]
+            data[at:at] = data[at : at + rng.randint(1, 40)]
         else:
             del data[at:]
     return bytes(data)
@@ -390,9 +452,14 @@ def main() -> int:
         home.mkdir(mode=0o700)
         stderr_path = Path(tmp) / "server.stderr"
         with open(stderr_path, "w") as err:
-            server = subprocess.Popen([sys.executable, "-c", SERVER, str(home)], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                      text=True)
+            server = subprocess.Popen(
+                [sys.executable, "-c", SERVER, str(home)],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         try:
             assert server.stdout is not None and server.stdin is not None
             port = int(server.stdout.readline())
@@ -440,11 +507,15 @@ def main() -> int:
 
     sent = sum(kinds.values())
     print(f"requests sent:    {sent} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
-    print(f"elapsed:          {elapsed:.1f} s ({sent / elapsed:.0f} requests/s, "
-          f"{args.clients} client processes)")
+    print(
+        f"elapsed:          {elapsed:.1f} s ({sent / elapsed:.0f} requests/s, "
+        f"{args.clients} client processes)"
+    )
     print(f"responses:        {sum(v for k, v in statuses.items() if k != '(none)')}")
-    print("status histogram: " + ", ".join(
-        f"{k}: {v}" for k, v in sorted(statuses.items(), key=lambda kv: kv[0])))
+    print(
+        "status histogram: "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=lambda kv: kv[0]))
+    )
     print(f"server fds/threads before -> after: {before} -> {after}")
     if problems:
         print("FAILURES: " + ", ".join(f"{k}: {v}" for k, v in sorted(problems.items())))

@@ -68,7 +68,7 @@ ORIGINAL = "detrix-py"
 #: ``idle`` (wait for stdin to close), ``work`` (time CPU-bound blocks until
 #: stdin closes) or ``statusbench`` (in-process status() latency).
 APP = textwrap.dedent(
-    '''\
+    """\
     import json, os, select, sys, threading, time
 
     IMPL, MODE = sys.argv[1], sys.argv[2]
@@ -195,7 +195,7 @@ APP = textwrap.dedent(
         api.sleep()
         emit(idle=idle, during=during, sleep=time.perf_counter() - t, **box)
         sys.stdin.read()
-    '''
+    """
 )
 COLD_LINE = next(i for i, line in enumerate(APP.splitlines(), 1) if "COLD_LINE" in line)
 
@@ -240,8 +240,11 @@ def mib(kib: float) -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DETRIX_", "PYTHON", "PYDEVD_", "VIRTUAL_ENV"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DETRIX_", "PYTHON", "PYDEVD_", "VIRTUAL_ENV"))
+    }
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no frozen-modules warning from bare debugpy
     env.update(extra)
     return env
@@ -274,8 +277,9 @@ def adapter_pids() -> set[int]:
     return found
 
 
-def request(base: str, method: str, path: str, body: Any = None,
-         timeout: float = 60.0) -> tuple[int, Any, float]:
+def request(
+    base: str, method: str, path: str, body: Any = None, timeout: float = 60.0
+) -> tuple[int, Any, float]:
     """One request on a fresh connection; returns (status, JSON body, seconds)."""
     host, port = base.split("://", 1)[1].rstrip("/").rsplit(":", 1)
     data = json.dumps(body).encode() if body is not None else None
@@ -334,8 +338,14 @@ class Child:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(
-            argv, env=env, cwd=str(cwd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1,
+            argv,
+            env=env,
+            cwd=str(cwd),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.err: list[str] = []
@@ -362,16 +372,19 @@ class Child:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RuntimeError(f"no output from {self.argv[1:]} within {timeout}s; "
-                                   f"stderr: {''.join(self.err)[-2000:]}")
+                raise RuntimeError(
+                    f"no output from {self.argv[1:]} within {timeout}s; "
+                    f"stderr: {''.join(self.err)[-2000:]}"
+                )
             try:
                 line = self.lines.get(timeout=remaining)
             except queue.Empty:
                 continue
             if line is None:
                 self.lines.put(None)
-                raise RuntimeError(f"{self.argv[1:]} exited ({self.proc.poll()}): "
-                                   f"{''.join(self.err)[-2000:]}")
+                raise RuntimeError(
+                    f"{self.argv[1:]} exited ({self.proc.poll()}): {''.join(self.err)[-2000:]}"
+                )
             line = line.strip()
             if line.startswith("{"):
                 try:
@@ -417,8 +430,8 @@ class Child:
 
 @dataclass
 class Envs:
-    version: str        # "3.11"
-    full_version: str   # "3.11.7"
+    version: str  # "3.11"
+    full_version: str  # "3.11.7"
     bare: Path
     auto: Path
     orig: Path | None
@@ -471,14 +484,31 @@ def ensure_venv(python: str, path: Path, requirements: list[str]) -> None:
         shutil.rmtree(path)
     log(f"creating {path.relative_to(ROOT)} ({', '.join(requirements)})")
     run([python, "-m", "venv", str(path)])
-    run([str(venv_python(path)), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         *requirements])
+    run(
+        [
+            str(venv_python(path)),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            *requirements,
+        ]
+    )
     marker.write_text(wanted)
 
 
 def installed(path: Path) -> dict[str, str]:
-    result = run([str(venv_python(path)), "-m", "pip", "list", "--format=json",
-                  "--disable-pip-version-check"])
+    result = run(
+        [
+            str(venv_python(path)),
+            "-m",
+            "pip",
+            "list",
+            "--format=json",
+            "--disable-pip-version-check",
+        ]
+    )
     return {item["name"].lower(): item["version"] for item in json.loads(result.stdout)}
 
 
@@ -491,8 +521,19 @@ def prepare(version: str, wheel: Path, with_original: bool) -> Envs:
     ensure_venv(python, bare, BASE_REQS)
     ensure_venv(python, auto, BASE_REQS)
     # Always the current checkout: reinstall the freshly built wheel.
-    run([str(venv_python(auto)), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps",
-         "--disable-pip-version-check", str(wheel)])
+    run(
+        [
+            str(venv_python(auto)),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--force-reinstall",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(wheel),
+        ]
+    )
     envs = Envs(version, full, bare, auto, None)
     if with_original:
         try:
@@ -501,21 +542,29 @@ def prepare(version: str, wheel: Path, with_original: bool) -> Envs:
             log(f"warning: could not install {ORIGINAL} for {version}: {exc}")
             envs.orig_missing = f"{ORIGINAL} could not be installed"
         else:
-            probe = subprocess.run([str(venv_python(orig)), "-c", "import detrix"], check=False,
-                                   capture_output=True, text=True, env=clean_env())
+            probe = subprocess.run(
+                [str(venv_python(orig)), "-c", "import detrix"],
+                check=False,
+                capture_output=True,
+                text=True,
+                env=clean_env(),
+            )
             if probe.returncode == 0:
                 envs.orig = orig
             else:
                 last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
                 envs.orig_missing = f"`import detrix` fails on Python {version}: {last}"
-                log(f"warning: {ORIGINAL} is installed but {envs.orig_missing}; measuring "
-                    "detrix-auto alone on this Python")
+                log(
+                    f"warning: {ORIGINAL} is installed but {envs.orig_missing}; measuring "
+                    "detrix-auto alone on this Python"
+                )
     pkgs = installed(auto)
     envs.packages = {k: pkgs[k] for k in ("detrix-auto", "debugpy", "urllib3") if k in pkgs}
     if envs.orig is not None:
         orig_pkgs = installed(envs.orig)
-        envs.packages.update({k: orig_pkgs[k] for k in ("detrix-py", "pydantic", "httpx")
-                              if k in orig_pkgs})
+        envs.packages.update(
+            {k: orig_pkgs[k] for k in ("detrix-py", "pydantic", "httpx") if k in orig_pkgs}
+        )
         if orig_pkgs.get("debugpy") != envs.packages.get("debugpy"):
             envs.packages["debugpy (detrix-py env)"] = orig_pkgs.get("debugpy", "?")
     return envs
@@ -538,11 +587,27 @@ class Config:
 
 def config(args: argparse.Namespace) -> Config:
     if args.quick:
-        return Config(runs=max(30, args.runs or 30), quick=True, cycles=3, overhead_runs=1,
-                      phase_blocks=8, mem_runs=1, status_requests=100, work="60000,30000")
+        return Config(
+            runs=max(30, args.runs or 30),
+            quick=True,
+            cycles=3,
+            overhead_runs=1,
+            phase_blocks=8,
+            mem_runs=1,
+            status_requests=100,
+            work="60000,30000",
+        )
     runs = max(30, args.runs or 40)
-    return Config(runs=runs, quick=False, cycles=max(5, runs // 4), overhead_runs=3,
-                  phase_blocks=15, mem_runs=3, status_requests=300, work="60000,30000")
+    return Config(
+        runs=runs,
+        quick=False,
+        cycles=max(5, runs // 4),
+        overhead_runs=3,
+        phase_blocks=15,
+        mem_runs=3,
+        status_requests=300,
+        work="60000,30000",
+    )
 
 
 class Bench:
@@ -566,8 +631,9 @@ class Bench:
     def hook_env(self, **extra: str) -> dict[str, str]:
         return clean_env(DETRIX_ENABLE="1", DETRIX_HOME=str(self.home), **extra)
 
-    def spawn(self, which: str, impl: str, mode: str, arg: str = "", *,
-              env: dict[str, str] | None = None) -> Child:
+    def spawn(
+        self, which: str, impl: str, mode: str, arg: str = "", *, env: dict[str, str] | None = None
+    ) -> Child:
         argv = [self.py(which), str(self.app), impl, mode] + ([arg] if arg else [])
         return Child(argv, env if env is not None else clean_env(), self.dir)
 
@@ -600,8 +666,9 @@ class Bench:
         finally:
             devdaemon.stop()
 
-    def wait_status(self, url: str, predicate: Callable[[dict[str, Any]], bool],
-                    timeout: float = 30) -> None:
+    def wait_status(
+        self, url: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code, body, _ = request(url, "GET", "/detrix/status")
@@ -614,31 +681,52 @@ class Bench:
 
     def startup(self) -> None:
         home = str(self.home)
-        warm_probe = ("import time, detrix_auto\n"
-                      "while not detrix_auto.status()['warm']:\n    time.sleep(0.0005)\n")
+        warm_probe = (
+            "import time, detrix_auto\n"
+            "while not detrix_auto.status()['warm']:\n    time.sleep(0.0005)\n"
+        )
         variants: list[tuple[str, list[str], dict[str, str]]] = [
             ("bare interpreter", [self.py("bare"), "-c", "pass"], clean_env()),
             ("detrix-auto installed, disabled", [self.py("auto"), "-c", "pass"], clean_env()),
             ("detrix-auto enabled, sleeping", [self.py("auto"), "-c", "pass"], self.hook_env()),
-            ("detrix-auto enabled, warm (start-up)", [self.py("auto"), "-c", "pass"],
-             self.hook_env(DETRIX_START_STATE="warm")),
-            ("detrix-auto enabled, warm (until warm)", [self.py("auto"), "-c", warm_probe],
-             self.hook_env(DETRIX_START_STATE="warm")),
-            ("detrix-auto init() (API)",
-             [self.py("auto"), "-c",
-              "import detrix_auto; detrix_auto.init(daemon_url='http://127.0.0.1:9')"],
-             clean_env(DETRIX_HOME=home)),
+            (
+                "detrix-auto enabled, warm (start-up)",
+                [self.py("auto"), "-c", "pass"],
+                self.hook_env(DETRIX_START_STATE="warm"),
+            ),
+            (
+                "detrix-auto enabled, warm (until warm)",
+                [self.py("auto"), "-c", warm_probe],
+                self.hook_env(DETRIX_START_STATE="warm"),
+            ),
+            (
+                "detrix-auto init() (API)",
+                [
+                    self.py("auto"),
+                    "-c",
+                    "import detrix_auto; detrix_auto.init(daemon_url='http://127.0.0.1:9')",
+                ],
+                clean_env(DETRIX_HOME=home),
+            ),
             ("floor: import debugpy", [self.py("bare"), "-c", "import debugpy"], clean_env()),
-            ("floor: import debugpy + server", [self.py("bare"), "-c",
-                                               "import debugpy, debugpy.server.api"], clean_env()),
+            (
+                "floor: import debugpy + server",
+                [self.py("bare"), "-c", "import debugpy, debugpy.server.api"],
+                clean_env(),
+            ),
         ]
         if self.envs.orig is not None:
             variants += [
                 ("detrix-py env, bare interpreter", [self.py("orig"), "-c", "pass"], clean_env()),
-                ("detrix-py imported + init()",
-                 [self.py("orig"), "-c",
-                  "import detrix; detrix.init(name='bench', daemon_url='http://127.0.0.1:9')"],
-                 clean_env()),
+                (
+                    "detrix-py imported + init()",
+                    [
+                        self.py("orig"),
+                        "-c",
+                        "import detrix; detrix.init(name='bench', daemon_url='http://127.0.0.1:9')",
+                    ],
+                    clean_env(),
+                ),
             ]
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
         warmup = 3
@@ -711,8 +799,10 @@ class Bench:
                     time.sleep(0.3)
                     add("detrix-py awake", rss_kib(child.pid))
                     adapters = adapter_pids() - before
-                    add("detrix-py awake: its adapter process",
-                        sum(rss_kib(pid) for pid in adapters) if adapters else float("nan"))
+                    add(
+                        "detrix-py awake: its adapter process",
+                        sum(rss_kib(pid) for pid in adapters) if adapters else float("nan"),
+                    )
                     request(url, "POST", "/detrix/sleep")
                     time.sleep(0.3)
                     add("detrix-py after sleep", rss_kib(child.pid))
@@ -740,8 +830,12 @@ class Bench:
                 add("auto exit after sleep", child.stop())
 
             with self.daemon() as devdaemon:
-                child = self.spawn("auto", "hook", "idle", env=self.hook_env(
-                    DETRIX_DAEMON_URL=devdaemon.url, DETRIX_START_STATE="warm"))
+                child = self.spawn(
+                    "auto",
+                    "hook",
+                    "idle",
+                    env=self.hook_env(DETRIX_DAEMON_URL=devdaemon.url, DETRIX_START_STATE="warm"),
+                )
                 url = self.control_url(child, child.next())
                 self.wait_status(url, lambda s: bool(s.get("warm")))
                 code, body, elapsed = request(url, "POST", "/detrix/wake")
@@ -774,8 +868,9 @@ class Bench:
         self.results["latency"] = res
         self.status_in_process()
 
-    def cycle(self, impl: str, url: str, res: dict[str, list[float]],
-              add: Callable[[str, Any], None]) -> None:
+    def cycle(
+        self, impl: str, url: str, res: dict[str, list[float]], add: Callable[[str, Any], None]
+    ) -> None:
         for i in range(self.cfg.status_requests + 1):
             code, _, elapsed = request(url, "GET", "/detrix/status")
             if code == 200:
@@ -804,9 +899,15 @@ class Bench:
 
     @staticmethod
     def register(devdaemon: Any, pid: int, port: int) -> tuple[float, str] | None:
-        body = {"host": "127.0.0.1", "port": port, "language": "python",
-                "name": f"floor-{pid}", "workspaceRoot": os.getcwd(),
-                "hostname": socket.gethostname(), "pid": pid}
+        body = {
+            "host": "127.0.0.1",
+            "port": port,
+            "language": "python",
+            "name": f"floor-{pid}",
+            "workspaceRoot": os.getcwd(),
+            "hostname": socket.gethostname(),
+            "pid": pid,
+        }
         code, reply, elapsed = request(devdaemon.url, "POST", "/api/v1/connections", body)
         if code != 201:
             log(f"warning: floor register answered {code}: {reply}")
@@ -896,8 +997,9 @@ class Bench:
                     bare.stop()
                     for name, ratios in phases.items():
                         for w in ("loop", "calls"):
-                            res.setdefault(f"{impl}|{name}|{w}", {}).setdefault(
-                                "ratio", []).append(ratios[w])
+                            res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(
+                                ratios[w]
+                            )
                 self.busy_wake(impl)
         self.results["overhead"] = res
 
@@ -905,8 +1007,9 @@ class Bench:
         """detrix-auto (through its hook) or detrix-py (``init()``), told where the daemon is."""
         work = "" if mode == "idle" else self.cfg.work
         if impl == "auto":
-            return self.spawn("auto", "hook", mode, work,
-                              env=self.hook_env(DETRIX_DAEMON_URL=daemon_url))
+            return self.spawn(
+                "auto", "hook", mode, work, env=self.hook_env(DETRIX_DAEMON_URL=daemon_url)
+            )
         return self.spawn("orig", "orig", mode, work, env=clean_env(BENCH_DAEMON_URL=daemon_url))
 
     def busy_wake(self, impl: str) -> None:
@@ -930,8 +1033,14 @@ class Bench:
 def timed_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, user+system CPU seconds) of one run to completion."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -957,8 +1066,14 @@ def headline(r: dict[str, Any]) -> list[str]:
         if math.isnan(auto) or math.isnan(orig):
             return
         scale = 1000.0 if unit == "ms" else 1 / 1024
-        rows.append([label, f"{auto * scale:.{digits}f} {unit}",
-                     f"{orig * scale:.{digits}f} {unit}", ratio(orig, auto)])
+        rows.append(
+            [
+                label,
+                f"{auto * scale:.{digits}f} {unit}",
+                f"{orig * scale:.{digits}f} {unit}",
+                ratio(orig, auto),
+            ]
+        )
 
     def med(group: dict[str, list[Any]], key: str, index: int | None = None) -> float:
         values = group.get(key, [])
@@ -971,51 +1086,89 @@ def headline(r: dict[str, Any]) -> list[str]:
         bare = med(s, "bare interpreter", 0)
         orig_bare = med(s, "detrix-py env, bare interpreter", 0)
         orig = med(s, "detrix-py imported + init()", 0) - orig_bare
-        add("start-up added: zero-code, enabled and sleeping",
-            med(s, "detrix-auto enabled, sleeping", 0) - bare, orig, "ms")
-        add("start-up added: `init()` from code (detrix-py's only way)",
-            med(s, "detrix-auto init() (API)", 0) - bare, orig, "ms")
+        add(
+            "start-up added: zero-code, enabled and sleeping",
+            med(s, "detrix-auto enabled, sleeping", 0) - bare,
+            orig,
+            "ms",
+        )
+        add(
+            "start-up added: `init()` from code (detrix-py's only way)",
+            med(s, "detrix-auto init() (API)", 0) - bare,
+            orig,
+            "ms",
+        )
     lat = r.get("latency", {})
     if lat:
-        add("wake, cold (request to `awake`)", med(lat, "auto wake cold"),
-            med(lat, "orig wake cold"), "ms")
+        add(
+            "wake, cold (request to `awake`)",
+            med(lat, "auto wake cold"),
+            med(lat, "orig wake cold"),
+            "ms",
+        )
         add("wake again after sleep", med(lat, "auto re-wake"), med(lat, "orig re-wake"), "ms")
         for q in (50, 99):
             auto_s, orig_s = lat.get("auto status during wake"), lat.get("orig status during wake")
             if auto_s and orig_s:
-                add(f"GET /detrix/status during a wake, p{q}", pct(auto_s, q), pct(orig_s, q),
-                    "ms", 2)
+                add(
+                    f"GET /detrix/status during a wake, p{q}",
+                    pct(auto_s, q),
+                    pct(orig_s, q),
+                    "ms",
+                    2,
+                )
         auto_s, orig_s = lat.get("auto status during wake"), lat.get("orig status during wake")
         if auto_s and orig_s:
-            add("GET /detrix/status during a wake, mean", statistics.fmean(auto_s),
-                statistics.fmean(orig_s), "ms", 2)
+            add(
+                "GET /detrix/status during a wake, mean",
+                statistics.fmean(auto_s),
+                statistics.fmean(orig_s),
+                "ms",
+                2,
+            )
             add("GET /detrix/status during a wake, worst", max(auto_s), max(orig_s), "ms", 2)
         busy = r.get("latency_busy", {})
-        add("wake, cold, host's main thread computing", med(busy, "auto wake cold"),
-            med(busy, "orig wake cold"), "ms")
+        add(
+            "wake, cold, host's main thread computing",
+            med(busy, "auto wake cold"),
+            med(busy, "orig wake cold"),
+            "ms",
+        )
     mem = r.get("memory", {})
     if mem:
         base = med(mem, "bare interpreter")
-        add("memory added, sleeping (after a status request)",
+        add(
+            "memory added, sleeping (after a status request)",
             med(mem, "detrix-auto sleeping, after one status request") - base,
-            med(mem, "detrix-py sleeping") - base, "MiB")
+            med(mem, "detrix-py sleeping") - base,
+            "MiB",
+        )
         adapter = med(mem, "detrix-py awake: its adapter process")
-        add("memory added, awake (detrix-py: + its adapter process)",
+        add(
+            "memory added, awake (detrix-py: + its adapter process)",
             med(mem, "detrix-auto awake") - base,
-            med(mem, "detrix-py awake") - base + (0.0 if math.isnan(adapter) else adapter), "MiB")
+            med(mem, "detrix-py awake") - base + (0.0 if math.isnan(adapter) else adapter),
+            "MiB",
+        )
     if not rows:
         return []
-    return ["**detrix-auto against detrix-py** (this run; the last column is how many times "
-            "more detrix-py takes)", "",
-            table(["figure", "detrix-auto", "detrix-py", "detrix-py / detrix-auto"], rows), ""]
+    return [
+        "**detrix-auto against detrix-py** (this run; the last column is how many times "
+        "more detrix-py takes)",
+        "",
+        table(["figure", "detrix-auto", "detrix-py", "detrix-py / detrix-auto"], rows),
+        "",
+    ]
 
 
 def report(bench: Bench, cfg: Config, elapsed: float) -> str:
     envs, r = bench.envs, bench.results
     out = [f"### Python {envs.full_version}", ""]
     pkgs = ", ".join(f"{k} {v}" for k, v in envs.packages.items())
-    out.append(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, "
-               f"{'--quick' if cfg.quick else 'full run'}, {elapsed / 60:.1f} min. {pkgs}.")
+    out.append(
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{'--quick' if cfg.quick else 'full run'}, {elapsed / 60:.1f} min. {pkgs}."
+    )
     out.append("")
 
     if bench.envs.orig is not None:
@@ -1036,14 +1189,38 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
             ref = b_med
             if name == "detrix-py imported + init()" and "detrix-py env, bare interpreter" in s:
                 ref = median([x[0] for x in s["detrix-py env, bare interpreter"]])
-            rows.append([name, ms(median(wall)), ms(min(wall)), ms(max(wall)),
-                         f"{(median(wall) - ref) * 1000:+.1f}", ratio(median(wall), ref),
-                         ms(median(cpu)), f"{(median(cpu) - b_cpu) * 1000:+.1f}"])
-        out.append(f"**Start-up** (`python -c pass` to exit; {len(bare)} interleaved runs each; "
-                   f"bare interquartile range {ms(noise, 2)} ms)")
+            rows.append(
+                [
+                    name,
+                    ms(median(wall)),
+                    ms(min(wall)),
+                    ms(max(wall)),
+                    f"{(median(wall) - ref) * 1000:+.1f}",
+                    ratio(median(wall), ref),
+                    ms(median(cpu)),
+                    f"{(median(cpu) - b_cpu) * 1000:+.1f}",
+                ]
+            )
+        out.append(
+            f"**Start-up** (`python -c pass` to exit; {len(bare)} interleaved runs each; "
+            f"bare interquartile range {ms(noise, 2)} ms)"
+        )
         out.append("")
-        out.append(table(["variant", "median ms", "min", "max", "added ms", "vs bare",
-                          "CPU ms", "added CPU ms"], rows))
+        out.append(
+            table(
+                [
+                    "variant",
+                    "median ms",
+                    "min",
+                    "max",
+                    "added ms",
+                    "vs bare",
+                    "CPU ms",
+                    "added CPU ms",
+                ],
+                rows,
+            )
+        )
         out.append("")
 
     if "latency" in r:
@@ -1067,77 +1244,165 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
             return f"{ms(median(values))} ({ms(min(values))}-{ms(max(values))})"
 
         rows = [
-            ["wake, cold (request to `awake`, incl. DAP attach)", mm("auto wake cold"),
-             mm("orig wake cold"), ratio(m("orig wake cold"), m("auto wake cold")),
-             f"{ms(m('tuned import') + m('tuned listen') + m('tuned attach'))} "
-             "(import + listen + attach)"],
-            ["wake after `warm`", mm("auto wake after warm"), "n/a (no warm state)",
-             ratio(m("orig wake cold"), m("auto wake after warm")),
-             f"{ms(m('tuned listen') + m('tuned attach'))} (listen + attach)"],
-            ["wake again after sleep", mm("auto re-wake"), mm("orig re-wake"),
-             ratio(m("orig re-wake"), m("auto re-wake")),
-             f"{ms(m('tuned re-attach'))} (re-attach)"],
-            ["sleep (request to `sleeping`, incl. unregister)", mm("auto sleep"),
-             mm("orig sleep"), ratio(m("orig sleep"), m("auto sleep")),
-             f"{ms(m('tuned detach'))} (unregister alone)"],
-            ["wake, cold, while the host's main thread is CPU-bound",
-             mmb("auto wake cold"), mmb("orig wake cold"),
-             ratio(median(busy.get("orig wake cold", [])), median(busy.get("auto wake cold", []))),
-             "(GIL contention: see below)"],
-            ["sleep, host CPU-bound", mmb("auto sleep"), mmb("orig sleep"),
-             ratio(median(busy.get("orig sleep", [])), median(busy.get("auto sleep", []))), ""],
-            ["process exit after wake + sleep", mm("auto exit after sleep"),
-             mm("orig exit after sleep"), ratio(m("orig exit after sleep"),
-                                                m("auto exit after sleep")), ""],
+            [
+                "wake, cold (request to `awake`, incl. DAP attach)",
+                mm("auto wake cold"),
+                mm("orig wake cold"),
+                ratio(m("orig wake cold"), m("auto wake cold")),
+                f"{ms(m('tuned import') + m('tuned listen') + m('tuned attach'))} "
+                "(import + listen + attach)",
+            ],
+            [
+                "wake after `warm`",
+                mm("auto wake after warm"),
+                "n/a (no warm state)",
+                ratio(m("orig wake cold"), m("auto wake after warm")),
+                f"{ms(m('tuned listen') + m('tuned attach'))} (listen + attach)",
+            ],
+            [
+                "wake again after sleep",
+                mm("auto re-wake"),
+                mm("orig re-wake"),
+                ratio(m("orig re-wake"), m("auto re-wake")),
+                f"{ms(m('tuned re-attach'))} (re-attach)",
+            ],
+            [
+                "sleep (request to `sleeping`, incl. unregister)",
+                mm("auto sleep"),
+                mm("orig sleep"),
+                ratio(m("orig sleep"), m("auto sleep")),
+                f"{ms(m('tuned detach'))} (unregister alone)",
+            ],
+            [
+                "wake, cold, while the host's main thread is CPU-bound",
+                mmb("auto wake cold"),
+                mmb("orig wake cold"),
+                ratio(
+                    median(busy.get("orig wake cold", [])), median(busy.get("auto wake cold", []))
+                ),
+                "(GIL contention: see below)",
+            ],
+            [
+                "sleep, host CPU-bound",
+                mmb("auto sleep"),
+                mmb("orig sleep"),
+                ratio(median(busy.get("orig sleep", [])), median(busy.get("auto sleep", []))),
+                "",
+            ],
+            [
+                "process exit after wake + sleep",
+                mm("auto exit after sleep"),
+                mm("orig exit after sleep"),
+                ratio(m("orig exit after sleep"), m("auto exit after sleep")),
+                "",
+            ],
         ]
-        out.append(f"**Wake and sleep latency** (ms, median (min-max) over {cfg.cycles} "
-                   "interleaved cycles; each cold wake is a fresh process)")
+        out.append(
+            f"**Wake and sleep latency** (ms, median (min-max) over {cfg.cycles} "
+            "interleaved cycles; each cold wake is a fresh process)"
+        )
         out.append("")
-        out.append(table(["", "detrix-auto", "detrix-py", "detrix-py / detrix-auto",
-                          "floor (debugpy alone, tuned)"], rows))
+        out.append(
+            table(
+                [
+                    "",
+                    "detrix-auto",
+                    "detrix-py",
+                    "detrix-py / detrix-auto",
+                    "floor (debugpy alone, tuned)",
+                ],
+                rows,
+            )
+        )
         out.append("")
 
         def p(key: str, q: float) -> str:
             return ms(pct(lat.get(key, []), q), 2)
 
         rows = [
-            ["GET /detrix/status, first request (lazy loading)", mm("auto status first"), "",
-             mm("orig status first"), ""],
-            ["GET /detrix/status, idle", p("auto status idle", 50), p("auto status idle", 99),
-             p("orig status idle", 50), p("orig status idle", 99)],
-            ["GET /detrix/status, during a wake", p("auto status during wake", 50),
-             p("auto status during wake", 99), p("orig status during wake", 50),
-             p("orig status during wake", 99)],
+            [
+                "GET /detrix/status, first request (lazy loading)",
+                mm("auto status first"),
+                "",
+                mm("orig status first"),
+                "",
+            ],
+            [
+                "GET /detrix/status, idle",
+                p("auto status idle", 50),
+                p("auto status idle", 99),
+                p("orig status idle", 50),
+                p("orig status idle", 99),
+            ],
+            [
+                "GET /detrix/status, during a wake",
+                p("auto status during wake", 50),
+                p("auto status during wake", 99),
+                p("orig status during wake", 50),
+                p("orig status during wake", 99),
+            ],
         ]
         si = r.get("status_in_process", {})
         rows += [
-            ["`status()` in-process, idle", ms(pct(si.get("api idle", []), 50), 4),
-             ms(pct(si.get("api idle", []), 99), 4), ms(pct(si.get("orig idle", []), 50), 4),
-             ms(pct(si.get("orig idle", []), 99), 4)],
-            ["`status()` in-process, during a wake", ms(pct(si.get("api during", []), 50), 4),
-             ms(pct(si.get("api during", []), 99), 4), ms(pct(si.get("orig during", []), 50), 4),
-             ms(pct(si.get("orig during", []), 99), 4)],
+            [
+                "`status()` in-process, idle",
+                ms(pct(si.get("api idle", []), 50), 4),
+                ms(pct(si.get("api idle", []), 99), 4),
+                ms(pct(si.get("orig idle", []), 50), 4),
+                ms(pct(si.get("orig idle", []), 99), 4),
+            ],
+            [
+                "`status()` in-process, during a wake",
+                ms(pct(si.get("api during", []), 50), 4),
+                ms(pct(si.get("api during", []), 99), 4),
+                ms(pct(si.get("orig during", []), 50), 4),
+                ms(pct(si.get("orig during", []), 99), 4),
+            ],
         ]
         n_auto = len(lat.get("auto status during wake", []))
         n_orig = len(lat.get("orig status during wake", []))
-        out.append(f"**Status latency** (ms; HTTP on a fresh connection each; "
-                   f"{n_auto} vs {n_orig} requests completed during wakes)")
+        out.append(
+            f"**Status latency** (ms; HTTP on a fresh connection each; "
+            f"{n_auto} vs {n_orig} requests completed during wakes)"
+        )
         out.append("")
         out.append(table(["", "detrix-auto p50", "p99", "detrix-py p50", "p99"], rows))
         out.append("")
 
         rows = []
-        for mode, label in (("inproc", "in-process (`in_process_debug_adapter=True`)"),
-                            ("adapter", "separate adapter process (debugpy's default)"),
-                            ("tuned", "in-process + the two fixes detrix-auto applies (below)")):
-            rows.append([label, mm(f"{mode} import"), mm(f"{mode} listen"), mm(f"{mode} attach"),
-                         mm(f"{mode} re-attach"),
-                         ms(m(f"{mode} listen") + m(f"{mode} attach"))])
-        out.append("**Floor: bare debugpy by adapter mode** (ms; attach = the daemon double's "
-                   "whole DAP attach, as in a registration)")
+        for mode, label in (
+            ("inproc", "in-process (`in_process_debug_adapter=True`)"),
+            ("adapter", "separate adapter process (debugpy's default)"),
+            ("tuned", "in-process + the two fixes detrix-auto applies (below)"),
+        ):
+            rows.append(
+                [
+                    label,
+                    mm(f"{mode} import"),
+                    mm(f"{mode} listen"),
+                    mm(f"{mode} attach"),
+                    mm(f"{mode} re-attach"),
+                    ms(m(f"{mode} listen") + m(f"{mode} attach")),
+                ]
+            )
+        out.append(
+            "**Floor: bare debugpy by adapter mode** (ms; attach = the daemon double's "
+            "whole DAP attach, as in a registration)"
+        )
         out.append("")
-        out.append(table(["adapter mode", "import debugpy + server", "listen()", "attach",
-                          "re-attach", "listen + attach"], rows))
+        out.append(
+            table(
+                [
+                    "adapter mode",
+                    "import debugpy + server",
+                    "listen()",
+                    "attach",
+                    "re-attach",
+                    "listen + attach",
+                ],
+                rows,
+            )
+        )
         out.append("")
 
     if "memory" in r:
@@ -1149,17 +1414,23 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
             added = value - base if "adapter process" not in name else value
             shown = "n/a" if math.isnan(added) else f"{added / 1024:+.1f}"
             rows.append([name, mib(value), shown])
-        out.append(f"**Memory** (VmRSS MiB of the process in that state, median of "
-                   f"{cfg.mem_runs}; added vs the bare interpreter; the adapter process of "
-                   "detrix-py is a second process, shown on its own)")
+        out.append(
+            f"**Memory** (VmRSS MiB of the process in that state, median of "
+            f"{cfg.mem_runs}; added vs the bare interpreter; the adapter process of "
+            "detrix-py is a second process, shown on its own)"
+        )
         out.append("")
         out.append(table(["state", "RSS MiB", "added MiB"], rows))
         out.append("")
 
     if "overhead" in r:
         ov = r["overhead"]
-        phases = ["never woken", "awake, no logpoint", "awake, logpoint on a cold line",
-                  "after sleep"]
+        phases = [
+            "never woken",
+            "awake, no logpoint",
+            "awake, logpoint on a cold line",
+            "after sleep",
+        ]
         rows = []
         for name in phases:
             row = [name]
@@ -1168,14 +1439,26 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
                     values = ov.get(f"{impl}|{name}|{w}", {}).get("ratio", [])
                     row.append(f"{median(values):.2f}x" if values else "n/a")
             rows.append(row)
-        out.append("**Runtime overhead** (time of a CPU-bound block relative to a bare "
-                   "interpreter, without detrix-auto or detrix-py, computing the same block in "
-                   f"turn with it; best of {cfg.phase_blocks} blocks a phase, median of "
-                   f"{cfg.overhead_runs} run(s); 1.00x = no cost. `loop`: arithmetic loop, no "
-                   "calls; `calls`: a loop calling a small function)")
+        out.append(
+            "**Runtime overhead** (time of a CPU-bound block relative to a bare "
+            "interpreter, without detrix-auto or detrix-py, computing the same block in "
+            f"turn with it; best of {cfg.phase_blocks} blocks a phase, median of "
+            f"{cfg.overhead_runs} run(s); 1.00x = no cost. `loop`: arithmetic loop, no "
+            "calls; `calls`: a loop calling a small function)"
+        )
         out.append("")
-        out.append(table(["phase", "detrix-auto loop", "detrix-auto calls", "detrix-py loop",
-                          "detrix-py calls"], rows))
+        out.append(
+            table(
+                [
+                    "phase",
+                    "detrix-auto loop",
+                    "detrix-auto calls",
+                    "detrix-py loop",
+                    "detrix-py calls",
+                ],
+                rows,
+            )
+        )
         out.append("")
     return "\n".join(out)
 
@@ -1230,15 +1513,23 @@ def _vkey(key: str) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pythons", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
-                        help="comma-separated versions, e.g. 3.10,3.11,3.12,3.13")
-    parser.add_argument("--runs", type=int, default=0,
-                        help="start-up runs per variant (at least 30; default 40, 30 with --quick)")
+    parser.add_argument(
+        "--pythons",
+        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+        help="comma-separated versions, e.g. 3.10,3.11,3.12,3.13",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        help="start-up runs per variant (at least 30; default 40, 30 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer cycles: a few minutes")
     parser.add_argument("--no-original", action="store_true", help=f"skip {ORIGINAL}")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--only", default="",
-                        help="comma-separated subset: startup,memory,latency,overhead")
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset: startup,memory,latency,overhead"
+    )
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         raise SystemExit("the benchmark reads /proc: run it on Linux")
@@ -1248,7 +1539,11 @@ def main(argv: list[str] | None = None) -> int:
         if not re.fullmatch(r"3\.\d+", version):
             raise SystemExit(f"--pythons wants versions like 3.11, not {version!r}")
     only = {x.strip() for x in args.only.split(",") if x.strip()} or {
-        "startup", "memory", "latency", "overhead"}
+        "startup",
+        "memory",
+        "latency",
+        "overhead",
+    }
     VENVS.mkdir(parents=True, exist_ok=True)
     wheel = build_wheel()
     sections = {}

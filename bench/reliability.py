@@ -147,88 +147,136 @@ DEFAULT_INTRO = textwrap.dedent(
 #: Every injected fault: what happens, and where it is checked. Test names are
 #: checked against tests/faults/ when the page is written.
 FAULTS: list[tuple[str, str, str]] = [
-    ("daemon refused (nothing listening)",
-     "wake answers 503 at once naming the URL; `sleeping`, `last_error` says refused",
-     "test_daemon_answers.py::test_daemon_refused"),
-    ("daemon accepts TCP, never answers",
-     "wake answers 503 after the health timeout; status/health answer meanwhile; `sleeping`",
-     "test_daemon_answers.py::test_daemon_accepts_but_never_answers"),
-    ("daemon trickles its answer a byte at a time",
-     "cut at the timeout (a deadline per call, not per read): 503, `sleeping`",
-     "test_daemon_answers.py::test_daemon_trickling_its_answer_is_cut_at_the_timeout"),
-    ("health check just under / just over its timeout",
-     "under: awake; over: 503 'did not answer within 1s', no registration attempted",
-     "test_daemon_answers.py::test_slow_health_check"),
-    ("register just under its timeout",
-     "awake",
-     "test_daemon_answers.py::test_slow_register_just_under_the_timeout"),
-    ("register answered after its timeout (the attach completes late)",
-     "503 and `sleeping`; the late attachment is found and detached once it exists",
-     "test_daemon_answers.py::test_register_answered_after_the_timeout_is_detached_once_it_completes"),
-    ("unregister just under / just over its timeout",
-     "sleep returns within the timeout either way; over: `last_error` says so, "
-     "nothing stays attached",
-     "test_daemon_answers.py::test_slow_unregister"),
-    ("liveness read-back just under / just over its timeout",
-     "stays `awake` (the session is attached); over: `last_error` until it answers again",
-     "test_daemon_answers.py::test_slow_liveness_read_back"),
-    ("4xx/5xx/429 to health and register, JSON, text, HTML or empty bodies",
-     "503 quoting the HTTP status (and the daemon's message, a token or rate-limit hint); "
-     "`sleeping`",
-     "test_daemon_answers.py::test_error_answers_to_wake"),
-    ("5xx or a cut answer to unregister",
-     "sleep succeeds; `last_error` says the unregister failed; retried until the daemon "
-     "takes it",
-     "test_daemon_answers.py::test_failed_unregister_is_retried_until_the_daemon_takes_it"),
-    ("404 to unregister while the session stays attached",
-     "taken as 'already gone'; the lingering session is looked at again and detached",
-     "test_daemon_answers.py::test_unregister_404_while_still_attached"),
-    ("429/5xx/non-JSON/cut answers to the liveness read-back",
-     "stays `awake` (truthfully attached) with `last_error`; cleared when it answers",
-     "test_daemon_answers.py::test_failed_liveness_read_back_while_attached"),
-    ("liveness read-back says 404 (daemon forgot us)",
-     "`waking`, re-registers under the same id",
-     "test_daemon_answers.py::test_liveness_404_means_the_daemon_forgot_us"),
-    ("non-JSON (HTML) or cut answers to health and register",
-     "503 'not JSON' / 'closed the connection mid-reply'; `sleeping`",
-     "test_daemon_answers.py::test_garbled_answers_to_wake"),
-    ("daemon restarts while the client is awake",
-     "`waking` + `last_error` while it is gone (no status read needed); re-registers "
-     "on the new daemon with the same id; one attachment even when the daemon "
-     "re-attaches by itself",
-     "test_daemon_restarts.py::test_daemon_restarts_while_the_client_is_awake"),
-    ("daemon restarts while the client sleeps and re-attaches",
-     "asked to detach; stays `sleeping`, `last_error` says so; next wake works",
-     "test_daemon_restarts.py::test_daemon_restarts_while_the_client_sleeps_and_reattaches"),
-    ("daemon drops the DAP connection",
-     "noticed locally, re-registered under the same id",
-     "test_daemon_restarts.py::test_daemon_drops_the_dap_connection"),
-    ("a debugger that is not our daemon attaches while asleep",
-     "left alone",
-     "test_daemon_restarts.py::test_another_debugger_attached_while_asleep_is_left_alone"),
-    ("control port already taken by another process",
-     "one `detrix-auto:` line on stderr, the host runs untouched; `init()` raises "
-     "ControlPlaneError and works once the port is free",
-     "test_host_faults.py::test_control_port_taken_by_another_process"),
-    ("discovery directory read-only",
-     "the record goes to the per-user fallback directory, or nowhere; the control plane "
-     "and wakes work either way",
-     "test_host_faults.py::test_discovery_directory_read_only"),
-    ("SIGTERM (default or handled) and SIGKILL of the host while waking",
-     "exits at once (handled: atexit within 0.5 s); no child left; the late registration "
-     "finds a dead port; the next host wakes",
-     "test_host_faults.py::test_host_killed_while_waking"),
-    ("fork during a wake (health check, or register)",
-     "child starts asleep with its own name and port, never touches the parent's "
-     "registration; parent's wake completes; child wakes itself unless the parent "
-     "had already opened the listener (then a clear 500)",
-     "test_host_faults.py::test_fork_during_a_wake"),
-    ("200 concurrent keep-alive clients + wake/sleep cycles, 60 s",
-     "zero errors; status p99 < 50 ms during wakes; threads/fds back to their start",
-     "bench/reliability.py (load)"),
-    ("50 processes woken and put to sleep together",
-     "50 registrations and 50 unregistrations per round; no process left",
-     "bench/reliability.py (fleet)"),
+    (
+        "daemon refused (nothing listening)",
+        "wake answers 503 at once naming the URL; `sleeping`, `last_error` says refused",
+        "test_daemon_answers.py::test_daemon_refused",
+    ),
+    (
+        "daemon accepts TCP, never answers",
+        "wake answers 503 after the health timeout; status/health answer meanwhile; `sleeping`",
+        "test_daemon_answers.py::test_daemon_accepts_but_never_answers",
+    ),
+    (
+        "daemon trickles its answer a byte at a time",
+        "cut at the timeout (a deadline per call, not per read): 503, `sleeping`",
+        "test_daemon_answers.py::test_daemon_trickling_its_answer_is_cut_at_the_timeout",
+    ),
+    (
+        "health check just under / just over its timeout",
+        "under: awake; over: 503 'did not answer within 1s', no registration attempted",
+        "test_daemon_answers.py::test_slow_health_check",
+    ),
+    (
+        "register just under its timeout",
+        "awake",
+        "test_daemon_answers.py::test_slow_register_just_under_the_timeout",
+    ),
+    (
+        "register answered after its timeout (the attach completes late)",
+        "503 and `sleeping`; the late attachment is found and detached once it exists",
+        "test_daemon_answers.py::test_register_answered_after_the_timeout_is_detached_once_it_completes",
+    ),
+    (
+        "unregister just under / just over its timeout",
+        "sleep returns within the timeout either way; over: `last_error` says so, "
+        "nothing stays attached",
+        "test_daemon_answers.py::test_slow_unregister",
+    ),
+    (
+        "liveness read-back just under / just over its timeout",
+        "stays `awake` (the session is attached); over: `last_error` until it answers again",
+        "test_daemon_answers.py::test_slow_liveness_read_back",
+    ),
+    (
+        "4xx/5xx/429 to health and register, JSON, text, HTML or empty bodies",
+        "503 quoting the HTTP status (and the daemon's message, a token or rate-limit hint); "
+        "`sleeping`",
+        "test_daemon_answers.py::test_error_answers_to_wake",
+    ),
+    (
+        "5xx or a cut answer to unregister",
+        "sleep succeeds; `last_error` says the unregister failed; retried until the daemon "
+        "takes it",
+        "test_daemon_answers.py::test_failed_unregister_is_retried_until_the_daemon_takes_it",
+    ),
+    (
+        "404 to unregister while the session stays attached",
+        "taken as 'already gone'; the lingering session is looked at again and detached",
+        "test_daemon_answers.py::test_unregister_404_while_still_attached",
+    ),
+    (
+        "429/5xx/non-JSON/cut answers to the liveness read-back",
+        "stays `awake` (truthfully attached) with `last_error`; cleared when it answers",
+        "test_daemon_answers.py::test_failed_liveness_read_back_while_attached",
+    ),
+    (
+        "liveness read-back says 404 (daemon forgot us)",
+        "`waking`, re-registers under the same id",
+        "test_daemon_answers.py::test_liveness_404_means_the_daemon_forgot_us",
+    ),
+    (
+        "non-JSON (HTML) or cut answers to health and register",
+        "503 'not JSON' / 'closed the connection mid-reply'; `sleeping`",
+        "test_daemon_answers.py::test_garbled_answers_to_wake",
+    ),
+    (
+        "daemon restarts while the client is awake",
+        "`waking` + `last_error` while it is gone (no status read needed); re-registers "
+        "on the new daemon with the same id; one attachment even when the daemon "
+        "re-attaches by itself",
+        "test_daemon_restarts.py::test_daemon_restarts_while_the_client_is_awake",
+    ),
+    (
+        "daemon restarts while the client sleeps and re-attaches",
+        "asked to detach; stays `sleeping`, `last_error` says so; next wake works",
+        "test_daemon_restarts.py::test_daemon_restarts_while_the_client_sleeps_and_reattaches",
+    ),
+    (
+        "daemon drops the DAP connection",
+        "noticed locally, re-registered under the same id",
+        "test_daemon_restarts.py::test_daemon_drops_the_dap_connection",
+    ),
+    (
+        "a debugger that is not our daemon attaches while asleep",
+        "left alone",
+        "test_daemon_restarts.py::test_another_debugger_attached_while_asleep_is_left_alone",
+    ),
+    (
+        "control port already taken by another process",
+        "one `detrix-auto:` line on stderr, the host runs untouched; `init()` raises "
+        "ControlPlaneError and works once the port is free",
+        "test_host_faults.py::test_control_port_taken_by_another_process",
+    ),
+    (
+        "discovery directory read-only",
+        "the record goes to the per-user fallback directory, or nowhere; the control plane "
+        "and wakes work either way",
+        "test_host_faults.py::test_discovery_directory_read_only",
+    ),
+    (
+        "SIGTERM (default or handled) and SIGKILL of the host while waking",
+        "exits at once (handled: atexit within 0.5 s); no child left; the late registration "
+        "finds a dead port; the next host wakes",
+        "test_host_faults.py::test_host_killed_while_waking",
+    ),
+    (
+        "fork during a wake (health check, or register)",
+        "child starts asleep with its own name and port, never touches the parent's "
+        "registration; parent's wake completes; child wakes itself unless the parent "
+        "had already opened the listener (then a clear 500)",
+        "test_host_faults.py::test_fork_during_a_wake",
+    ),
+    (
+        "200 concurrent keep-alive clients + wake/sleep cycles, 60 s",
+        "zero errors; status p99 < 50 ms during wakes; threads/fds back to their start",
+        "bench/reliability.py (load)",
+    ),
+    (
+        "50 processes woken and put to sleep together",
+        "50 registrations and 50 unregistrations per round; no process left",
+        "bench/reliability.py (fleet)",
+    ),
 ]
 
 
@@ -256,8 +304,10 @@ def ms(value: float) -> str:
 
 
 def proc_counts(pid: int) -> dict[str, int]:
-    return {"threads": len(os.listdir(f"/proc/{pid}/task")),
-            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    return {
+        "threads": len(os.listdir(f"/proc/{pid}/task")),
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    }
 
 
 def cpu_snapshot(pids: list[int]) -> tuple[int, int, int]:
@@ -268,7 +318,7 @@ def cpu_snapshot(pids: list[int]) -> tuple[int, int, int]:
     for pid in pids:
         try:
             data = Path(f"/proc/{pid}/stat").read_bytes()
-            values = data[data.rindex(b")") + 2:].split()
+            values = data[data.rindex(b")") + 2 :].split()
             ours += int(values[11]) + int(values[12])
         except (OSError, ValueError, IndexError):
             pass
@@ -279,12 +329,15 @@ def cpu_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict
     """Machine-wide busy share and our share over an interval, in cores."""
     total = max(1, after[1] - before[1])
     cores = os.cpu_count() or 1
-    return {"busy": (after[0] - before[0]) / total * cores,
-            "ours": (after[2] - before[2]) / total * cores}
+    return {
+        "busy": (after[0] - before[0]) / total * cores,
+        "ours": (after[2] - before[2]) / total * cores,
+    }
 
 
-def request(url: str, method: str, path: str, body: Any = None,
-            timeout: float = 30.0) -> tuple[int, Any]:
+def request(
+    url: str, method: str, path: str, body: Any = None, timeout: float = 30.0
+) -> tuple[int, Any]:
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
@@ -303,8 +356,11 @@ class Daemon:
 
     def __init__(self, home: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", DAEMON], env=clean_env(home), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", DAEMON],
+            env=clean_env(home),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
@@ -339,15 +395,24 @@ class App:
         return self.proc.pid
 
 
-def start_apps(count: int, workdir: Path, home: Path, seconds: float,
-               env: dict[str, str] | None = None) -> list[App]:
+def start_apps(
+    count: int, workdir: Path, home: Path, seconds: float, env: dict[str, str] | None = None
+) -> list[App]:
     script = workdir / "app.py"
     script.write_text(APP)
     full_env = clean_env(home, DETRIX_ENABLE="1", **(env or {}))
-    apps = [App(subprocess.Popen([sys.executable, str(script), str(seconds)], env=full_env,
-                                 cwd=str(workdir), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL))
-            for _ in range(count)]
+    apps = [
+        App(
+            subprocess.Popen(
+                [sys.executable, str(script), str(seconds)],
+                env=full_env,
+                cwd=str(workdir),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        for _ in range(count)
+    ]
     deadline = time.monotonic() + 60
     for app in apps:
         record = home / "clients" / f"{app.pid}.json"
@@ -376,8 +441,7 @@ def stop_apps(apps: list[App]) -> list[int]:
         except subprocess.TimeoutExpired:
             app.proc.kill()
             app.proc.wait()
-    return [app.pid for app in apps if os.path.exists(f"/proc/{app.pid}")
-            and not _zombie(app.pid)]
+    return [app.pid for app in apps if os.path.exists(f"/proc/{app.pid}") and not _zombie(app.pid)]
 
 
 def _zombie(pid: int) -> bool:
@@ -385,7 +449,7 @@ def _zombie(pid: int) -> bool:
         data = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return True
-    return data[data.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
+    return data[data.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
 def children_of(pids: set[int]) -> list[int]:
@@ -394,7 +458,7 @@ def children_of(pids: set[int]) -> list[int]:
         if entry.isdigit():
             try:
                 data = Path(f"/proc/{entry}/stat").read_bytes()
-                if int(data[data.rindex(b")") + 2:].split()[1]) in pids:
+                if int(data[data.rindex(b")") + 2 :].split()[1]) in pids:
                     found.append(int(entry))
             except (OSError, ValueError, IndexError):
                 pass
@@ -467,15 +531,15 @@ class Cycler(threading.Thread):
                 self.waking = True
                 started = time.perf_counter()
                 self.events.append((started, "wake"))
-                conn.request("POST", "/detrix/wake", body=body,
-                             headers={"Content-Type": "application/json"})
+                conn.request(
+                    "POST", "/detrix/wake", body=body, headers={"Content-Type": "application/json"}
+                )
                 response = conn.getresponse()
                 answer = json.loads(response.read())
                 self.waking = False
                 self.events.append((time.perf_counter(), "awake"))
                 self.wakes.append(time.perf_counter() - started)
-                if response.status != 200 or answer.get("status") not in ("awake",
-                                                                          "already_awake"):
+                if response.status != 200 or answer.get("status") not in ("awake", "already_awake"):
                     self.errors.append(f"wake: {response.status} {answer}")
                 self.stop.wait(self.hold)
                 started = time.perf_counter()
@@ -495,8 +559,9 @@ class Cycler(threading.Thread):
             conn.close()
 
 
-def run_load(seconds: float, connections: int, interval: float, hold: float,
-             workdir: Path) -> LoadResult:
+def run_load(
+    seconds: float, connections: int, interval: float, hold: float, workdir: Path
+) -> LoadResult:
     home = workdir / "home"
     home.mkdir(mode=0o700)
     result = LoadResult(seconds=seconds, connections=connections, interval=interval)
@@ -520,8 +585,10 @@ def run_load(seconds: float, connections: int, interval: float, hold: float,
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # threads end, sockets close: give them a moment
             result.after = proc_counts(app.pid)
-            if (result.after["threads"] <= result.before["threads"]
-                    and result.after["fds"] <= result.before["fds"]):
+            if (
+                result.after["threads"] <= result.before["threads"]
+                and result.after["fds"] <= result.before["fds"]
+            ):
                 break
             time.sleep(0.2)
         time.sleep(0.5)
@@ -532,8 +599,15 @@ def run_load(seconds: float, connections: int, interval: float, hold: float,
     return result
 
 
-def _drive(app: App, daemon_url: str, result: LoadResult, seconds: float, connections: int,
-           interval: float, hold: float) -> None:
+def _drive(
+    app: App,
+    daemon_url: str,
+    result: LoadResult,
+    seconds: float,
+    connections: int,
+    interval: float,
+    hold: float,
+) -> None:
     host, port = app.url.split("://", 1)[1].rsplit(":", 1)
     address = (host, int(port))
     selector = selectors.DefaultSelector()
@@ -604,8 +678,8 @@ def _drive(app: App, daemon_url: str, result: LoadResult, seconds: float, connec
                 done = time.perf_counter()
                 latency = done - conn.sent
                 head = bytes(conn.buf[:head_end])
-                body = bytes(conn.buf[head_end + 4:head_end + 4 + length])
-                del conn.buf[:head_end + 4 + length]
+                body = bytes(conn.buf[head_end + 4 : head_end + 4 + length])
+                del conn.buf[: head_end + 4 + length]
                 in_flight -= 1
                 result.served += 1
                 if latency >= 0.02:
@@ -672,8 +746,9 @@ class FleetResult:
     left_children: list[int] = field(default_factory=list)
 
 
-def _all_at_once(apps: list[App], method: str, path: str, body: Any) -> tuple[float, list[float],
-                                                                                list[str]]:
+def _all_at_once(
+    apps: list[App], method: str, path: str, body: Any
+) -> tuple[float, list[float], list[str]]:
     barrier = threading.Barrier(len(apps) + 1)
     times: list[float] = [0.0] * len(apps)
     failures: list[str] = []
@@ -711,14 +786,18 @@ def run_fleet(size: int, workdir: Path) -> FleetResult:
         apps = start_apps(size, workdir, home, 600)
         result.start_seconds = time.perf_counter() - started
         seen = {"registrations": 0, "unregistrations": 0, "attaches": 0}
-        for name in ("first wake (imports debugpy, opens the listener)",
-                     "second wake (listener already open)"):
+        for name in (
+            "first wake (imports debugpy, opens the listener)",
+            "second wake (listener already open)",
+        ):
             rnd = Round(name)
             rnd.wake_total, rnd.wake_each, failures = _all_at_once(
-                apps, "POST", "/detrix/wake", {"daemon_url": daemon.url})
+                apps, "POST", "/detrix/wake", {"daemon_url": daemon.url}
+            )
             rnd.failures += failures
             rnd.sleep_total, rnd.sleep_each, failures = _all_at_once(
-                apps, "POST", "/detrix/sleep", None)
+                apps, "POST", "/detrix/sleep", None
+            )
             rnd.failures += failures
             time.sleep(0.5)
             stats = daemon.stats()
@@ -743,8 +822,10 @@ def run_fleet(size: int, workdir: Path) -> FleetResult:
 def machine() -> str:
     import debugpy
 
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, debugpy {debugpy.__version__}")
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, debugpy {debugpy.__version__}"
+    )
 
 
 def load_lines(r: LoadResult) -> list[str]:
@@ -756,9 +837,9 @@ def load_lines(r: LoadResult) -> list[str]:
         f"{r.served / r.seconds:.0f}/s)",
         f"- errors: {r.error_count}" + (f" (first: {r.errors[:3]})" if r.errors else ""),
         f"- wake/sleep cycles: {len(r.wakes)} wakes and {len(r.sleeps)} sleeps, "
-        f"{len(r.cycle_errors)} failed" + (f" ({r.cycle_errors[:3]})" if r.cycle_errors else "")
-        + (f"; wake p50 {ms(percentile(r.wakes, 50))}, max {ms(max(r.wakes))}"
-           if r.wakes else ""),
+        f"{len(r.cycle_errors)} failed"
+        + (f" ({r.cycle_errors[:3]})" if r.cycle_errors else "")
+        + (f"; wake p50 {ms(percentile(r.wakes, 50))}, max {ms(max(r.wakes))}" if r.wakes else ""),
         f"- status latency, all: p50 {ms(percentile(status, 50))}, "
         f"p99 {ms(percentile(status, 99))}, max {ms(max(status) if status else 0)}",
         f"- status latency while a wake was in progress ({len(r.status_waking)} requests): "
@@ -774,8 +855,12 @@ def load_lines(r: LoadResult) -> list[str]:
         f"- machine during the run: {r.cpu.get('busy', 0):.2f} of {os.cpu_count()} cores busy, "
         f"{r.cpu.get('ours', 0):.2f} of them by this benchmark (client, app, daemon); "
         f"load average before: {r.loadavg}"
-        + ("; other processes kept more than one core busy, so the latencies include "
-           "waiting for a CPU" if r.cpu.get("busy", 0) - r.cpu.get("ours", 0) > 1.0 else ""),
+        + (
+            "; other processes kept more than one core busy, so the latencies include "
+            "waiting for a CPU"
+            if r.cpu.get("busy", 0) - r.cpu.get("ours", 0) > 1.0
+            else ""
+        ),
     ]
 
 
@@ -790,11 +875,12 @@ def fleet_lines(f: FleetResult) -> list[str]:
             f"{percentile(rnd.sleep_each, 50):.2f} s, max {max(rnd.sleep_each):.2f} s); "
             f"daemon saw {rnd.registrations} registrations ({rnd.attaches} DAP attaches) and "
             f"{rnd.unregistrations} unregistrations, {rnd.live_after} left attached; "
-            f"failures: {len(rnd.failures)}"
-            + (f" ({rnd.failures[:3]})" if rnd.failures else "")
+            f"failures: {len(rnd.failures)}" + (f" ({rnd.failures[:3]})" if rnd.failures else "")
         )
-    lines.append(f"- processes left running after SIGTERM: {len(f.left_running)}; "
-                 f"their children left: {len(f.left_children)}")
+    lines.append(
+        f"- processes left running after SIGTERM: {len(f.left_running)}; "
+        f"their children left: {len(f.left_children)}"
+    )
     return lines
 
 
@@ -802,19 +888,37 @@ def verdicts(load: LoadResult | None, fleet: FleetResult | None) -> list[str]:
     out = []
     if load is not None:
         p99 = percentile(load.status_waking, 99)
-        ok = (load.error_count == 0 and not load.cycle_errors and load.max_open >= 200
-              and p99 < 0.050 and load.seconds >= 60
-              and load.after.get("threads", 1 << 30) <= load.before.get("threads", 0)
-              and load.after.get("fds", 1 << 30) <= load.before.get("fds", 0))
-        out.append(f"- load: {'PASS' if ok else 'FAIL'} (>= 200 connections for >= 60 s, "
-                   "0 errors, status p99 during wakes < 50 ms, threads/fds back to start)")
+        ok = (
+            load.error_count == 0
+            and not load.cycle_errors
+            and load.max_open >= 200
+            and p99 < 0.050
+            and load.seconds >= 60
+            and load.after.get("threads", 1 << 30) <= load.before.get("threads", 0)
+            and load.after.get("fds", 1 << 30) <= load.before.get("fds", 0)
+        )
+        out.append(
+            f"- load: {'PASS' if ok else 'FAIL'} (>= 200 connections for >= 60 s, "
+            "0 errors, status p99 during wakes < 50 ms, threads/fds back to start)"
+        )
     if fleet is not None:
-        ok = (fleet.size >= 50 and not fleet.left_running and not fleet.left_children
-              and all(r.registrations == fleet.size and r.unregistrations == fleet.size
-                      and r.attaches == fleet.size and not r.failures and r.live_after == 0
-                      for r in fleet.rounds))
-        out.append(f"- fleet: {'PASS' if ok else 'FAIL'} (>= 50 processes, exactly one "
-                   "registration and one unregistration each per round, none left)")
+        ok = (
+            fleet.size >= 50
+            and not fleet.left_running
+            and not fleet.left_children
+            and all(
+                r.registrations == fleet.size
+                and r.unregistrations == fleet.size
+                and r.attaches == fleet.size
+                and not r.failures
+                and r.live_after == 0
+                for r in fleet.rounds
+            )
+        )
+        out.append(
+            f"- fleet: {'PASS' if ok else 'FAIL'} (>= 50 processes, exactly one "
+            "registration and one unregistration each per round, none left)"
+        )
     return out
 
 
@@ -833,8 +937,7 @@ def fault_table() -> list[str]:
     return lines
 
 
-def write_doc(args: argparse.Namespace, load: LoadResult | None,
-              fleet: FleetResult | None) -> None:
+def write_doc(args: argparse.Namespace, load: LoadResult | None, fleet: FleetResult | None) -> None:
     intro = DEFAULT_INTRO
     if DOC.exists():
         text = DOC.read_text()
@@ -842,25 +945,33 @@ def write_doc(args: argparse.Namespace, load: LoadResult | None,
             intro = text.split(MARKER, 1)[0].rstrip() + "\n"
     previous = _previous_sections(DOC.read_text() if DOC.exists() else "")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = [intro.rstrip(), "", MARKER, "",
-           "## How to run", "",
-           "```sh",
-           "pip install .                      # the .pth hook is what the apps use",
-           "python -m pytest tests/faults -q   # the fault-injection suite (~1 min)",
-           "python bench/reliability.py        # 60 s load with 200 clients, fleet of 50",
-           "python bench/reliability.py --quick               # a ~10 s smoke run",
-           "python bench/reliability.py --only load --seconds 30",
-           "```", "",
-           "Each fault test starts real instrumented subprocesses with every",
-           "`DETRIX_*_TIMEOUT` at 1 second (register: 2) and checks, after the fault: the",
-           "host still runs (its main loop ticks), status is truthful, the next wake succeeds",
-           "once the fault is gone, and nothing leaked: the app's threads (`/proc/<pid>/task`)",
-           "and file descriptors (`/proc/<pid>/fd`) are back to their baseline (idle keep-alive",
-           "connections to the daemon are pooled, at most 4 per daemon URL, and counted apart),",
-           "and the daemon holds no attachment nobody asked for. The load and fleet runs hold",
-           "the same checks at scale.",
-           "",
-           "## Faults injected", ""]
+    out = [
+        intro.rstrip(),
+        "",
+        MARKER,
+        "",
+        "## How to run",
+        "",
+        "```sh",
+        "pip install .                      # the .pth hook is what the apps use",
+        "python -m pytest tests/faults -q   # the fault-injection suite (~1 min)",
+        "python bench/reliability.py        # 60 s load with 200 clients, fleet of 50",
+        "python bench/reliability.py --quick               # a ~10 s smoke run",
+        "python bench/reliability.py --only load --seconds 30",
+        "```",
+        "",
+        "Each fault test starts real instrumented subprocesses with every",
+        "`DETRIX_*_TIMEOUT` at 1 second (register: 2) and checks, after the fault: the",
+        "host still runs (its main loop ticks), status is truthful, the next wake succeeds",
+        "once the fault is gone, and nothing leaked: the app's threads (`/proc/<pid>/task`)",
+        "and file descriptors (`/proc/<pid>/fd`) are back to their baseline (idle keep-alive",
+        "connections to the daemon are pooled, at most 4 per daemon URL, and counted apart),",
+        "and the daemon holds no attachment nobody asked for. The load and fleet runs hold",
+        "the same checks at scale.",
+        "",
+        "## Faults injected",
+        "",
+    ]
     out += fault_table()
     niceness = f"; run at niceness {args.nice}" if args.nice else ""
     out += ["", f"## Last figures ({stamp}; {machine()}{niceness})", ""]
@@ -886,7 +997,7 @@ def _previous_sections(text: str) -> dict[str, str]:
         start = text.find(title)
         if start >= 0:
             end = text.find("\n### ", start + 1)
-            found[key] = text[start:end if end >= 0 else len(text)]
+            found[key] = text[start : end if end >= 0 else len(text)]
     return found
 
 
@@ -899,19 +1010,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("load", "fleet"), help="run one measurement")
     parser.add_argument("--seconds", type=float, help="load duration (default 60, quick 10)")
     parser.add_argument("--connections", type=int, default=200)
-    parser.add_argument("--interval", type=float, default=0.2,
-                        help="seconds between two requests of one connection (default 0.2: "
-                        "200 connections then ask 1000 times a second)")
-    parser.add_argument("--hold", type=float, default=0.3,
-                        help="seconds awake and asleep in each wake/sleep cycle")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.2,
+        help="seconds between two requests of one connection (default 0.2: "
+        "200 connections then ask 1000 times a second)",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=0.3, help="seconds awake and asleep in each wake/sleep cycle"
+    )
     parser.add_argument("--fleet", type=int, help="processes in the fleet (default 50, quick 10)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave the doc alone")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="run the benchmark and its processes at this niceness (e.g. -5 "
-                        "on a machine shared with other CPU-bound work; needs privileges); "
-                        "recorded with the figures")
-    parser.add_argument("--trace", type=Path,
-                        help="write the slow requests (>= 20 ms) and wake/sleep times as JSON")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the benchmark and its processes at this niceness (e.g. -5 "
+        "on a machine shared with other CPU-bound work; needs privileges); "
+        "recorded with the figures",
+    )
+    parser.add_argument(
+        "--trace", type=Path, help="write the slow requests (>= 20 ms) and wake/sleep times as JSON"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds or (10.0 if args.quick else 60.0)
     size = args.fleet or (10 if args.quick else 50)

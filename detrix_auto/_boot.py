@@ -87,8 +87,12 @@ def _start() -> None:
 
 def _fail_config(message: str) -> None:
     if _strict():
-        _warn(message.replace("; the application runs without detrix-auto", "")
-              .replace("; staying off", "") + " (DETRIX_STRICT=1: exiting)")
+        _warn(
+            message.replace("; the application runs without detrix-auto", "").replace(
+                "; staying off", ""
+            )
+            + " (DETRIX_STRICT=1: exiting)"
+        )
         try:
             sys.stdout.flush()
         finally:

@@ -320,14 +320,17 @@ class HttpDaemonClient:
         if not isinstance(body, dict) or body.get("service") != "detrix":
             raise DaemonError(
                 f"{self.url} answered the health check but is not a Detrix daemon "
-                "(no \"service\": \"detrix\"); check DETRIX_DAEMON_URL",
+                '(no "service": "detrix"); check DETRIX_DAEMON_URL',
                 status=status,
             )
         return body
 
     def register(self, registration: Registration, token: str | None, timeout: float) -> str:
         status, data = self._request(
-            "POST", "/api/v1/connections", timeout=timeout, token=token,
+            "POST",
+            "/api/v1/connections",
+            timeout=timeout,
+            token=token,
             body=registration.to_json(),
         )
         if status not in (200, 201):

@@ -181,8 +181,10 @@ class Debugger:
                     return  # a wake came in meanwhile
                 self._disarm_locked()
         except Exception as exc:  # noqa: BLE001 - must never fail sleep()
-            _log.warn(f"could not stop debugpy's tracing after sleep ({type(exc).__name__}: "
-                      f"{exc}); the application runs on, possibly slower")
+            _log.warn(
+                f"could not stop debugpy's tracing after sleep ({type(exc).__name__}: "
+                f"{exc}); the application runs on, possibly slower"
+            )
 
     def rearm(self) -> None:
         """Undo :meth:`disarm` before the daemon attaches again. Never raises."""
@@ -193,8 +195,10 @@ class Debugger:
                     return
                 self._arm_locked()
         except Exception as exc:  # noqa: BLE001 - logged; a wake then reports missing hits
-            _log.warn(f"could not re-enable debugpy's tracing ({type(exc).__name__}: {exc}); "
-                      "logpoints may not report until the process restarts")
+            _log.warn(
+                f"could not re-enable debugpy's tracing ({type(exc).__name__}: {exc}); "
+                "logpoints may not report until the process restarts"
+            )
 
     def _reader(self) -> Any:
         """pydevd's reader thread of the attached DAP client, or ``None``."""
@@ -537,7 +541,6 @@ def _unpatch_thread_start() -> None:
             original = getattr(module, original_attr, None)
             if original is not None:
                 setattr(module, attr, original)
-
 
 
 def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:

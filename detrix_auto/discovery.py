@@ -112,9 +112,14 @@ def dump_json(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(dump_json(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(
-            f"{encode_basestring_ascii(str(k))}:{dump_json(v)}" for k, v in sorted(value.items())
-        ) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{encode_basestring_ascii(str(k))}:{dump_json(v)}"
+                for k, v in sorted(value.items())
+            )
+            + "}"
+        )
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 

@@ -31,15 +31,24 @@ def spawn(tmp_path: Path, home: Path) -> Iterator[Any]:
     """Start an untouched script with DETRIX_ENABLE=1; returns an :class:`App`."""
     apps: list[App] = []
 
-    def start(source: str = SAMPLE_APP, *args: str, env: dict[str, str] | None = None,
-              wait: bool = True, python: str | None = None, name: str = "app.py") -> App:
+    def start(
+        source: str = SAMPLE_APP,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        python: str | None = None,
+        name: str = "app.py",
+    ) -> App:
         script = tmp_path / name
         script.write_text(source)
         full_env = clean_env(home, DETRIX_ENABLE="1")
         full_env.update(env or {})
         proc = subprocess.Popen(
             [python or sys.executable, str(script), *args],
-            env=full_env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=str(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         app = App(proc=proc, home=home, script=script)

@@ -23,18 +23,18 @@ from typing import Any
 class Fault:
     """What to do instead of (or before) the normal answer."""
 
-    delay: float = 0.0          # sleep this long first
-    status: int | None = None   # answer this status instead of forwarding
-    body: bytes = b""           # with this body
+    delay: float = 0.0  # sleep this long first
+    status: int | None = None  # answer this status instead of forwarding
+    body: bytes = b""  # with this body
     content_type: str = "application/json"
     close_mid_reply: bool = False  # send headers promising a body, then close
-    hang: bool = False          # never answer (until the double stops)
+    hang: bool = False  # never answer (until the double stops)
 
 
 class FaultDaemon:
     def __init__(self, backend: Any = None) -> None:
         self.backend = backend
-        self.faults: dict[str, Fault] = {}   # "health", "register", "unregister", "get"
+        self.faults: dict[str, Fault] = {}  # "health", "register", "unregister", "get"
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
         self._stop = threading.Event()
         double = self
@@ -122,18 +122,24 @@ class FaultDaemon:
     def _forward(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, bytes, str]:
         if self.backend is None:
             if path.endswith("/health"):
-                payload = {"status": "ok", "service": "detrix", "uptimeSeconds": 1,
-                           "adapterConnected": False}
+                payload = {
+                    "status": "ok",
+                    "service": "detrix",
+                    "uptimeSeconds": 1,
+                    "adapterConnected": False,
+                }
                 return 200, json.dumps(payload).encode(), "application/json"
             return 500, b'{"error": "no backend"}', "application/json"
-        request = urllib.request.Request(self.backend.url + path, data=body or None,
-                                         method=method)
+        request = urllib.request.Request(self.backend.url + path, data=body or None, method=method)
         for key in ("Content-Type", "Authorization"):
             if headers.get(key):
                 request.add_header(key, headers[key])
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return (response.status, response.read(),
-                        response.headers.get("Content-Type", "application/json"))
+                return (
+                    response.status,
+                    response.read(),
+                    response.headers.get("Content-Type", "application/json"),
+                )
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), exc.headers.get("Content-Type", "application/json")

@@ -71,8 +71,14 @@ class App:
     def url(self) -> str:
         return str(self.record["control_url"])
 
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, Any]:
         return http_json(self.url, method, path, body, headers=headers, timeout=timeout)
 
     def status(self) -> dict[str, Any]:
@@ -91,8 +97,15 @@ class App:
         return out, err
 
 
-def http_json(base: str, method: str, path: str, body: Any = None, *,
-              headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+def http_json(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
     """One request with the stdlib client; returns (status, parsed JSON or raw text)."""
     host_port = base.split("://", 1)[1].rstrip("/")
     conn = http.client.HTTPConnection(host_port, timeout=timeout)
@@ -113,8 +126,9 @@ def http_json(base: str, method: str, path: str, body: Any = None, *,
         return response.status, raw.decode("utf-8", "replace")
 
 
-def wait_for_record(home: Path, pid: int, proc: subprocess.Popen[str] | None = None,
-                    timeout: float = 20.0) -> dict[str, Any]:
+def wait_for_record(
+    home: Path, pid: int, proc: subprocess.Popen[str] | None = None, timeout: float = 20.0
+) -> dict[str, Any]:
     """Poll for the discovery record the hook writes once the control plane listens."""
     path = home / "clients" / f"{pid}.json"
     deadline = time.monotonic() + timeout
@@ -139,5 +153,3 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
-
-

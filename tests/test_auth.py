@@ -86,15 +86,21 @@ def test_each_bypass_needs_a_token(loopback_pair, header, why):
 def test_remote_peer_needs_a_token():
     caller = classify(_request(), ("203.0.113.5", 4000), ("0.0.0.0", 1), None, require_token=False)
     assert not caller.authorized and "remote" in caller.reason
-    good = classify(_request("Authorization: Bearer s3cret"), ("203.0.113.5", 4000),
-                    ("0.0.0.0", 1), "s3cret", require_token=False)
+    good = classify(
+        _request("Authorization: Bearer s3cret"),
+        ("203.0.113.5", 4000),
+        ("0.0.0.0", 1),
+        "s3cret",
+        require_token=False,
+    )
     assert good.authorized and good.how == "token"
 
 
 def test_wrong_token_is_refused_even_from_loopback(loopback_pair):
     _, peer, local = loopback_pair
-    caller = classify(_request("Authorization: Bearer nope"), peer, local, "right",
-                      require_token=False)
+    caller = classify(
+        _request("Authorization: Bearer nope"), peer, local, "right", require_token=False
+    )
     assert caller.token_bad and not caller.authorized
 
 
@@ -113,7 +119,12 @@ def test_require_token_switch_refuses_local_callers(loopback_pair):
 
 
 def test_ipv4_mapped_loopback_is_loopback():
-    caller = classify(_request(), ("::ffff:127.0.0.1", 5, 0, 0), ("::ffff:127.0.0.1", 6, 0, 0),
-                      None, require_token=False)
+    caller = classify(
+        _request(),
+        ("::ffff:127.0.0.1", 5, 0, 0),
+        ("::ffff:127.0.0.1", 6, 0, 0),
+        None,
+        require_token=False,
+    )
     # No such socket exists, so on Linux the owner cannot be verified.
     assert ("verify" in caller.reason) if LINUX else caller.local

@@ -53,14 +53,22 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="us
 
 
 def run_probe(
-    tmp_path: Path, home: Path, *flags: str, exit_code: int = 0, python: str | None = None,
+    tmp_path: Path,
+    home: Path,
+    *flags: str,
+    exit_code: int = 0,
+    python: str | None = None,
     **env: str,
 ) -> tuple[subprocess.CompletedProcess[str], dict]:
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     proc = subprocess.run(
         [python or sys.executable, *flags, str(script), str(exit_code)],
-        env=clean_env(home, **env), capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+        env=clean_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
     )
     out = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     return proc, out
@@ -104,12 +112,18 @@ def test_unknown_enable_word_warns_once_and_stays_off(tmp_path, home):
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("DETRIX_CONTROL_PORT", "abc"), ("DETRIX_REGISTER_TIMEOUT", "nan"),
-     ("DETRIX_DAEMON_URL", "localhost:8090"), ("DETRIX_VERIFY_SSL", "perhaps"),
-     ("DETRIX_CA_BUNDLE", "/nonexistent.pem"), ("DETRIX_START_STATE", "running")],
+    [
+        ("DETRIX_CONTROL_PORT", "abc"),
+        ("DETRIX_REGISTER_TIMEOUT", "nan"),
+        ("DETRIX_DAEMON_URL", "localhost:8090"),
+        ("DETRIX_VERIFY_SSL", "perhaps"),
+        ("DETRIX_CA_BUNDLE", "/nonexistent.pem"),
+        ("DETRIX_START_STATE", "running"),
+    ],
 )
-def test_bad_variable_is_one_stderr_line_and_the_app_runs_unchanged(tmp_path, home, variable,
-                                                                     value):
+def test_bad_variable_is_one_stderr_line_and_the_app_runs_unchanged(
+    tmp_path, home, variable, value
+):
     reference, ref_out = run_probe(tmp_path, home, exit_code=7)
     proc, out = run_probe(tmp_path, home, exit_code=7, DETRIX_ENABLE="1", **{variable: value})
     assert proc.returncode == 7
@@ -125,15 +139,17 @@ def test_control_port_taken_is_one_line_and_the_app_runs(tmp_path, home):
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
-        proc, out = run_probe(tmp_path, home, exit_code=0, DETRIX_ENABLE="1",
-                              DETRIX_CONTROL_PORT=port)
+        proc, out = run_probe(
+            tmp_path, home, exit_code=0, DETRIX_ENABLE="1", DETRIX_CONTROL_PORT=port
+        )
     assert proc.returncode == 0
     assert len(proc.stderr.splitlines()) == 1 and "DETRIX_CONTROL_PORT" in proc.stderr
 
 
 def test_strict_mode_stops_the_process(tmp_path, home):
-    proc, out = run_probe(tmp_path, home, DETRIX_ENABLE="1", DETRIX_STRICT="1",
-                          DETRIX_CONTROL_PORT="70000")
+    proc, out = run_probe(
+        tmp_path, home, DETRIX_ENABLE="1", DETRIX_STRICT="1", DETRIX_CONTROL_PORT="70000"
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "DETRIX_CONTROL_PORT" in proc.stderr and "DETRIX_STRICT" in proc.stderr
@@ -168,8 +184,9 @@ def test_module_run_names_the_module(tmp_path, home):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text("import time; time.sleep(30)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "mypkg"], cwd=str(tmp_path),
-                            env=clean_env(home, DETRIX_ENABLE="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mypkg"], cwd=str(tmp_path), env=clean_env(home, DETRIX_ENABLE="1")
+    )
     try:
         record = wait_for_record(home, proc.pid, proc)
         assert record["name"] == f"mypkg-{proc.pid}"
@@ -195,10 +212,12 @@ def test_discovery_record_is_private_and_removed_at_exit(spawn, home):
 
 
 def test_normal_exit_removes_the_record(spawn, home):
-    app = spawn(textwrap.dedent("""\
+    app = spawn(
+        textwrap.dedent("""\
         import time
         time.sleep(0.5)
-    """))
+    """)
+    )
     app.proc.wait(20)
     assert not (home / "clients" / f"{app.pid}.json").exists()
 
@@ -215,8 +234,9 @@ def test_read_only_home_falls_back_and_never_fails_the_host(tmp_path):
     script = tmp_path / "s.py"
     script.write_text("import time; time.sleep(30)\n")
     env = clean_env(ro, DETRIX_ENABLE="1", XDG_RUNTIME_DIR=str(runtime))
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         path = runtime / "detrix-auto" / "clients" / f"{proc.pid}.json"
         wait_until(path.exists, timeout=20)
@@ -240,15 +260,17 @@ def test_sitecustomize_shim_chains_to_the_next_one(tmp_path, home):
         "'detrix_auto._boot' in sys.modules)\n"
     )
     env = clean_env(home, DETRIX_ENABLE="1", PYTHONPATH=f"{shim}{os.pathsep}{other}")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.stdout.strip() == "ran True", proc.stderr
     assert proc.stderr == ""
 
 
 def test_children_inherit_activation_unless_told_not_to(tmp_path, home):
     parent = tmp_path / "parent.py"
-    parent.write_text(textwrap.dedent("""\
+    parent.write_text(
+        textwrap.dedent("""\
         import subprocess, sys
         child = subprocess.run([sys.executable, "-c",
             "import sys; print('detrix_auto._boot' in sys.modules and "
@@ -256,18 +278,29 @@ def test_children_inherit_activation_unless_told_not_to(tmp_path, home):
             "__import__('detrix_auto')._runtime.is_started())"],
             capture_output=True, text=True)
         print(child.stdout.strip())
-    """))
-    on = subprocess.run([sys.executable, str(parent)], env=clean_env(home, DETRIX_ENABLE="1"),
-                        capture_output=True, text=True, timeout=60)
+    """)
+    )
+    on = subprocess.run(
+        [sys.executable, str(parent)],
+        env=clean_env(home, DETRIX_ENABLE="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert on.stdout.strip() == "True", on.stderr
-    off = subprocess.run([sys.executable, str(parent)],
-                         env=clean_env(home, DETRIX_ENABLE="1", DETRIX_CHILDREN="0"),
-                         capture_output=True, text=True, timeout=60)
+    off = subprocess.run(
+        [sys.executable, str(parent)],
+        env=clean_env(home, DETRIX_ENABLE="1", DETRIX_CHILDREN="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert off.stdout.strip() == "False", off.stderr
 
 
 def test_fork_child_gets_its_own_control_plane_and_name(spawn, home):
-    app = spawn(textwrap.dedent("""\
+    app = spawn(
+        textwrap.dedent("""\
         import os, sys, time
         pid = os.fork()
         if pid == 0:
@@ -276,7 +309,8 @@ def test_fork_child_gets_its_own_control_plane_and_name(spawn, home):
             os._exit(0)
         print("parent", pid, flush=True)
         time.sleep(30)
-    """))
+    """)
+    )
     child_pid = int(wait_until(lambda: _child_pid(app), timeout=20))
     child = wait_for_record(home, child_pid)
     assert child["control_port"] != app.record["control_port"]

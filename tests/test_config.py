@@ -202,8 +202,18 @@ def test_connection_name_carries_the_pid():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1", True), ("TRUE", True), (" on ", True), ("yes", True), ("0", False), ("off", False),
-     ("", False), (None, False), ("maybe", None), ("2", None)],
+    [
+        ("1", True),
+        ("TRUE", True),
+        (" on ", True),
+        ("yes", True),
+        ("0", False),
+        ("off", False),
+        ("", False),
+        (None, False),
+        ("maybe", None),
+        ("2", None),
+    ],
 )
 def test_enable_words(value, expected):
     assert parse_enable(value) is expected
@@ -211,10 +221,20 @@ def test_enable_words(value, expected):
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True),
-     ("::ffff:127.0.0.1", True), ("localhost", True), ("10.0.0.1", False),
-     ("::ffff:10.0.0.1", False), ("127.000.0.1", False), ("localhost.evil.com", False),
-     ("0.0.0.0", False), ("", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("127.000.0.1", False),
+        ("localhost.evil.com", False),
+        ("0.0.0.0", False),
+        ("", False),
+    ],
 )
 def test_loopback_is_parsed_not_string_compared(host, loopback):
     assert is_loopback(host) is loopback
@@ -224,7 +244,9 @@ def test_loopback_is_parsed_not_string_compared(host, loopback):
 @given(
     st.dictionaries(
         st.sampled_from(sorted(ENV_NAMES.values())),
-        st.one_of(st.text(max_size=30), st.sampled_from(["1", "0", "nan", "-1", "65536", "http://x"])),
+        st.one_of(
+            st.text(max_size=30), st.sampled_from(["1", "0", "nan", "-1", "65536", "http://x"])
+        ),
         max_size=6,
     )
 )

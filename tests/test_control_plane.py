@@ -61,8 +61,9 @@ def test_init_twice_is_refused(plane, home):
 
 def test_health_status_info(plane):
     _, port = plane
-    code, headers, body = _split(_raw(port, b"GET /detrix/health HTTP/1.1\r\nHost: x\r\n"
-                                            b"Connection: close\r\n\r\n"))
+    code, headers, body = _split(
+        _raw(port, b"GET /detrix/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    )
     assert (code, body) == (200, {"status": "ok", "service": "detrix-client"})
     assert headers["Content-Type"] == "application/json"
     code, _, body = _split(_raw(port, b"GET /detrix/status HTTP/1.0\r\n\r\n"))
@@ -83,12 +84,21 @@ def test_health_status_info(plane):
         (b"GET /detrix/health HTTP/9.9\r\n\r\n", 400),
         (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),  # a TLS hello
         (b"POST /detrix/wake HTTP/1.0\r\nContent-Length: 999999\r\n\r\n", 413),
-        (b"POST /detrix/wake HTTP/1.0\r\nContent-Type: application/json\r\n"
-         b"Content-Length: 5\r\n\r\n{nope", 400),
-        (b"POST /detrix/wake HTTP/1.0\r\nContent-Type: text/plain\r\n"
-         b"Content-Length: 2\r\n\r\n{}", 415),
-        (b"POST /detrix/wake HTTP/1.0\r\nContent-Type: application/json\r\n"
-         b"Content-Length: 25\r\n\r\n{\"daemon_url\": \"ftp://x\"}", 400),
+        (
+            b"POST /detrix/wake HTTP/1.0\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5\r\n\r\n{nope",
+            400,
+        ),
+        (
+            b"POST /detrix/wake HTTP/1.0\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 2\r\n\r\n{}",
+            415,
+        ),
+        (
+            b"POST /detrix/wake HTTP/1.0\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 25\r\n\r\n{"daemon_url": "ftp://x"}',
+            400,
+        ),
     ],
 )
 def test_every_failure_is_a_json_error(plane, request_bytes, status):
@@ -164,8 +174,13 @@ def test_ipv6_bind(home):
     detrix_auto.init(detrix_home=str(home), control_host="::1")
     try:
         port = detrix_auto.status()["control_port"]
-        code, _, body = _split(_raw(port, b"GET /detrix/status HTTP/1.1\r\nHost: [::1]\r\n"
-                                          b"Connection: close\r\n\r\n", host="::1"))
+        code, _, body = _split(
+            _raw(
+                port,
+                b"GET /detrix/status HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n",
+                host="::1",
+            )
+        )
         assert code == 200 and body["control_host"] == "::1"
     finally:
         detrix_auto.shutdown()

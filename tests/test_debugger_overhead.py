@@ -101,9 +101,7 @@ OVERHEAD_APP = textwrap.dedent(
     print("bye", flush=True)
     """
 )
-COLD_LINE = next(
-    i for i, line in enumerate(OVERHEAD_APP.splitlines(), 1) if "COLD_LINE" in line
-)
+COLD_LINE = next(i for i, line in enumerate(OVERHEAD_APP.splitlines(), 1) if "COLD_LINE" in line)
 BLOCK_N = 60_000
 PHASE_BLOCKS = 15
 TRACED = sys.version_info < (3, 12)  # sys.settrace-based pydevd: the tracer is costly
@@ -182,16 +180,20 @@ def _wait_hits(app: App, daemon: Any, at_least: int, what: str, timeout: float =
         time.sleep(1)
         app.proc.send_signal(signal.SIGUSR1)
         time.sleep(1)
-        dump = (f"test reader alive: {_TIMINGS[app.pid].reader.is_alive()}, "
-                f"queued lines: {app_lines(app).qsize()}\n")
+        dump = (
+            f"test reader alive: {_TIMINGS[app.pid].reader.is_alive()}, "
+            f"queued lines: {app_lines(app).qsize()}\n"
+        )
         app.proc.kill()
         assert app.proc.stderr is not None
         full = app.proc.stderr.read()
         if os.environ.get("OVERHEAD_TEST_DUMP"):
             Path(os.environ["OVERHEAD_TEST_DUMP"]).write_text(full)
         dump += full[-12000:]
-    conns = {cid: (rec.status, rec.last_error, daemon.diagnostics(cid),
-                   daemon.breakpoint_results(cid)) for cid, rec in daemon.connections.items()}
+    conns = {
+        cid: (rec.status, rec.last_error, daemon.diagnostics(cid), daemon.breakpoint_results(cid))
+        for cid, rec in daemon.connections.items()
+    }
     raise AssertionError(
         f"{what}: {len(daemon.hits('cold'))} hit(s), wanted {at_least}; "
         f"app status {status}; app's tracer {probe}; daemon connections {conns}\n{dump}"

@@ -70,9 +70,11 @@ def test_wake_sleep_wake_reattaches_on_the_same_port(spawn, daemon):
 def test_concurrent_wakes_collapse_into_one_registration(spawn, daemon):
     app = spawn()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(
-            lambda _: app.request("POST", "/detrix/wake", {"daemon_url": daemon.url}), range(16)
-        ))
+        results = list(
+            pool.map(
+                lambda _: app.request("POST", "/detrix/wake", {"daemon_url": daemon.url}), range(16)
+            )
+        )
     assert all(code == 200 for code, _ in results), results
     ids = {body["connection_id"] for _, body in results}
     assert len(ids) == 1
@@ -200,8 +202,12 @@ def test_refused_registration_keeps_status_truthful(spawn, fault, expected):
 def test_token_goes_in_the_header_never_the_body(spawn, daemon):
     app = spawn(env={"DETRIX_TOKEN": "tok-123"})
     with FaultDaemon(backend=daemon) as spy:
-        app.request("POST", "/detrix/wake", {"daemon_url": spy.url},
-                    headers={"Authorization": "Bearer tok-123"})
+        app.request(
+            "POST",
+            "/detrix/wake",
+            {"daemon_url": spy.url},
+            headers={"Authorization": "Bearer tok-123"},
+        )
         register = next(c for c in spy.calls if c[0] == "register")
     assert register[2].get("Authorization") == "Bearer tok-123"
     assert b"tok-123" not in register[3]
@@ -211,4 +217,3 @@ def test_token_goes_in_the_header_never_the_body(spawn, daemon):
     assert body["language"] == "python" and body["workspaceRoot"] and body["pid"] == app.pid
     assert body["hostname"] and body["port"] >= 1024 and body["name"].endswith(f"-{app.pid}")
     assert "tok-123" not in str(app.status())
-

@@ -47,8 +47,12 @@ def test_incomplete_request_asks_for_more(partial):
         (b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
         (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         (b"POST /x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), 413),
-        (b"GET /x HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
-         + b"\r\n", 431),
+        (
+            b"GET /x HTTP/1.1\r\n"
+            + b"".join(b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
+            + b"\r\n",
+            431,
+        ),
         (b"GET /" + b"a" * (MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n", 400),
     ],
 )

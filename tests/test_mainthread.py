@@ -72,8 +72,11 @@ def _run(tmp_path, home, mode: str) -> dict:
     asked.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, str(script), mode, str(asked)],
-        env=clean_env(home, DETRIX_ENABLE="1"), cwd=str(tmp_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(home, DETRIX_ENABLE="1"),
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         record = wait_for_record(home, proc.pid, proc)
@@ -104,7 +107,9 @@ def test_the_real_main_thread_stays_main_and_exit_is_not_blocked(tmp_path, home,
                 break
             report = _run(tmp_path, home, mode)
         if not report["import_failed"]:  # seen once on a loaded CI run (3.10)
-            pytest.skip("the main thread never ran the pending call in time; the outcome "
-                        "was checked on every attempt, the failing import was not reached")
+            pytest.skip(
+                "the main thread never ran the pending call in time; the outcome "
+                "was checked on every attempt, the failing import was not reached"
+            )
     else:
         assert not report["import_failed"], report

@@ -33,7 +33,8 @@ def _free_port() -> int:
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_multiprocessing_workers_are_each_wakeable(tmp_path, home, daemon, method):
     script = tmp_path / "mp.py"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         import multiprocessing as mp, time
         def work(n):
             total = 0
@@ -48,9 +49,11 @@ def test_multiprocessing_workers_are_each_wakeable(tmp_path, home, daemon, metho
                 p.start()
             for p in procs:
                 p.join()
-    """))
-    proc = subprocess.Popen([sys.executable, str(script)], env=clean_env(home, DETRIX_ENABLE="1"),
-                            cwd=str(tmp_path))
+    """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=clean_env(home, DETRIX_ENABLE="1"), cwd=str(tmp_path)
+    )
     try:
         wait_until(lambda: len(_records(home)) >= 3, timeout=60)
         records = _records(home)
@@ -59,13 +62,15 @@ def test_multiprocessing_workers_are_each_wakeable(tmp_path, home, daemon, metho
         assert len({r["name"] for r in records}) == len(records)
         ids = set()
         for record in workers[:2]:
-            code, body = http_json(record["control_url"], "POST", "/detrix/wake",
-                                   {"daemon_url": daemon.url})
+            code, body = http_json(
+                record["control_url"], "POST", "/detrix/wake", {"daemon_url": daemon.url}
+            )
             assert code == 200, body
             ids.add(body["connection_id"])
         assert len(ids) == 2  # two separate daemon identities
-        code, parent = http_json(f"http://127.0.0.1:{_record(home, proc.pid)['control_port']}",
-                                 "GET", "/detrix/status")
+        code, parent = http_json(
+            f"http://127.0.0.1:{_record(home, proc.pid)['control_port']}", "GET", "/detrix/status"
+        )
         assert parent["state"] == "sleeping"  # waking the workers left the parent alone
         for record in workers[:2]:
             assert http_json(record["control_url"], "POST", "/detrix/sleep")[0] == 200
@@ -85,12 +90,15 @@ def _record(home: Path, pid: int) -> dict:
 
 
 def test_forked_child_never_touches_the_parents_registration(spawn, home, daemon):
-    app = spawn(textwrap.dedent("""\
+    app = spawn(
+        textwrap.dedent("""\
         import os, sys, time
         time.sleep(float(sys.argv[1]))  # the parent is woken before the fork
         pid = os.fork()
         time.sleep(60)
-    """), "1.5")
+    """),
+        "1.5",
+    )
     code, woke = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
     assert code == 200, woke
     wait_until(lambda: len(_records(home)) == 2, timeout=30)
@@ -100,38 +108,46 @@ def test_forked_child_never_touches_the_parents_registration(spawn, home, daemon
     assert status["name"] != app.status()["name"]
     # The child's sleep is a no-op: it never unregisters the parent's connection.
     assert http_json(child["control_url"], "POST", "/detrix/sleep")[1] == {
-        "status": "already_sleeping"}
+        "status": "already_sleeping"
+    }
     # debugpy cannot listen again in a fork of a process that already listens.
-    code, body = http_json(child["control_url"], "POST", "/detrix/wake",
-                           {"daemon_url": daemon.url})
+    code, body = http_json(child["control_url"], "POST", "/detrix/wake", {"daemon_url": daemon.url})
     assert code == 500 and "forked" in body["error"]
     assert daemon.unregistrations == 0
     assert app.status()["state"] == "awake"
     os.kill(child["pid"], signal.SIGKILL)
 
 
-@pytest.mark.skipif(shutil.which("gunicorn") is None and not Path(sys.executable).with_name(
-    "gunicorn").exists(), reason="gunicorn not installed")
+@pytest.mark.skipif(
+    shutil.which("gunicorn") is None and not Path(sys.executable).with_name("gunicorn").exists(),
+    reason="gunicorn not installed",
+)
 def test_gunicorn_workers_are_each_wakeable(tmp_path, home, daemon):
-    (tmp_path / "wsgiapp.py").write_text(textwrap.dedent("""\
+    (tmp_path / "wsgiapp.py").write_text(
+        textwrap.dedent("""\
         def application(environ, start_response):
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"hello"]
-    """))
+    """)
+    )
     port = _free_port()
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     proc = subprocess.Popen(
         [gunicorn, "-w", "2", "-b", f"127.0.0.1:{port}", "wsgiapp:application"],
-        cwd=str(tmp_path), env=clean_env(home, DETRIX_ENABLE="1"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=str(tmp_path),
+        env=clean_env(home, DETRIX_ENABLE="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until(lambda: len(_records(home)) >= 3, timeout=60)
         workers = [r for r in _records(home) if r["pid"] != proc.pid]
         assert len(workers) == 2
         for worker in workers:
-            code, body = http_json(worker["control_url"], "POST", "/detrix/wake",
-                                   {"daemon_url": daemon.url})
+            code, body = http_json(
+                worker["control_url"], "POST", "/detrix/wake", {"daemon_url": daemon.url}
+            )
             assert code == 200, body
         assert daemon.registrations == 2
         assert len({c.pid for c in daemon.connections.values()}) == 2
@@ -153,9 +169,13 @@ def test_awake_start_state_waits_for_a_daemon_that_starts_later(spawn):
     from detrix_auto.devdaemon import DevDaemon
 
     port = _free_port()
-    app = spawn(env={"DETRIX_START_STATE": "awake",
-                     "DETRIX_DAEMON_URL": f"http://127.0.0.1:{port}",
-                     "DETRIX_WAKE_RETRY_MAX": "1"})
+    app = spawn(
+        env={
+            "DETRIX_START_STATE": "awake",
+            "DETRIX_DAEMON_URL": f"http://127.0.0.1:{port}",
+            "DETRIX_WAKE_RETRY_MAX": "1",
+        }
+    )
     started = time.monotonic()
     assert app.status()["state"] == "waking"
     time.sleep(2.0)
@@ -169,11 +189,13 @@ def test_awake_start_state_waits_for_a_daemon_that_starts_later(spawn):
 
 
 def test_normal_exit_unregisters(spawn, home, daemon):
-    app = spawn(textwrap.dedent("""\
+    app = spawn(
+        textwrap.dedent("""\
         import time
         time.sleep(2.0)
         print("bye", flush=True)
-    """))
+    """)
+    )
     code, _ = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
     assert code == 200
     started = time.monotonic()
@@ -185,10 +207,13 @@ def test_normal_exit_unregisters(spawn, home, daemon):
 
 
 def test_exit_with_a_dead_daemon_is_not_delayed_past_the_timeout(spawn, daemon):
-    app = spawn(textwrap.dedent("""\
+    app = spawn(
+        textwrap.dedent("""\
         import time
         time.sleep(1.5)
-    """), env={"DETRIX_UNREGISTER_TIMEOUT": "1"})
+    """),
+        env={"DETRIX_UNREGISTER_TIMEOUT": "1"},
+    )
     from doubles import Fault, FaultDaemon
 
     with FaultDaemon(backend=daemon) as flaky:
@@ -222,8 +247,9 @@ def test_sigterm_while_waking_leaves_no_stray_process(spawn, daemon):
     assert app.proc.returncode == -signal.SIGTERM
     # No adapter or helper process outlives the app (the adapter runs in-process).
     out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    assert not [line for line in out.splitlines() if f" {app.pid} " in f" {line} "
-                and "debugpy" in line]
+    assert not [
+        line for line in out.splitlines() if f" {app.pid} " in f" {line} " and "debugpy" in line
+    ]
 
 
 def test_record_for_child_is_written_before_the_app_runs(tmp_path, home):
@@ -234,6 +260,11 @@ def test_record_for_child_is_written_before_the_app_runs(tmp_path, home):
         "record = os.path.join(os.environ['DETRIX_HOME'], 'clients', f'{os.getpid()}.json')\n"
         "sys.stdout.write(str(os.path.exists(record)))\n"
     )
-    out = subprocess.run([sys.executable, str(script)], env=clean_env(home, DETRIX_ENABLE="1"),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=clean_env(home, DETRIX_ENABLE="1"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout == "True", out.stderr

@@ -70,9 +70,7 @@ _EXAMPLES: dict[str, tuple[str, str]] = {
     ),
     "sleep": (
         "Put a process back to sleep: it unregisters from its daemon.",
-        "examples:\n"
-        "  detrix-auto sleep app\n"
-        "  detrix-auto sleep 4242 --json\n",
+        "examples:\n  detrix-auto sleep app\n  detrix-auto sleep 4242 --json\n",
     ),
     "doctor": (
         "Explain why a process did or did not activate, with a fix for each problem.",
@@ -167,7 +165,10 @@ def build_parser(prog: str = "detrix-auto") -> argparse.ArgumentParser:
     def add(name: str) -> argparse.ArgumentParser:
         summary, epilog = _EXAMPLES[name]
         return commands.add_parser(
-            name, help=summary, description=summary, epilog=epilog,
+            name,
+            help=summary,
+            description=summary,
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -180,35 +181,65 @@ def build_parser(prog: str = "detrix-auto") -> argparse.ArgumentParser:
         sub.add_argument("target", metavar="TARGET", help="pid, name or control URL")
         sub.add_argument("--json", action="store_true", help=json_help)
         if name == "wake":
-            sub.add_argument("--daemon-url", metavar="URL",
-                             help="register with this daemon instead of the configured one")
+            sub.add_argument(
+                "--daemon-url",
+                metavar="URL",
+                help="register with this daemon instead of the configured one",
+            )
 
     doctor = add("doctor")
-    doctor.add_argument("pid", metavar="PID", nargs="?", type=_pid,
-                        help="also examine this process")
+    doctor.add_argument(
+        "pid", metavar="PID", nargs="?", type=_pid, help="also examine this process"
+    )
     doctor.add_argument("--json", action="store_true", help=json_help)
 
     run = add("run")
-    run.add_argument("argv", metavar="CMD", nargs=argparse.REMAINDER,
-                     help="the command and its arguments (after --)")
+    run.add_argument(
+        "argv",
+        metavar="CMD",
+        nargs=argparse.REMAINDER,
+        help="the command and its arguments (after --)",
+    )
 
     observe = add("observe")
     observe.add_argument("target", metavar="TARGET", help="pid, name or control URL")
-    observe.add_argument("--at", required=True, metavar="FILE:LINE",
-                         help="where: the logpoint runs just before this line")
-    observe.add_argument("--expr", required=True, action="append", metavar="EXPR",
-                         help="a Python expression to evaluate there (repeatable)")
-    observe.add_argument("--name", default="observe", metavar="METRIC",
-                         help="metric name shown to the daemon (default: observe)")
-    observe.add_argument("--for", dest="seconds", type=_positive_float, metavar="SECONDS",
-                         help="stop after this many seconds")
-    observe.add_argument("--count", type=_positive_int, metavar="N",
-                         help="stop after N hits")
+    observe.add_argument(
+        "--at",
+        required=True,
+        metavar="FILE:LINE",
+        help="where: the logpoint runs just before this line",
+    )
+    observe.add_argument(
+        "--expr",
+        required=True,
+        action="append",
+        metavar="EXPR",
+        help="a Python expression to evaluate there (repeatable)",
+    )
+    observe.add_argument(
+        "--name",
+        default="observe",
+        metavar="METRIC",
+        help="metric name shown to the daemon (default: observe)",
+    )
+    observe.add_argument(
+        "--for",
+        dest="seconds",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop after this many seconds",
+    )
+    observe.add_argument("--count", type=_positive_int, metavar="N", help="stop after N hits")
     observe.add_argument("--json", action="store_true", help="one JSON object per line")
 
     demo = add("demo")
-    demo.add_argument("--seconds", type=_positive_float, default=4.0, metavar="N",
-                      help="how long to watch (default 4)")
+    demo.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=4.0,
+        metavar="N",
+        help="how long to watch (default 4)",
+    )
     return parser
 
 

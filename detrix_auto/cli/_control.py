@@ -96,15 +96,17 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if row["debug_port"]:
             debug = str(row["debug_port"]) + ("" if row["debug_port_active"] else " (closed)")
         up = row["uptime_seconds"]
-        table.append([
-            str(row["pid"]),
-            str(row["name"]),
-            str(row["state"]),
-            str(row["control_url"]),
-            debug,
-            "-" if up is None else format_duration(up),
-            row["command"] or "-",
-        ])
+        table.append(
+            [
+                str(row["pid"]),
+                str(row["name"]),
+                str(row["state"]),
+                str(row["control_url"]),
+                debug,
+                "-" if up is None else format_duration(up),
+                row["command"] or "-",
+            ]
+        )
     print_table(["PID", "NAME", "STATE", "CONTROL", "DEBUG", "UPTIME", "COMMAND"], table)
     return 0
 

@@ -141,74 +141,110 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
     pth = [d for d in facts["pth"] if _is_hook_file(os.path.join(d, "detrix_auto.pth"))]
     foreign = [d for d in facts["pth"] if d not in pth]
     if foreign:
-        found.append(Finding(
-            "hook", "error",
-            f"{os.path.join(foreign[0], 'detrix_auto.pth')} is not detrix-auto's start-up hook "
-            "(damaged or replaced)", f"reinstall: {python} -m pip install --force-reinstall "
-            "detrix-auto",
-        ))
+        found.append(
+            Finding(
+                "hook",
+                "error",
+                f"{os.path.join(foreign[0], 'detrix_auto.pth')} is not detrix-auto's start-up hook "
+                "(damaged or replaced)",
+                f"reinstall: {python} -m pip install --force-reinstall detrix-auto",
+            )
+        )
     if pth:
         where = pth[0]
         if facts["user_site"] == where and not facts["user_site_enabled"]:
-            found.append(Finding(
-                "hook", "error",
-                f"detrix_auto.pth is in the user site-packages {where}, which this interpreter "
-                "skips (PYTHONNOUSERSITE or -s)",
-                f"install it into the environment itself: {python} -m pip install detrix-auto",
-            ))
+            found.append(
+                Finding(
+                    "hook",
+                    "error",
+                    f"detrix_auto.pth is in the user site-packages {where}, which this interpreter "
+                    "skips (PYTHONNOUSERSITE or -s)",
+                    f"install it into the environment itself: {python} -m pip install detrix-auto",
+                )
+            )
         else:
             found.append(Finding("hook", "ok", f"detrix_auto.pth is installed in {where}"))
     elif not foreign:
-        found.append(Finding(
-            "hook", "error",
-            f"detrix_auto.pth is not in any site-packages of {python}: DETRIX_ENABLE=1 has no "
-            "effect on programs run by this interpreter", reinstall,
-        ))
+        found.append(
+            Finding(
+                "hook",
+                "error",
+                f"detrix_auto.pth is not in any site-packages of {python}: DETRIX_ENABLE=1 has no "
+                "effect on programs run by this interpreter",
+                reinstall,
+            )
+        )
     if facts["no_site"]:
-        found.append(Finding(
-            "site", "error",
-            "this interpreter was started with -S: site-packages, and so every .pth hook, "
-            "are skipped", "drop -S (with -S only an explicit detrix_auto.init() works)",
-        ))
+        found.append(
+            Finding(
+                "site",
+                "error",
+                "this interpreter was started with -S: site-packages, and so every .pth hook, "
+                "are skipped",
+                "drop -S (with -S only an explicit detrix_auto.init() works)",
+            )
+        )
     if facts["start"]:
-        found.append(Finding(
-            "pep829", "ok",
-            f"detrix_auto.start (the PEP 829 entry Python 3.15+ reads) is in {facts['start'][0]}",
-        ))
+        found.append(
+            Finding(
+                "pep829",
+                "ok",
+                "detrix_auto.start (the PEP 829 entry Python 3.15+ reads) is in "
+                f"{facts['start'][0]}",
+            )
+        )
     elif pth:
         level = "error" if sys.version_info >= (3, 15) else "warn"
-        found.append(Finding(
-            "pep829", level,
-            "detrix_auto.start is missing next to detrix_auto.pth: Python 3.15+ runs the "
-            "hook only through it", f"reinstall: {python} -m pip install --force-reinstall "
-            "detrix-auto",
-        ))
+        found.append(
+            Finding(
+                "pep829",
+                level,
+                "detrix_auto.start is missing next to detrix_auto.pth: Python 3.15+ runs the "
+                "hook only through it",
+                f"reinstall: {python} -m pip install --force-reinstall detrix-auto",
+            )
+        )
     package = facts["package"]
     installed = os.path.join(pth[0], "detrix_auto", "__init__.py") if pth else ""
-    if installed and os.path.isfile(installed) and package and (
-        os.path.realpath(package) != os.path.realpath(installed)
+    if (
+        installed
+        and os.path.isfile(installed)
+        and package
+        and (os.path.realpath(package) != os.path.realpath(installed))
     ):
-        found.append(Finding(
-            "package", "warn",
-            f"detrix_auto is imported from {os.path.dirname(package)}, not from {pth[0]} where "
-            "the hook is installed (the current directory or PYTHONPATH shadows it)",
-            "remove the other copy from the path, or run from another directory",
-        ))
+        found.append(
+            Finding(
+                "package",
+                "warn",
+                f"detrix_auto is imported from {os.path.dirname(package)}, not from {pth[0]} where "
+                "the hook is installed (the current directory or PYTHONPATH shadows it)",
+                "remove the other copy from the path, or run from another directory",
+            )
+        )
     found.extend(_check_customize(facts))
-    for module, why in (("debugpy", "wake cannot open a debugger"),
-                        ("urllib3", "wake cannot reach the daemon")):
+    for module, why in (
+        ("debugpy", "wake cannot open a debugger"),
+        ("urllib3", "wake cannot reach the daemon"),
+    ):
         if facts[module]:
             found.append(Finding(module, "ok", f"{module} is importable"))
         else:
-            found.append(Finding(
-                module, "error", f"{module} is not installed in {python}: {why}",
-                f"{python} -m pip install {module}",
-            ))
+            found.append(
+                Finding(
+                    module,
+                    "error",
+                    f"{module} is not installed in {python}: {why}",
+                    f"{python} -m pip install {module}",
+                )
+            )
     if hook_ran_here:
-        found.append(Finding(
-            "activation", "ok",
-            "DETRIX_ENABLE activated detrix-auto in this very doctor process: the hook works",
-        ))
+        found.append(
+            Finding(
+                "activation",
+                "ok",
+                "DETRIX_ENABLE activated detrix-auto in this very doctor process: the hook works",
+            )
+        )
     return found
 
 
@@ -220,31 +256,43 @@ def _check_customize(facts: dict[str, Any]) -> list[Finding]:
     origin = facts["sitecustomize"]
     same = bool(origin and ours and os.path.realpath(origin) == os.path.realpath(ours))
     if on_path and same:
-        found.append(Finding(
-            "sitecustomize", "ok",
-            "detrix-auto's sitecustomize shim is first on PYTHONPATH (`detrix-auto run` mode); "
-            "it chain-loads any other sitecustomize",
-        ))
+        found.append(
+            Finding(
+                "sitecustomize",
+                "ok",
+                "detrix-auto's sitecustomize shim is first on PYTHONPATH (`detrix-auto run` mode); "
+                "it chain-loads any other sitecustomize",
+            )
+        )
     elif on_path:
-        found.append(Finding(
-            "sitecustomize", "warn" if facts["pth"] else "error",
-            f"a sitecustomize at {origin} comes before detrix-auto's shim on sys.path and "
-            "shadows it, so PYTHONPATH activation does not happen",
-            f"put {shim} first on PYTHONPATH (as `detrix-auto run` does), or remove the other "
-            "sitecustomize",
-        ))
+        found.append(
+            Finding(
+                "sitecustomize",
+                "warn" if facts["pth"] else "error",
+                f"a sitecustomize at {origin} comes before detrix-auto's shim on sys.path and "
+                "shadows it, so PYTHONPATH activation does not happen",
+                f"put {shim} first on PYTHONPATH (as `detrix-auto run` does), or remove the other "
+                "sitecustomize",
+            )
+        )
     elif origin:
-        found.append(Finding(
-            "sitecustomize", "ok",
-            f"sitecustomize at {origin} runs at start-up; the .pth hook does not depend on it, "
-            "and detrix-auto's shim chain-loads it",
-        ))
+        found.append(
+            Finding(
+                "sitecustomize",
+                "ok",
+                f"sitecustomize at {origin} runs at start-up; the .pth hook does not depend on it, "
+                "and detrix-auto's shim chain-loads it",
+            )
+        )
     user = facts["usercustomize"]
     if user and facts["user_site_enabled"]:
-        found.append(Finding(
-            "usercustomize", "ok",
-            f"usercustomize at {user} runs after site-packages hooks and cannot hide them",
-        ))
+        found.append(
+            Finding(
+                "usercustomize",
+                "ok",
+                f"usercustomize at {user} runs after site-packages hooks and cannot hide them",
+            )
+        )
     return found
 
 
@@ -256,22 +304,29 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
     raw = env.get("DETRIX_ENABLE")
     enabled = parse_enable(raw)
     if enabled is None:
-        found.append(Finding(
-            "enable", "error",
-            f"DETRIX_ENABLE={raw!r} is not understood, so the hook stays off",
-            "use DETRIX_ENABLE=1 (or true/yes/on) to enable, 0 (or false/no/off) to disable",
-        ))
+        found.append(
+            Finding(
+                "enable",
+                "error",
+                f"DETRIX_ENABLE={raw!r} is not understood, so the hook stays off",
+                "use DETRIX_ENABLE=1 (or true/yes/on) to enable, 0 (or false/no/off) to disable",
+            )
+        )
     elif enabled:
-        found.append(Finding("enable", "ok",
-                             f"DETRIX_ENABLE={raw}: programs started from here activate"))
+        found.append(
+            Finding("enable", "ok", f"DETRIX_ENABLE={raw}: programs started from here activate")
+        )
     else:
         shown = "is not set" if raw is None else f"={raw!r} switches it off"
-        found.append(Finding(
-            "enable", "warn",
-            f"DETRIX_ENABLE {shown} here: programs started from this shell do not activate",
-            "start the program with DETRIX_ENABLE=1 python app.py, or detrix-auto run -- "
-            "python app.py",
-        ))
+        found.append(
+            Finding(
+                "enable",
+                "warn",
+                f"DETRIX_ENABLE {shown} here: programs started from this shell do not activate",
+                "start the program with DETRIX_ENABLE=1 python app.py, or detrix-auto run -- "
+                "python app.py",
+            )
+        )
     bad = 0
     for name in sorted(ENV_NAMES.values()):
         value = env.get(name)
@@ -281,8 +336,9 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
             resolve({}, {name: value})
         except ConfigError as exc:
             bad += 1
-            found.append(Finding(f"config:{name}", "error", str(exc),
-                                 f"correct {name} or unset it"))
+            found.append(
+                Finding(f"config:{name}", "error", str(exc), f"correct {name} or unset it")
+            )
     for name in ("DETRIX_STRICT", "DETRIX_CHILDREN"):
         value = env.get(name)
         if value is not None and value.strip():
@@ -290,16 +346,23 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
                 parse_bool(value, name)
             except ConfigError as exc:
                 bad += 1
-                found.append(Finding(f"config:{name}", "error", str(exc),
-                                     f"correct {name} or unset it"))
+                found.append(
+                    Finding(f"config:{name}", "error", str(exc), f"correct {name} or unset it")
+                )
     known = set(ENV_NAMES.values()) | set(EXTRA_VARS)
     for name in sorted(k for k in env if k.startswith("DETRIX_") and k not in known):
         if name.startswith("DETRIX_TEST_"):
             continue
         guess = difflib.get_close_matches(name, sorted(known), n=1)
         hint = f"did you mean {guess[0]}?" if guess else "detrix-auto does not read it"
-        found.append(Finding(f"config:{name}", "warn", f"{name} is not a detrix-auto variable",
-                             f"{hint} (unset it if it is not meant for another program)"))
+        found.append(
+            Finding(
+                f"config:{name}",
+                "warn",
+                f"{name} is not a detrix-auto variable",
+                f"{hint} (unset it if it is not meant for another program)",
+            )
+        )
     if not bad:
         try:
             resolve({}, env)
@@ -329,46 +392,58 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
         if info is None:
             exists = os.path.exists(pid_file)
             state = "names no live daemon" if exists else "does not exist"
-            return [Finding(
-                "daemon", "warn",
-                f"no Detrix daemon is running ({pid_file} {state}): `wake` needs one; "
-                "`observe` and `demo` bring their own",
-                "start it with `detrix serve`, or set DETRIX_DAEMON_URL",
-            )]
+            return [
+                Finding(
+                    "daemon",
+                    "warn",
+                    f"no Detrix daemon is running ({pid_file} {state}): `wake` needs one; "
+                    "`observe` and `demo` bring their own",
+                    "start it with `detrix serve`, or set DETRIX_DAEMON_URL",
+                )
+            ]
         host = info["host"] if info["host"] not in ("0.0.0.0", "::", "") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         url = f"http://{host}:{info['http_port']}"
         source = f"{pid_file} (pid {info['pid']})"
     timeout = 2.0
     try:
-        timeout = resolve({}, {k: v for k, v in env.items()
-                               if k == "DETRIX_HEALTH_CHECK_TIMEOUT"}).health_check_timeout
+        timeout = resolve(
+            {}, {k: v for k, v in env.items() if k == "DETRIX_HEALTH_CHECK_TIMEOUT"}
+        ).health_check_timeout
     except ConfigError:
         pass
     try:
         reply = http_call(url, "GET", "/health", timeout=timeout, context=_ssl_context(env))
     except CliError as exc:
-        return [Finding(
-            "daemon", "warn",
-            f"no daemon answers at {url} (from {source}): {exc}; `wake` needs one, "
-            "`observe` and `demo` bring their own",
-            "start it with `detrix serve`" + ("" if configured else ", or set DETRIX_DAEMON_URL"),
-        )]
+        return [
+            Finding(
+                "daemon",
+                "warn",
+                f"no daemon answers at {url} (from {source}): {exc}; `wake` needs one, "
+                "`observe` and `demo` bring their own",
+                "start it with `detrix serve`"
+                + ("" if configured else ", or set DETRIX_DAEMON_URL"),
+            )
+        ]
     body = reply.body if isinstance(reply.body, dict) else {}
     if reply.status == 200 and body.get("service") == "detrix":
         return [Finding("daemon", "ok", f"the Detrix daemon answers at {url} (from {source})")]
     what = f"service={body.get('service')!r}" if body else f"HTTP {reply.status}"
-    return [Finding(
-        "daemon", "error",
-        f"{url} (from {source}) answers, but not as a Detrix daemon ({what})",
-        "point DETRIX_DAEMON_URL at the daemon's HTTP port (see ~/detrix/daemon.pid)",
-    )]
+    return [
+        Finding(
+            "daemon",
+            "error",
+            f"{url} (from {source}) answers, but not as a Detrix daemon ({what})",
+            "point DETRIX_DAEMON_URL at the daemon's HTTP port (see ~/detrix/daemon.pid)",
+        )
+    ]
 
 
 def _ssl_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
     try:
-        settings = resolve({}, {k: v for k, v in env.items()
-                                if k in ("DETRIX_VERIFY_SSL", "DETRIX_CA_BUNDLE")})
+        settings = resolve(
+            {}, {k: v for k, v in env.items() if k in ("DETRIX_VERIFY_SSL", "DETRIX_CA_BUNDLE")}
+        )
     except ConfigError:
         return None
     if not settings.verify_ssl:
@@ -386,46 +461,63 @@ def check_token(env: Mapping[str, str]) -> list[Finding]:
     home = detrix_home()
     path = os.path.join(home, "mcp-token")
     if env.get("DETRIX_TOKEN", "").strip():
-        found.append(Finding(
-            "token", "ok", "DETRIX_TOKEN is set; it is used instead of any token file",
-        ))
+        found.append(
+            Finding(
+                "token",
+                "ok",
+                "DETRIX_TOKEN is set; it is used instead of any token file",
+            )
+        )
     try:
         token = read_token_file(path)
     except TokenFileError as exc:
-        fix = f"chmod 600 {path}" if "readable by other users" in str(exc) else (
-            f"remove {path} or replace it with a regular file of your own, mode 600"
+        fix = (
+            f"chmod 600 {path}"
+            if "readable by other users" in str(exc)
+            else (f"remove {path} or replace it with a regular file of your own, mode 600")
         )
         found.append(Finding("token-file", "error", str(exc), fix))
         return found
     if token is None:
-        found.append(Finding(
-            "token-file", "ok",
-            f"no token file at {path} (needed only when the daemon or a process requires a "
-            "token)",
-        ))
+        found.append(
+            Finding(
+                "token-file",
+                "ok",
+                f"no token file at {path} (needed only when the daemon or a process requires a "
+                "token)",
+            )
+        )
     else:
         found.append(Finding("token-file", "ok", f"token file {path} is private (mode 600)"))
     daemon_token = os.path.join(os.path.expanduser("~"), "detrix", "mcp-token")
-    if token is None and os.path.abspath(daemon_token) != os.path.abspath(path) and (
-        os.path.exists(daemon_token) and not env.get("DETRIX_TOKEN", "").strip()
+    if (
+        token is None
+        and os.path.abspath(daemon_token) != os.path.abspath(path)
+        and (os.path.exists(daemon_token) and not env.get("DETRIX_TOKEN", "").strip())
     ):
-        found.append(Finding(
-            "token-file", "warn",
-            f"the daemon's token is at {daemon_token}, but with DETRIX_HOME={home} clients "
-            f"look for it at {path}",
-            "set DETRIX_TOKEN, or leave DETRIX_HOME unset",
-        ))
+        found.append(
+            Finding(
+                "token-file",
+                "warn",
+                f"the daemon's token is at {daemon_token}, but with DETRIX_HOME={home} clients "
+                f"look for it at {path}",
+                "set DETRIX_TOKEN, or leave DETRIX_HOME unset",
+            )
+        )
     return found
 
 
 def check_discovery() -> list[Finding]:
     home = detrix_home()
     count = len(live_records(home))
-    return [Finding(
-        "discovery", "ok",
-        f"discovery records are read from {candidate_dirs(home)[0]} (and fallbacks); "
-        f"{count} live instrumented process(es)",
-    )]
+    return [
+        Finding(
+            "discovery",
+            "ok",
+            f"discovery records are read from {candidate_dirs(home)[0]} (and fallbacks); "
+            f"{count} live instrumented process(es)",
+        )
+    ]
 
 
 # -- one process -----------------------------------------------------------------------
@@ -468,38 +560,69 @@ def check_process(pid: int) -> list[Finding]:
         if int(record["pid"]) == pid:
             return _check_instrumented(record)
     if not pid_alive(pid):
-        return [Finding("process", "error", f"no process with pid {pid}",
-                        "check the pid (detrix-auto ps lists instrumented ones)")]
+        return [
+            Finding(
+                "process",
+                "error",
+                f"no process with pid {pid}",
+                "check the pid (detrix-auto ps lists instrumented ones)",
+            )
+        ]
     if not os.path.isdir(f"/proc/{pid}"):
-        return [Finding("process", "error",
-                        f"process {pid} has no discovery record (it did not activate); this "
-                        "platform has no /proc to look further",
-                        "start it with DETRIX_ENABLE=1, or `detrix-auto run -- ...`")]
+        return [
+            Finding(
+                "process",
+                "error",
+                f"process {pid} has no discovery record (it did not activate); this "
+                "platform has no /proc to look further",
+                "start it with DETRIX_ENABLE=1, or `detrix-auto run -- ...`",
+            )
+        ]
     return _check_uninstrumented(pid)
 
 
 def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
-    target = Target(url=str(record["control_url"]), pid=int(record["pid"]),
-                    name=str(record.get("name")), record=record)
-    found = [Finding("process", "ok",
-                     f"pid {target.pid} is instrumented: {target.name}, control plane "
-                     f"{target.url}")]
+    target = Target(
+        url=str(record["control_url"]),
+        pid=int(record["pid"]),
+        name=str(record.get("name")),
+        record=record,
+    )
+    found = [
+        Finding(
+            "process",
+            "ok",
+            f"pid {target.pid} is instrumented: {target.name}, control plane {target.url}",
+        )
+    ]
     try:
         reply = target.call("GET", "/detrix/status")
     except Unauthorized as exc:
-        found.append(Finding("process-control", "warn", str(exc),
-                             "pass the process's token with DETRIX_TOKEN"))
+        found.append(
+            Finding(
+                "process-control", "warn", str(exc), "pass the process's token with DETRIX_TOKEN"
+            )
+        )
         return found
     except Unreachable as exc:
-        found.append(Finding(
-            "process-control", "error", f"its control plane does not answer: {exc}",
-            "the process may be busy, hung or exiting; if it stays so, restart it",
-        ))
+        found.append(
+            Finding(
+                "process-control",
+                "error",
+                f"its control plane does not answer: {exc}",
+                "the process may be busy, hung or exiting; if it stays so, restart it",
+            )
+        )
         return found
     if reply.status != 200 or not isinstance(reply.body, dict):
-        found.append(Finding("process-control", "error",
-                             f"its status request failed: {reply.error}",
-                             "restart the process; report it if it persists"))
+        found.append(
+            Finding(
+                "process-control",
+                "error",
+                f"its status request failed: {reply.error}",
+                "restart the process; report it if it persists",
+            )
+        )
         return found
     status = reply.body
     state = status.get("state")
@@ -510,12 +633,15 @@ def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
         detail += f", daemon {status['daemon_url']}"
     found.append(Finding("process-control", "ok", f"its control plane answers: {detail}"))
     if status.get("last_error"):
-        found.append(Finding(
-            "process-error", "warn" if state == "awake" else "error",
-            f"its last wake failed: {status['last_error']}",
-            "fix the cause named there, then `detrix-auto wake "
-            f"{target.pid}` (or observe it without a daemon: detrix-auto observe ...)",
-        ))
+        found.append(
+            Finding(
+                "process-error",
+                "warn" if state == "awake" else "error",
+                f"its last wake failed: {status['last_error']}",
+                "fix the cause named there, then `detrix-auto wake "
+                f"{target.pid}` (or observe it without a daemon: detrix-auto observe ...)",
+            )
+        )
     return found
 
 
@@ -529,12 +655,15 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
         exe = ""
     raw_env = _proc_read(pid, "environ")
     if raw_env is None:
-        return [Finding(
-            "process", "error",
-            f"process {pid} has no discovery record, and its environment cannot be read "
-            "(another user's process?)",
-            "run doctor as the user who owns it; only your own processes can be observed",
-        )]
+        return [
+            Finding(
+                "process",
+                "error",
+                f"process {pid} has no discovery record, and its environment cannot be read "
+                "(another user's process?)",
+                "run doctor as the user who owns it; only your own processes can be observed",
+            )
+        ]
     env: dict[str, str] = {}
     for item in raw_env.split(b"\0"):
         key, sep, value = item.decode("utf-8", "replace").partition("=")
@@ -543,80 +672,138 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
     label = f"process {pid} ({shell_join(argv)[:80] or exe or '?'})"
     names = [os.path.basename(exe), os.path.basename(argv[0]) if argv else ""]
     if not any("python" in n or "pypy" in n for n in names):
-        return [Finding("process", "error",
-                        f"{label} has no discovery record and does not look like a Python "
-                        f"interpreter ({exe or 'unknown executable'})",
-                        "give the pid of the Python process itself")]
-    found.append(Finding("process", "error", f"{label} has no discovery record: it is not "
-                         "instrumented", "see the findings below for why"))
+        return [
+            Finding(
+                "process",
+                "error",
+                f"{label} has no discovery record and does not look like a Python "
+                f"interpreter ({exe or 'unknown executable'})",
+                "give the pid of the Python process itself",
+            )
+        ]
+    found.append(
+        Finding(
+            "process",
+            "error",
+            f"{label} has no discovery record: it is not instrumented",
+            "see the findings below for why",
+        )
+    )
     enabled = parse_enable(env.get("DETRIX_ENABLE"))
     if not enabled:
-        why = "without DETRIX_ENABLE" if env.get("DETRIX_ENABLE") is None else (
-            f"with DETRIX_ENABLE={env.get('DETRIX_ENABLE')!r}"
+        why = (
+            "without DETRIX_ENABLE"
+            if env.get("DETRIX_ENABLE") is None
+            else (f"with DETRIX_ENABLE={env.get('DETRIX_ENABLE')!r}")
         )
-        found.append(Finding("process-enable", "error", f"it was started {why}",
-                             "restart it with DETRIX_ENABLE=1 (or `detrix-auto run -- ...`)"))
+        found.append(
+            Finding(
+                "process-enable",
+                "error",
+                f"it was started {why}",
+                "restart it with DETRIX_ENABLE=1 (or `detrix-auto run -- ...`)",
+            )
+        )
         return found
     if _no_site_flag(argv):
-        found.append(Finding("process-site", "error",
-                             "it was started with -S, so no site-packages hook runs",
-                             "restart it without -S"))
+        found.append(
+            Finding(
+                "process-site",
+                "error",
+                "it was started with -S, so no site-packages hook runs",
+                "restart it without -S",
+            )
+        )
         return found
     only = env.get("DETRIX_ONLY_PID")
     if only and only != str(pid):
-        found.append(Finding("process-children", "error",
-                             f"it is a child of pid {only}, started with DETRIX_CHILDREN=0",
-                             "unset DETRIX_CHILDREN for the parent to observe its children"))
+        found.append(
+            Finding(
+                "process-children",
+                "error",
+                f"it is a child of pid {only}, started with DETRIX_CHILDREN=0",
+                "unset DETRIX_CHILDREN for the parent to observe its children",
+            )
+        )
         return found
     try:
         resolve({}, env)
     except ConfigError as exc:
-        found.append(Finding("process-config", "error", f"its settings are invalid: {exc}",
-                             "fix that variable and restart it"))
+        found.append(
+            Finding(
+                "process-config",
+                "error",
+                f"its settings are invalid: {exc}",
+                "fix that variable and restart it",
+            )
+        )
         return found
     try:
         if not parse_bool(env.get("DETRIX_DISCOVERY", "1") or "1", "DETRIX_DISCOVERY"):
-            found.append(Finding("process-discovery", "warn",
-                                 "it runs with DETRIX_DISCOVERY off, so it writes no record",
-                                 "reach it by its control URL (set DETRIX_CONTROL_PORT)"))
+            found.append(
+                Finding(
+                    "process-discovery",
+                    "warn",
+                    "it runs with DETRIX_DISCOVERY off, so it writes no record",
+                    "reach it by its control URL (set DETRIX_CONTROL_PORT)",
+                )
+            )
             return found
     except ConfigError:
         pass
     its_home = env.get("DETRIX_HOME", "").strip()
     if its_home and os.path.abspath(os.path.expanduser(its_home)) != detrix_home():
-        found.append(Finding(
-            "process-home", "error",
-            f"it writes its record under DETRIX_HOME={its_home}, but this shell looks under "
-            f"{detrix_home()}",
-            f"run DETRIX_HOME={its_home} detrix-auto ...",
-        ))
+        found.append(
+            Finding(
+                "process-home",
+                "error",
+                f"it writes its record under DETRIX_HOME={its_home}, but this shell looks under "
+                f"{detrix_home()}",
+                f"run DETRIX_HOME={its_home} detrix-auto ...",
+            )
+        )
         return found
     python = _interpreter_path(pid, argv, exe, env)
     facts = _remote_facts(python, env) if python else None
     if facts is None:
-        found.append(Finding("process-python", "warn",
-                             f"could not ask its interpreter {python or '?'} about its hooks",
-                             "run `python -m detrix_auto doctor` with that interpreter"))
+        found.append(
+            Finding(
+                "process-python",
+                "warn",
+                f"could not ask its interpreter {python or '?'} about its hooks",
+                "run `python -m detrix_auto doctor` with that interpreter",
+            )
+        )
         return found
     shim = shim_dir()
-    via_shim = bool(facts.get("sitecustomize")) and bool(shim) and (
-        os.path.dirname(os.path.realpath(str(facts["sitecustomize"])))
-        == os.path.realpath(str(shim))
+    via_shim = (
+        bool(facts.get("sitecustomize"))
+        and bool(shim)
+        and (
+            os.path.dirname(os.path.realpath(str(facts["sitecustomize"])))
+            == os.path.realpath(str(shim))
+        )
     )
     if not facts.get("pth") and not via_shim:
-        found.append(Finding(
-            "process-hook", "error",
-            f"its interpreter {python} (Python {facts.get('version')}) has no detrix_auto.pth "
-            "and no detrix-auto sitecustomize on its PYTHONPATH",
-            f"{python} -m pip install detrix-auto, or restart it with `detrix-auto run -- ...`",
-        ))
+        found.append(
+            Finding(
+                "process-hook",
+                "error",
+                f"its interpreter {python} (Python {facts.get('version')}) has no detrix_auto.pth "
+                "and no detrix-auto sitecustomize on its PYTHONPATH",
+                f"{python} -m pip install detrix-auto, or restart it with `detrix-auto run -- ...`",
+            )
+        )
         return found
-    found.append(Finding(
-        "process-start", "warn",
-        "everything needed looks present, so start-up failed inside it: look at its stderr "
-        "for a line starting with `detrix-auto:` (a port in use, an unwritable home...)",
-        "fix what that line names, then restart it",
-    ))
+    found.append(
+        Finding(
+            "process-start",
+            "warn",
+            "everything needed looks present, so start-up failed inside it: look at its stderr "
+            "for a line starting with `detrix-auto:` (a port in use, an unwritable home...)",
+            "fix what that line names, then restart it",
+        )
+    )
     return found
 
 
@@ -652,7 +839,11 @@ def _remote_facts(exe: str, env: Mapping[str, str]) -> dict[str, Any] | None:
     try:
         done = subprocess.run(
             [exe, "-c", PROBE + "\nprint(json.dumps(_facts()))"],
-            env=clean, capture_output=True, text=True, timeout=15, check=False,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
         data = json.loads(done.stdout.strip().splitlines()[-1])
@@ -677,18 +868,22 @@ def cmd_doctor(args: argparse.Namespace, *, hook_ran_here: bool = False) -> int:
     errors = sum(1 for f in findings if f.level == "error")
     warnings = sum(1 for f in findings if f.level == "warn")
     if args.json:
-        print_json({
-            "python": facts["executable"],
-            "python_version": facts["version"],
-            "pid": args.pid,
-            "ok": errors == 0,
-            "errors": errors,
-            "warnings": warnings,
-            "findings": [asdict(f) for f in findings],
-        })
+        print_json(
+            {
+                "python": facts["executable"],
+                "python_version": facts["version"],
+                "pid": args.pid,
+                "ok": errors == 0,
+                "errors": errors,
+                "warnings": warnings,
+                "findings": [asdict(f) for f in findings],
+            }
+        )
         return 1 if errors else 0
-    print(f"detrix-auto doctor: {facts['executable']} (Python {facts['version']})"
-          + (f", process {args.pid}" if args.pid is not None else ""))
+    print(
+        f"detrix-auto doctor: {facts['executable']} (Python {facts['version']})"
+        + (f", process {args.pid}" if args.pid is not None else "")
+    )
     print()
     for finding in findings:
         print(f"  {finding.level:<5}  {finding.text}")

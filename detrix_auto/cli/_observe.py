@@ -179,7 +179,9 @@ class Session:
                 f"{target.pid or target.url}`"
             )
         spec = MetricSpec(
-            self.metric, self.location.path, self.location.line,
+            self.metric,
+            self.location.path,
+            self.location.line,
             (*self.expressions, THREAD_EXPR),
         )
         daemon = _ObservingDaemon("127.0.0.1", 0, attach_timeout=15.0)
@@ -204,8 +206,9 @@ class Session:
                 die(f"{target.label} was woken by someone else meanwhile; try again later")
             connection_id = str(reply.body.get("connection_id") or "")
             self._check_logpoint(daemon, connection_id)
-            self.on_ready({"debug_port": reply.body.get("debug_port"),
-                           "connection_id": connection_id})
+            self.on_ready(
+                {"debug_port": reply.body.get("debug_port"), "connection_id": connection_id}
+            )
             guard.abort_calls = False
             self._stream(daemon, connection_id, hits, guard, outcome)
         except Interrupted:
@@ -340,12 +343,14 @@ class Session:
             reply = target.call("POST", "/detrix/sleep", timeout=SLEEP_TIMEOUT)
         except CliError as exc:
             if target.pid is None or running(target.pid):
-                sys.stderr.write(f"detrix-auto: could not put {target.label} back to sleep: "
-                                 f"{exc}\n")
+                sys.stderr.write(
+                    f"detrix-auto: could not put {target.label} back to sleep: {exc}\n"
+                )
             return False
         if reply.status != 200:
-            sys.stderr.write(f"detrix-auto: could not put {target.label} back to sleep: "
-                             f"{reply.error}\n")
+            sys.stderr.write(
+                f"detrix-auto: could not put {target.label} back to sleep: {reply.error}\n"
+            )
             return False
         return True
 
@@ -389,23 +394,24 @@ def cmd_observe(args: argparse.Namespace) -> int:
             limit.append(f"{args.seconds:g} s")
         until = " or ".join(limit) if limit else "Ctrl-C"
         sys.stderr.write(
-            f"observing {target.label} at {where}: {', '.join(expressions)} "
-            f"(until {until})\n"
+            f"observing {target.label} at {where}: {', '.join(expressions)} (until {until})\n"
         )
         sys.stderr.flush()
 
     def show(hit: Hit) -> None:
         if as_json:
-            line = json.dumps({
-                "type": "hit",
-                "time": _iso(hit.timestamp),
-                "timestamp": round(hit.timestamp, 6),
-                "pid": target.pid,
-                "name": target.name,
-                "location": where,
-                "thread": hit.thread,
-                "values": dict(hit.values),
-            })
+            line = json.dumps(
+                {
+                    "type": "hit",
+                    "time": _iso(hit.timestamp),
+                    "timestamp": round(hit.timestamp, 6),
+                    "pid": target.pid,
+                    "name": target.name,
+                    "location": where,
+                    "thread": hit.thread,
+                    "values": dict(hit.values),
+                }
+            )
         else:
             line = hit.text()
         sys.stdout.write(line + "\n")
@@ -419,9 +425,18 @@ def cmd_observe(args: argparse.Namespace) -> int:
         )
         sys.stderr.flush()
         if as_json:
-            sys.stdout.write(json.dumps({"type": "error", "time": _iso(time.time()),
-                                         "pid": target.pid, "location": where,
-                                         "message": text}) + "\n")
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "type": "error",
+                        "time": _iso(time.time()),
+                        "pid": target.pid,
+                        "location": where,
+                        "message": text,
+                    }
+                )
+                + "\n"
+            )
             sys.stdout.flush()
 
     def quiet() -> None:
@@ -432,8 +447,16 @@ def cmd_observe(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     session = Session(
-        target, location, expressions, metric=args.name, seconds=args.seconds, count=args.count,
-        on_ready=ready, on_hit=show, on_failure=failed, on_quiet=quiet,
+        target,
+        location,
+        expressions,
+        metric=args.name,
+        seconds=args.seconds,
+        count=args.count,
+        on_ready=ready,
+        on_hit=show,
+        on_failure=failed,
+        on_quiet=quiet,
     )
     with SignalGuard() as guard:
         outcome = session.run(guard)
@@ -473,8 +496,7 @@ DEMO_EXPRESSIONS = ["tick", "temperature"]
 
 
 def _demo_app() -> tuple[str, int]:
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "_demo_app.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_demo_app.py")
     try:
         with open(path, encoding="utf-8") as handle:
             for number, text in enumerate(handle, 1):
@@ -485,8 +507,9 @@ def _demo_app() -> tuple[str, int]:
     die(f"the demo application {path} is missing or damaged; reinstall detrix-auto")
 
 
-def _wait_for_record(home: str, proc: subprocess.Popen[bytes], timeout: float,
-                     errors: str) -> dict[str, Any]:
+def _wait_for_record(
+    home: str, proc: subprocess.Popen[bytes], timeout: float, errors: str
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for record in iter_records(home):
@@ -494,12 +517,16 @@ def _wait_for_record(home: str, proc: subprocess.Popen[bytes], timeout: float,
                 return record
         if proc.poll() is not None:
             detail = _tail(errors)
-            die(f"the demo application exited with status {proc.returncode} before it "
-                f"could be observed{': ' + detail if detail else ''}")
+            die(
+                f"the demo application exited with status {proc.returncode} before it "
+                f"could be observed{': ' + detail if detail else ''}"
+            )
         time.sleep(0.05)
     detail = _tail(errors)
-    die(f"the demo application did not activate within {timeout:g} s"
-        f"{': ' + detail if detail else ''}; run `detrix-auto doctor`")
+    die(
+        f"the demo application did not activate within {timeout:g} s"
+        f"{': ' + detail if detail else ''}; run `detrix-auto doctor`"
+    )
 
 
 def _tail(path: str) -> str:
@@ -536,27 +563,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with SignalGuard() as guard:
         try:
             shutil.copyfile(source, app)
-            print("detrix-auto demo: watch a value change inside a separate, unmodified "
-                  "Python process\n", file=out)
+            print(
+                "detrix-auto demo: watch a value change inside a separate, unmodified "
+                "Python process\n",
+                file=out,
+            )
             with open(errors, "wb") as err_file:
                 proc = subprocess.Popen(
                     [sys.executable, app, str(seconds + 120)],
-                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=err_file, cwd=home,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err_file,
+                    cwd=home,
                 )
             print(f"  started   {os.path.basename(app)} (pid {proc.pid}) with {via}", file=out)
             out.flush()
             record = _wait_for_record(home, proc, 20.0, errors)
-            target = Target(url=str(record["control_url"]), pid=proc.pid,
-                            name=str(record.get("name")), record=record)
+            target = Target(
+                url=str(record["control_url"]),
+                pid=proc.pid,
+                name=str(record.get("name")),
+                record=record,
+            )
             print(f"  found     {target.name}: control plane {target.url}, asleep", file=out)
             location = parse_location(f"{app}:{line}", [])
             collected: list[Hit] = []
 
             def ready(info: dict[str, Any]) -> None:
-                print(f"  woke it   with the built-in daemon; logpoint at "
-                      f"{os.path.basename(app)}:{line} reads {', '.join(DEMO_EXPRESSIONS)}",
-                      file=out)
+                print(
+                    f"  woke it   with the built-in daemon; logpoint at "
+                    f"{os.path.basename(app)}:{line} reads {', '.join(DEMO_EXPRESSIONS)}",
+                    file=out,
+                )
                 print(f"\n  live values for {seconds:g} s (Ctrl-C stops early):", file=out)
                 out.flush()
 
@@ -569,8 +608,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             def failed(text: str) -> None:
                 print(f"    (the app reported: {text})", file=out)
 
-            session = Session(target, location, list(DEMO_EXPRESSIONS), metric="demo",
-                              seconds=seconds, on_ready=ready, on_hit=show, on_failure=failed)
+            session = Session(
+                target,
+                location,
+                list(DEMO_EXPRESSIONS),
+                metric="demo",
+                seconds=seconds,
+                on_ready=ready,
+                on_hit=show,
+                on_failure=failed,
+            )
             outcome = session.run(guard)
         except Interrupted:
             print("\ninterrupted; cleaning up", file=out)
@@ -600,13 +647,15 @@ def _demo_summary(outcome: Outcome, hits: list[Hit], seconds: float) -> int:
     out = sys.stdout
     print(file=out)
     if not hits:
-        print("no values arrived; something is off: run `detrix-auto doctor` to see why",
-              file=out)
+        print("no values arrived; something is off: run `detrix-auto doctor` to see why", file=out)
         return 1
     first, last = dict(hits[0].values), dict(hits[-1].values)
-    print(f"Saw {len(hits)} value(s) in {outcome.elapsed:.1f} s: temperature went from "
-          f"{first.get('temperature')} to {last.get('temperature')} "
-          f"(tick {first.get('tick')} to {last.get('tick')}).", file=out)
+    print(
+        f"Saw {len(hits)} value(s) in {outcome.elapsed:.1f} s: temperature went from "
+        f"{first.get('temperature')} to {last.get('temperature')} "
+        f"(tick {first.get('tick')} to {last.get('tick')}).",
+        file=out,
+    )
     print("The app was put back to sleep and stopped; nothing is left running.", file=out)
     print(
         "\nNext, try it on your own program:\n"

@@ -26,10 +26,21 @@ from ._common import die
 __all__ = ["Location", "check_expressions", "parse_location"]
 
 #: Names present in every frame's globals or builtins without appearing in code.
-_IMPLICIT = frozenset({
-    "__builtins__", "__name__", "__file__", "__doc__", "__spec__", "__loader__",
-    "__package__", "__cached__", "__annotations__", "__dict__", "__class__",
-})
+_IMPLICIT = frozenset(
+    {
+        "__builtins__",
+        "__name__",
+        "__file__",
+        "__doc__",
+        "__spec__",
+        "__loader__",
+        "__package__",
+        "__cached__",
+        "__annotations__",
+        "__dict__",
+        "__class__",
+    }
+)
 #: Code that can create names the compiler does not see: skip the name check.
 _DYNAMIC = frozenset({"globals", "vars", "locals", "exec", "eval", "setattr", "__dict__"})
 
@@ -130,8 +141,12 @@ def check_expressions(expressions: list[str], location: Location) -> None:
         for name in sorted(_free_names(tree)):
             if name not in visible:
                 local = sorted(
-                    n for n in (*location.code.co_varnames, *location.code.co_cellvars,
-                                *location.code.co_freevars)
+                    n
+                    for n in (
+                        *location.code.co_varnames,
+                        *location.code.co_cellvars,
+                        *location.code.co_freevars,
+                    )
                     if not n.startswith(".")
                 )
                 shown = ", ".join(local[:12]) + (", ..." if len(local) > 12 else "")

@@ -35,14 +35,27 @@ from .http import Request
 
 __all__ = ["Caller", "classify", "peer_uid"]
 
-PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-                 "x-real-ip", "via", "forwarded-for", "x-forwarded", "x-client-ip",
-                 "x-cluster-client-ip", "client-ip", "true-client-ip", "cf-connecting-ip",
-                 "fastly-client-ip", "x-original-forwarded-for", "x-proxyuser-ip")
+PROXY_HEADERS = (
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "via",
+    "forwarded-for",
+    "x-forwarded",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-proxyuser-ip",
+)
 #: Any header starting with one of these also marks a proxy (``X-Forwarded-Port``...).
 PROXY_PREFIXES = ("x-forwarded-",)
-BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest",
-                   "sec-fetch-user")
+BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user")
 #: Any header starting with one of these was written by a browser.
 BROWSER_PREFIXES = ("sec-fetch-",)
 
@@ -107,8 +120,15 @@ def classify(
                 reason = "could not verify which user owns the connection"
             elif uid not in (os.geteuid(), 0):
                 reason = f"local callers of another user (uid {uid}) need a token"
-    return Caller(address=address, port=port, uid=uid, token_ok=token_ok, token_bad=token_bad,
-                  local=not reason, reason=reason)
+    return Caller(
+        address=address,
+        port=port,
+        uid=uid,
+        token_ok=token_ok,
+        token_bad=token_bad,
+        local=not reason,
+        reason=reason,
+    )
 
 
 def _has_any(request: Request, names: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
@@ -196,13 +216,18 @@ def _packed(host: str, v6: bool) -> bytes:
     return socket.inet_aton(host) + bytes(12)
 
 
-def _diag_owner(peer_host: str, peer_port: int, our_host: str,
-                our_port: int) -> tuple[int, int] | None:
+def _diag_owner(
+    peer_host: str, peer_port: int, our_host: str, our_port: int
+) -> tuple[int, int] | None:
     """(uid, inode) of the socket ``peer_host:peer_port`` -> ``our_host:our_port``."""
     v6 = ":" in peer_host
     # struct inet_diag_req_v2 with an exact struct inet_diag_sockid (see linux/inet_diag.h).
-    sockid = (struct.pack("!HH", peer_port, our_port) + _packed(peer_host, v6)
-              + _packed(our_host, v6) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE))
+    sockid = (
+        struct.pack("!HH", peer_port, our_port)
+        + _packed(peer_host, v6)
+        + _packed(our_host, v6)
+        + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
+    )
     family = socket.AF_INET6 if v6 else socket.AF_INET
     body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
     message = struct.pack("=IHHII", 16 + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
@@ -231,8 +256,9 @@ def _diag_owner(peer_host: str, peer_port: int, our_host: str,
     return uid, inode
 
 
-def _proc_owner(peer_host: str, peer_port: int, our_host: str,
-                our_port: int) -> tuple[int, int] | None:
+def _proc_owner(
+    peer_host: str, peer_port: int, our_host: str, our_port: int
+) -> tuple[int, int] | None:
     """The same from ``/proc/net/tcp{,6}``: the peer socket's uid and inode columns."""
     try:
         candidates: list[tuple[str, str, str]] = []
@@ -242,8 +268,13 @@ def _proc_owner(peer_host: str, peer_port: int, our_host: str,
                 hosts.append((peer_host[7:], our_host[7:]))
             for p_host, o_host in hosts:
                 if v6 == (":" in p_host):
-                    candidates.append((table, _proc_address(p_host, peer_port, v6),
-                                       _proc_address(o_host, our_port, v6)))
+                    candidates.append(
+                        (
+                            table,
+                            _proc_address(p_host, peer_port, v6),
+                            _proc_address(o_host, our_port, v6),
+                        )
+                    )
     except (OSError, ValueError):
         return None
     for table, want_local, want_remote in candidates:

@@ -119,8 +119,9 @@ def parse_request(buffer: bytes | bytearray) -> tuple[Request | None, int]:
         return None, 0
     body = bytes(buffer[start : start + length])
     path = target.split("?", 1)[0]
-    request = Request(method=method, target=target, path=path, version=version,
-                      headers=headers, body=body)
+    request = Request(
+        method=method, target=target, path=path, version=version, headers=headers, body=body
+    )
     return request, start + length
 
 

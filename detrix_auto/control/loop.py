@@ -301,8 +301,9 @@ class EventLoop:
         for conn in [c for c in self._conns.values() if c.deadline <= now and not c.busy]:
             if conn.inbuf and not conn.close_after_write:
                 conn.inbuf.clear()
-                self._respond(conn, error_response(408, "request not received in time"),
-                              keep_alive=False)
+                self._respond(
+                    conn, error_response(408, "request not received in time"), keep_alive=False
+                )
                 if conn.sock.fileno() >= 0 and conn.deadline <= now:
                     self._drop(conn)
             else:

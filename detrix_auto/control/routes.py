@@ -60,20 +60,23 @@ class Router:
                 allow,
             )
         if request.path == "/detrix/health":
-            return json_response(200, {"status": "ok", "service": "detrix-client"},
-                                 keep_alive=keep)
+            return json_response(200, {"status": "ok", "service": "detrix-client"}, keep_alive=keep)
         caller = self._caller(request, conn)
         if not caller.authorized:
             if request.path in ("/detrix/wake", "/detrix/sleep"):
                 self._audit(request.path, caller, "refused (unauthorized)")
-            message = "invalid token" if caller.token_bad else (
-                f"unauthorized: {caller.reason}; send Authorization: Bearer <token>"
+            message = (
+                "invalid token"
+                if caller.token_bad
+                else (f"unauthorized: {caller.reason}; send Authorization: Bearer <token>")
             )
             return error_response(401, message, keep_alive=keep)
         if request.path == "/detrix/status":
             self._client.poke()
-            status = {k: self._scrub(v) if isinstance(v, str) else v
-                      for k, v in self._client.status().items()}
+            status = {
+                k: self._scrub(v) if isinstance(v, str) else v
+                for k, v in self._client.status().items()
+            }
             return json_response(200, status, keep_alive=keep)
         if request.path == "/detrix/info":
             return json_response(200, self._client.info(), keep_alive=keep)
@@ -102,7 +105,10 @@ class Router:
             token = None
         self._secret = token
         return classify(
-            request, conn.peer, conn.local, token,
+            request,
+            conn.peer,
+            conn.local,
+            token,
             require_token=self._client.settings.require_token,
             conn_cache=conn.auth_cache,
         )
@@ -119,8 +125,12 @@ class Router:
         except DetrixError as exc:
             self._audit("/detrix/wake", caller, f"failed (500): {exc}")
             return error_response(500, self._scrub(str(exc)), keep_alive=keep)
-        self._audit("/detrix/wake", caller, f"{result['status']} port={result['debug_port']}"
-                    + (f" daemon={override}" if override else ""))
+        self._audit(
+            "/detrix/wake",
+            caller,
+            f"{result['status']} port={result['debug_port']}"
+            + (f" daemon={override}" if override else ""),
+        )
         return json_response(200, result, keep_alive=keep)
 
     def _sleep(self, caller: Caller, keep: bool) -> bytes:
@@ -140,7 +150,11 @@ class Router:
         uid = "?" if caller.uid is None else str(caller.uid)
         _log.audit(
             "%s peer=%s:%d uid=%s auth=%s outcome=%s",
-            path.rsplit("/", 1)[-1], caller.address, caller.port, uid, caller.how,
+            path.rsplit("/", 1)[-1],
+            caller.address,
+            caller.port,
+            uid,
+            caller.how,
             self._scrub(outcome),
         )
 
@@ -168,7 +182,7 @@ def _wake_override(body: bytes) -> str | None:
     except RecursionError:  # deeply nested arrays or objects
         raise ConfigError("wake body is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ConfigError("wake body must be a JSON object such as {\"daemon_url\": \"http://...\"}")
+        raise ConfigError('wake body must be a JSON object such as {"daemon_url": "http://..."}')
     url = data.get("daemon_url")
     if url is None:
         return None
@@ -183,4 +197,3 @@ def _head_only(response: bytes) -> bytes:
 def _with_allow(response: bytes, method: str) -> bytes:
     head, sep, body = response.partition(b"\r\n\r\n")
     return head + f"\r\nAllow: {method}".encode() + sep + body
-

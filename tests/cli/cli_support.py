@@ -51,13 +51,25 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "detrix_auto", *args]
 
 
-def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI; from outside the source tree, so the installed package is tested."""
     full = base_env(home)
     full.update(env or {})
-    return subprocess.run(cli_argv(*args), env=full, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(cwd or home.parent), check=False)
+    return subprocess.run(
+        cli_argv(*args),
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(cwd or home.parent),
+        check=False,
+    )
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -96,6 +108,3 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-

@@ -42,8 +42,9 @@ def no_process_left_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def cli(home: Path) -> Any:
     """``cli("ps", "--json")`` runs the command with DETRIX_HOME=home."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli(home, *args, env=env, timeout=timeout, cwd=cwd)
 
     return run
@@ -54,12 +55,19 @@ def procs(home: Path) -> Iterator[Any]:
     """Start any command (test env, DETRIX_HOME=home); killed at teardown."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(argv: list[str], env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> subprocess.Popen[str]:
+    def start(
+        argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[str]:
         full = base_env(home)
         full.update(env or {})
-        proc = subprocess.Popen(argv, env=full, cwd=str(cwd) if cwd else None, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            argv,
+            env=full,
+            cwd=str(cwd) if cwd else None,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         started.append(proc)
         return proc
 
@@ -77,10 +85,16 @@ def procs(home: Path) -> Iterator[Any]:
 def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An interpreter without detrix-auto, debugpy or urllib3 (a venv without pip)."""
     where = tmp_path_factory.mktemp("bare-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=60
+    )
     python = str(where / "bin" / "python")
-    probe = subprocess.run([python, "-c", "import detrix_auto"], capture_output=True, cwd="/",
-                           check=False, env={"PATH": os.environ.get("PATH", "")})
+    probe = subprocess.run(
+        [python, "-c", "import detrix_auto"],
+        capture_output=True,
+        cwd="/",
+        check=False,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
     assert probe.returncode != 0, "the bare venv can import detrix_auto"
     return python

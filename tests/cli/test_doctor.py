@@ -20,9 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def _installed_parent() -> str:
     """Where the installed detrix_auto lives (the tests may import the source tree)."""
     out = subprocess.run(
-        [sys.executable, "-c",
-         "import detrix_auto, os; print(os.path.dirname(os.path.dirname(detrix_auto.__file__)))"],
-        capture_output=True, text=True, cwd="/", check=True, timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "import detrix_auto, os; print(os.path.dirname(os.path.dirname(detrix_auto.__file__)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=True,
+        timeout=30,
     )
     return out.stdout.strip()
 
@@ -34,8 +41,9 @@ def doctor(home, *args, env=None, python=None, cwd="/", pre=()):
     if python:
         argv[0] = python
     argv[1:1] = list(pre)
-    result = subprocess.run(argv, env=full, capture_output=True, text=True, timeout=60,
-                            cwd=str(cwd), check=False)
+    result = subprocess.run(
+        argv, env=full, capture_output=True, text=True, timeout=60, cwd=str(cwd), check=False
+    )
     assert "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout)
     assert result.returncode == (0 if report["ok"] else 1)
@@ -55,8 +63,15 @@ def level(by_check, check):
 
 def test_report_shape_and_a_healthy_setup(home, tmp_path):
     report, found = doctor(home, env={"DETRIX_ENABLE": "1", "HOME": str(tmp_path)})
-    assert set(report) == {"python", "python_version", "pid", "ok", "errors", "warnings",
-                           "findings"}
+    assert set(report) == {
+        "python",
+        "python_version",
+        "pid",
+        "ok",
+        "errors",
+        "warnings",
+        "findings",
+    }
     assert report["ok"] is True and report["errors"] == 0
     assert level(found, "hook") == ["ok"]
     assert "detrix_auto.pth is installed" in found["hook"][0]["text"]
@@ -69,8 +84,15 @@ def test_report_shape_and_a_healthy_setup(home, tmp_path):
     assert level(found, "discovery") == ["ok"]
     assert level(found, "daemon") == ["warn"]  # none running under this HOME
     assert "daemon.pid does not exist" in found["daemon"][0]["text"]
-    human = subprocess.run(cli_argv("doctor"), env=base_env(home, HOME=str(tmp_path)),
-                           capture_output=True, text=True, timeout=60, check=False, cwd="/")
+    human = subprocess.run(
+        cli_argv("doctor"),
+        env=base_env(home, HOME=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+    )
     assert human.returncode == 0
     assert "warn   DETRIX_ENABLE is not set here" in human.stdout
     assert "fix: start the program with DETRIX_ENABLE=1" in human.stdout
@@ -88,9 +110,10 @@ def test_enable_values(home):
 def test_invalid_and_unknown_settings(home, tmp_path):
     bundle = tmp_path / "ca.pem"
     bundle.write_text("x")
-    report, found = doctor(home, env={"DETRIX_CONTROL_PORT": "99999",
-                                      "DETRIX_START_STATE": "asleep",
-                                      "DETRIX_ENABLED": "1"})
+    report, found = doctor(
+        home,
+        env={"DETRIX_CONTROL_PORT": "99999", "DETRIX_START_STATE": "asleep", "DETRIX_ENABLED": "1"},
+    )
     assert not report["ok"]
     assert level(found, "config:DETRIX_CONTROL_PORT") == ["error"]
     assert "'99999' is not valid" in found["config:DETRIX_CONTROL_PORT"][0]["text"]
@@ -98,8 +121,9 @@ def test_invalid_and_unknown_settings(home, tmp_path):
     assert level(found, "config:DETRIX_ENABLED") == ["warn"]
     assert "did you mean DETRIX_ENABLE?" in found["config:DETRIX_ENABLED"][0]["fix"]
     # each value valid alone, invalid together
-    report, found = doctor(home, env={"DETRIX_VERIFY_SSL": "false",
-                                      "DETRIX_CA_BUNDLE": str(bundle)})
+    report, found = doctor(
+        home, env={"DETRIX_VERIFY_SSL": "false", "DETRIX_CA_BUNDLE": str(bundle)}
+    )
     assert level(found, "config") == ["error"] and not report["ok"]
 
 
@@ -126,7 +150,11 @@ def test_sitecustomize_shim_and_a_shadowing_one(home, tmp_path):
 
     installed_shim = subprocess.run(
         [sys.executable, "-c", "from detrix_auto.cli._run import shim_dir; print(shim_dir())"],
-        capture_output=True, text=True, cwd="/", check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=True,
+        timeout=30,
     ).stdout.strip()
     assert shim_dir()  # the source tree has one too
     _, found = doctor(home, env={"PYTHONPATH": installed_shim})
@@ -152,8 +180,7 @@ def test_a_source_checkout_that_shadows_the_installed_package(home):
     assert level(found, "package") == ["warn"]
 
 
-def test_daemon_found_through_env_through_daemon_pid_or_answering_wrongly(home, tmp_path,
-                                                                         daemon):
+def test_daemon_found_through_env_through_daemon_pid_or_answering_wrongly(home, tmp_path, daemon):
     _, found = doctor(home, env={"DETRIX_DAEMON_URL": daemon.url})
     assert level(found, "daemon") == ["ok"]
     assert "DETRIX_DAEMON_URL" in found["daemon"][0]["text"]
@@ -161,8 +188,11 @@ def test_daemon_found_through_env_through_daemon_pid_or_answering_wrongly(home, 
     fake_home = tmp_path / "user"
     (fake_home / "detrix").mkdir(parents=True)
     pid_file = fake_home / "detrix" / "daemon.pid"
-    pid_file.write_text(json.dumps({"pid": os.getpid(), "host": "127.0.0.1",
-                                    "ports": {"http": daemon.port, "grpc": 1}}))
+    pid_file.write_text(
+        json.dumps(
+            {"pid": os.getpid(), "host": "127.0.0.1", "ports": {"http": daemon.port, "grpc": 1}}
+        )
+    )
     _, found = doctor(home, env={"HOME": str(fake_home)})
     assert level(found, "daemon") == ["ok"]
     assert f"127.0.0.1:{daemon.port}" in found["daemon"][0]["text"]
@@ -212,8 +242,7 @@ def test_an_instrumented_process(home, spawn, procs):
     assert level(found, "process-error") == ["error"] and not report["ok"]
     assert "127.0.0.1:9" in found["process-error"][0]["text"]
 
-    locked = spawn(APP, env={"DETRIX_TOKEN": "t0k", "DETRIX_REQUIRE_TOKEN": "1"},
-                   name="locked.py")
+    locked = spawn(APP, env={"DETRIX_TOKEN": "t0k", "DETRIX_REQUIRE_TOKEN": "1"}, name="locked.py")
     _, found = doctor(home, str(locked.pid))
     assert level(found, "process-control") == ["warn"]
     assert "DETRIX_TOKEN" in found["process-control"][0]["fix"]
@@ -221,8 +250,11 @@ def test_an_instrumented_process(home, spawn, procs):
     # a record whose control plane does not answer
     mute = procs([sys.executable, "-c", "import time; time.sleep(60)"])
     clients = home / "clients"
-    (clients / f"{mute.pid}.json").write_text(json.dumps(
-        {"pid": mute.pid, "name": f"mute-{mute.pid}", "control_url": "http://127.0.0.1:9"}))
+    (clients / f"{mute.pid}.json").write_text(
+        json.dumps(
+            {"pid": mute.pid, "name": f"mute-{mute.pid}", "control_url": "http://127.0.0.1:9"}
+        )
+    )
     report, found = doctor(home, str(mute.pid))
     assert level(found, "process-control") == ["error"] and not report["ok"]
 
@@ -248,19 +280,22 @@ def test_processes_that_did_not_activate(home, tmp_path, procs, bare_python):
     found = _uninstrumented(home, procs, [*py, "-S", str(script)], {"DETRIX_ENABLE": "1"})
     assert level(found, "process-site") == ["error"]
 
-    found = _uninstrumented(home, procs, [*py, str(script)],
-                            {"DETRIX_ENABLE": "1", "DETRIX_CONTROL_PORT": "x"})
+    found = _uninstrumented(
+        home, procs, [*py, str(script)], {"DETRIX_ENABLE": "1", "DETRIX_CONTROL_PORT": "x"}
+    )
     assert level(found, "process-config") == ["error"]
     assert "DETRIX_CONTROL_PORT='x'" in found["process-config"][0]["text"]
 
     other_home = tmp_path / "elsewhere"
-    found = _uninstrumented(home, procs, [*py, str(script)],
-                            {"DETRIX_ENABLE": "1", "DETRIX_HOME": str(other_home)})
+    found = _uninstrumented(
+        home, procs, [*py, str(script)], {"DETRIX_ENABLE": "1", "DETRIX_HOME": str(other_home)}
+    )
     assert level(found, "process-home") == ["error"]
     assert f"DETRIX_HOME={other_home}" in found["process-home"][0]["fix"]
 
-    found = _uninstrumented(home, procs, [*py, str(script)],
-                            {"DETRIX_ENABLE": "1", "DETRIX_ONLY_PID": "1"})
+    found = _uninstrumented(
+        home, procs, [*py, str(script)], {"DETRIX_ENABLE": "1", "DETRIX_ONLY_PID": "1"}
+    )
     assert level(found, "process-children") == ["error"]
 
     found = _uninstrumented(home, procs, [bare_python, str(script)], {"DETRIX_ENABLE": "1"})
@@ -271,8 +306,9 @@ def test_processes_that_did_not_activate(home, tmp_path, procs, bare_python):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        found = _uninstrumented(home, procs, [*py, str(script)],
-                                {"DETRIX_ENABLE": "1", "DETRIX_CONTROL_PORT": port})
+        found = _uninstrumented(
+            home, procs, [*py, str(script)], {"DETRIX_ENABLE": "1", "DETRIX_CONTROL_PORT": port}
+        )
     assert level(found, "process-start") == ["warn"]
     assert "detrix-auto:" in found["process-start"][0]["text"]
 
@@ -283,8 +319,7 @@ def test_processes_that_did_not_activate(home, tmp_path, procs, bare_python):
 def test_discovery_off_and_no_such_pid(home, tmp_path, procs):
     script = tmp_path / "app.py"
     script.write_text(APP)
-    proc = procs([sys.executable, str(script)],
-                 env={"DETRIX_ENABLE": "1", "DETRIX_DISCOVERY": "0"})
+    proc = procs([sys.executable, str(script)], env={"DETRIX_ENABLE": "1", "DETRIX_DISCOVERY": "0"})
     wait_for(lambda: b"app.py" in Path(f"/proc/{proc.pid}/cmdline").read_bytes())
     _, found = doctor(home, str(proc.pid))
     assert level(found, "process-discovery") == ["warn"]

@@ -16,8 +16,7 @@ COMMANDS = ["ps", "status", "wake", "sleep", "doctor", "run", "observe", "demo"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_argv(*args), capture_output=True, text=True, timeout=30,
-                          check=False)
+    return subprocess.run(cli_argv(*args), capture_output=True, text=True, timeout=30, check=False)
 
 
 def test_top_level_help_lists_every_command_and_first_steps():
@@ -46,13 +45,16 @@ def test_no_command_prints_help_and_exits_2():
     assert "COMMAND" in result.stdout
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["observe", "app"], "required"),
-    (["observe", "app", "--at", "a.py:1", "--expr", "x", "--count", "0"], "--count"),
-    (["observe", "app", "--at", "a.py:1", "--expr", "x", "--for", "-1"], "--for"),
-    (["doctor", "abc"], "not a process id"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["observe", "app"], "required"),
+        (["observe", "app", "--at", "a.py:1", "--expr", "x", "--count", "0"], "--count"),
+        (["observe", "app", "--at", "a.py:1", "--expr", "x", "--for", "-1"], "--for"),
+        (["doctor", "abc"], "not a process id"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_usage_errors_are_one_line_with_status_2(args, fragment):
     result = _run(*args)
     assert result.returncode == 2
@@ -70,7 +72,8 @@ def test_console_script_is_installed_next_to_the_interpreter():
     script = shutil.which("detrix-auto", path=os.path.dirname(sys.executable))
     if script is None:
         pytest.skip("detrix-auto is not installed as a console script in this environment")
-    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30,
-                            check=False)
+    result = subprocess.run(
+        [script, "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0
     assert result.stdout.startswith("usage: detrix-auto ")

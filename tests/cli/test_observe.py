@@ -29,8 +29,9 @@ def at(app, line=OBSERVE_LINE):
 
 def test_observe_prints_the_real_values_then_puts_the_target_back_to_sleep(cli, spawn):
     app = spawn(APP)
-    result = cli("observe", "app", "--at", at(app), "--expr", "value", "--expr", "counter",
-                 "--count", "3")
+    result = cli(
+        "observe", "app", "--at", at(app), "--expr", "value", "--expr", "counter", "--count", "3"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3
@@ -39,7 +40,8 @@ def test_observe_prints_the_real_values_then_puts_the_target_back_to_sleep(cli, 
         assert match, line
         assert int(match.group(1)) == int(match.group(2)) * 10  # values at that line, live
     assert f"observing app-{app.pid} (pid {app.pid}) at {app.script}:{OBSERVE_LINE}" in (
-        result.stderr)
+        result.stderr
+    )
     assert "stopped after 3 hit(s)" in result.stderr and "asleep again" in result.stderr
     status = app.status()
     assert status["state"] == "sleeping" and status["connection_id"] is None
@@ -49,16 +51,34 @@ def test_json_lines_and_for_seconds(cli, spawn, tmp_path):
     app = spawn(APP)
     started = time.monotonic()
     # a relative FILE is found in the target's working directory too
-    result = cli("observe", str(app.pid), "--at", f"app.py:{OBSERVE_LINE}", "--expr", "value",
-                 "--for", "1", "--json", cwd=tmp_path.parent)
+    result = cli(
+        "observe",
+        str(app.pid),
+        "--at",
+        f"app.py:{OBSERVE_LINE}",
+        "--expr",
+        "value",
+        "--for",
+        "1",
+        "--json",
+        cwd=tmp_path.parent,
+    )
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     hits = json_lines(result.stdout)
     assert len(hits) >= 5  # about 20 a second
     assert took < 10
     for hit in hits:
-        assert set(hit) == {"type", "time", "timestamp", "pid", "name", "location", "thread",
-                            "values"}
+        assert set(hit) == {
+            "type",
+            "time",
+            "timestamp",
+            "pid",
+            "name",
+            "location",
+            "thread",
+            "values",
+        }
         assert hit["type"] == "hit" and hit["pid"] == app.pid
         assert hit["name"] == f"app-{app.pid}"
         assert hit["location"] == f"{app.script}:{OBSERVE_LINE}"
@@ -74,15 +94,21 @@ def test_json_lines_and_for_seconds(cli, spawn, tmp_path):
 def test_mistakes_are_refused_before_the_target_is_touched(cli, spawn, tmp_path):
     app = spawn(APP)
     cases = [
-        (["--at", at(app, BLANK_LINE), "--expr", "value"], 1,
-         f"line {BLANK_LINE} of {app.script} holds no code (a blank line)"),
+        (
+            ["--at", at(app, BLANK_LINE), "--expr", "value"],
+            1,
+            f"line {BLANK_LINE} of {app.script} holds no code (a blank line)",
+        ),
         (["--at", at(app, COMMENT_LINE), "--expr", "value"], 1, "holds no code (`# the logpoint"),
         (["--at", at(app, 99), "--expr", "value"], 1, "has only 9 line(s)"),
         (["--at", f"{tmp_path}/missing.py:3", "--expr", "value"], 1, "missing.py does not exist"),
         (["--at", str(app.script), "--expr", "value"], 2, "is not FILE:LINE"),
         (["--at", at(app), "--expr", "value +"], 2, "is not a Python expression"),
-        (["--at", at(app), "--expr", "valu"], 1,
-         f"name 'valu' is not defined at app.py:{OBSERVE_LINE}"),
+        (
+            ["--at", at(app), "--expr", "valu"],
+            1,
+            f"name 'valu' is not defined at app.py:{OBSERVE_LINE}",
+        ),
         (["--at", at(app), "--expr", "{value}"], 2, "must not contain braces"),
         (["--at", at(app), "--expr", "value", "--name", "a=b"], 2, "must not contain '='"),
     ]
@@ -97,14 +123,14 @@ def test_mistakes_are_refused_before_the_target_is_touched(cli, spawn, tmp_path)
 
 def test_an_expression_that_fails_in_the_target_is_reported_once(cli, spawn):
     app = spawn(APP)
-    result = cli("observe", "app", "--at", at(app), "--expr", "value // (counter % 2)",
-                 "--count", "4")
+    result = cli(
+        "observe", "app", "--at", at(app), "--expr", "value // (counter % 2)", "--count", "4"
+    )
     assert result.returncode == 0, result.stderr  # odd counters give values
     assert result.stderr.count("integer division or modulo by zero") == 1
     assert len(result.stdout.splitlines()) == 4
 
-    always = cli("observe", "app", "--at", at(app), "--expr", "value / 0", "--for", "1",
-                 "--json")
+    always = cli("observe", "app", "--at", at(app), "--expr", "value / 0", "--for", "1", "--json")
     assert always.returncode == 1
     assert always.stderr.count("the target reported 'division by zero'") == 1
     assert "no values were captured" in always.stderr
@@ -146,8 +172,17 @@ def test_a_target_that_requires_a_token(cli, spawn):
     line = one_error_line(refused)
     assert "refused the request" in line and "DETRIX_TOKEN" in line
 
-    ok = cli("observe", "app", "--at", at(app), "--expr", "value", "--count", "2",
-             env={"DETRIX_TOKEN": "t0ken"})
+    ok = cli(
+        "observe",
+        "app",
+        "--at",
+        at(app),
+        "--expr",
+        "value",
+        "--count",
+        "2",
+        env={"DETRIX_TOKEN": "t0ken"},
+    )
     assert ok.returncode == 0, ok.stderr
     assert len(ok.stdout.splitlines()) == 2
 
@@ -157,7 +192,10 @@ def test_a_signal_stops_observing_and_the_target_sleeps_again(spawn, home, signu
     app = spawn(APP)
     proc = subprocess.Popen(
         cli_argv("observe", "app", "--at", at(app), "--expr", "value"),
-        env=base_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=base_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         cwd=str(home.parent),
     )
     try:

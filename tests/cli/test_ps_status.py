@@ -11,17 +11,35 @@ import time
 from cli_support import APP, one_error_line
 
 PS_KEYS = {
-    "pid", "name", "state", "control_url", "debug_port", "debug_port_active",
-    "connection_id", "daemon_url", "last_error", "uptime_seconds", "started_at", "python",
-    "argv", "command", "cwd", "error",
+    "pid",
+    "name",
+    "state",
+    "control_url",
+    "debug_port",
+    "debug_port_active",
+    "connection_id",
+    "daemon_url",
+    "last_error",
+    "uptime_seconds",
+    "started_at",
+    "python",
+    "argv",
+    "command",
+    "cwd",
+    "error",
 }
 
 
 def _write_record(home, pid, control_url, name):
     clients = home / "clients"
     clients.mkdir(mode=0o700, exist_ok=True)
-    record = {"pid": pid, "name": name, "control_url": control_url, "started_at": time.time(),
-              "argv": ["python", "fake.py"]}
+    record = {
+        "pid": pid,
+        "name": name,
+        "control_url": control_url,
+        "started_at": time.time(),
+        "argv": ["python", "fake.py"],
+    }
     path = clients / f"{pid}.json"
     path.write_text(json.dumps(record))
     path.chmod(0o600)
@@ -44,7 +62,8 @@ def test_ps_without_processes(cli, home):
 
 
 def test_ps_lists_live_processes_prunes_stale_records_and_marks_unreachable(
-        cli, spawn, procs, home):
+    cli, spawn, procs, home
+):
     one = spawn(APP, name="alpha.py")
     two = spawn(APP, name="beta.py")
     # a live process whose record points at a port nobody listens on
@@ -165,8 +184,9 @@ def test_target_errors_read_well(cli, spawn):
 
 
 def test_token_is_sent_when_configured_and_401_explains_how(cli, spawn, home):
-    locked = spawn(APP, env={"DETRIX_TOKEN": "s3cret", "DETRIX_REQUIRE_TOKEN": "1"},
-                   name="locked.py")
+    locked = spawn(
+        APP, env={"DETRIX_TOKEN": "s3cret", "DETRIX_REQUIRE_TOKEN": "1"}, name="locked.py"
+    )
     refused = cli("status", "locked")
     assert refused.returncode == 1
     line = one_error_line(refused)

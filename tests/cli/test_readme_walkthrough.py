@@ -30,7 +30,7 @@ def section_blocks(path: Path) -> list[str] | None:
     if start < 0:
         return None
     end = text.find("\n## ", start + len(SECTION))
-    body = text[start: end if end >= 0 else len(text)]
+    body = text[start : end if end >= 0 else len(text)]
     return re.findall(r"^```bash\n(.*?)^```$", body, flags=re.S | re.M)
 
 
@@ -75,8 +75,15 @@ def test_the_walkthrough_runs_as_written(home, tmp_path):
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     if not os.path.exists(os.path.join(bin_dir, "python")):
         pytest.skip("no `python` next to this interpreter")
-    result = subprocess.run(["bash", "-c", script_for(blocks)], cwd=work, env=env,
-                            capture_output=True, text=True, timeout=90, check=False)
+    result = subprocess.run(
+        ["bash", "-c", script_for(blocks)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     out, err = result.stdout, result.stderr
     assert result.returncode == 0, out + err
     assert "Traceback" not in err
@@ -88,8 +95,7 @@ def test_the_walkthrough_runs_as_written(home, tmp_path):
     assert row, out
     pid = row.group(1)
     # observe: three hits with the real values (a logpoint runs before line 6)
-    hits = re.findall(r"^\d\d:\d\d:\d\d\.\d{3}  \[MainThread\]  n=(\d+)  total=(\d+)$", out,
-                      re.M)
+    hits = re.findall(r"^\d\d:\d\d:\d\d\.\d{3}  \[MainThread\]  n=(\d+)  total=(\d+)$", out, re.M)
     assert len(hits) == 3, out
     for n, total in hits:
         assert int(total) == int(n) * (int(n) + 1) // 2

@@ -42,9 +42,13 @@ REPORT = textwrap.dedent(
 def test_run_execs_the_command_with_activation_on(home, tmp_path):
     script = tmp_path / "report.py"
     script.write_text(REPORT)
-    proc = subprocess.Popen(cli_argv("run", "--", sys.executable, str(script)),
-                            env=base_env(home), stdout=subprocess.PIPE, text=True,
-                            cwd=str(tmp_path))
+    proc = subprocess.Popen(
+        cli_argv("run", "--", sys.executable, str(script)),
+        env=base_env(home),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),
+    )
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 3  # the command's own exit status
     report = json.loads(out)
@@ -54,32 +58,50 @@ def test_run_execs_the_command_with_activation_on(home, tmp_path):
     assert os.path.isdir(os.path.join(report["auto_path"], "detrix_auto"))
 
     # signals reach the command itself
-    proc = subprocess.Popen(cli_argv("run", sys.executable, str(script), "wait"),
-                            env=base_env(home), stdout=subprocess.PIPE, text=True,
-                            cwd=str(tmp_path))
+    proc = subprocess.Popen(
+        cli_argv("run", sys.executable, str(script), "wait"),
+        env=base_env(home),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert json.loads(proc.stdout.readline())["pid"] == proc.pid
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert proc.returncode == 5
 
     # an explicit DETRIX_ENABLE is respected
-    proc = subprocess.run(cli_argv("run", "--", sys.executable, str(script)),
-                          env=base_env(home, DETRIX_ENABLE="0"), capture_output=True,
-                          text=True, timeout=30, check=False, cwd=str(tmp_path))
+    proc = subprocess.run(
+        cli_argv("run", "--", sys.executable, str(script)),
+        env=base_env(home, DETRIX_ENABLE="0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=str(tmp_path),
+    )
     report = json.loads(proc.stdout)
     assert report["enable"] == "0" and report["started"] is False
 
 
-def test_run_activates_an_interpreter_without_detrix_auto(cli, home, tmp_path, bare_python,
-                                                         procs):
+def test_run_activates_an_interpreter_without_detrix_auto(cli, home, tmp_path, bare_python, procs):
     script = tmp_path / "app.py"
     script.write_text(APP)
     # from "/", so that the installed package (next to debugpy and urllib3) is the one
     # DETRIX_AUTO_PATH names, not a source checkout in the working directory
     proc = procs(cli_argv("run", "--", bare_python, str(script)), cwd="/")
     wait_for_record(home, proc.pid, proc)
-    result = cli("observe", str(proc.pid), "--at", f"{script}:{OBSERVE_LINE}",
-                 "--expr", "value", "--count", "2", "--json")
+    result = cli(
+        "observe",
+        str(proc.pid),
+        "--at",
+        f"{script}:{OBSERVE_LINE}",
+        "--expr",
+        "value",
+        "--count",
+        "2",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert len(json_lines(result.stdout)) == 2
 
@@ -101,8 +123,15 @@ def _demo_env(home, tmp_path):
 
 def test_demo_shows_live_values_and_leaves_nothing_behind(home, tmp_path):
     env, scratch = _demo_env(home, tmp_path)
-    result = subprocess.run(cli_argv("demo", "--seconds", "1.5"), env=env, capture_output=True,
-                            text=True, timeout=60, check=False, cwd=str(tmp_path))
+    result = subprocess.run(
+        cli_argv("demo", "--seconds", "1.5"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=str(tmp_path),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert out.startswith("detrix-auto demo: watch a value change inside a separate")
@@ -121,9 +150,14 @@ def test_demo_shows_live_values_and_leaves_nothing_behind(home, tmp_path):
 
 def test_demo_ctrl_c_cleans_up(home, tmp_path):
     env, scratch = _demo_env(home, tmp_path)
-    proc = subprocess.Popen(cli_argv("demo", "--seconds", "30"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=str(tmp_path))
+    proc = subprocess.Popen(
+        cli_argv("demo", "--seconds", "30"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),
+    )
     try:
         seen = []
         for line in proc.stdout:
@@ -144,16 +178,24 @@ def test_demo_ctrl_c_cleans_up(home, tmp_path):
 def test_demo_falls_back_to_the_shim_without_the_pth(home, tmp_path, bare_python):
     """A fresh interpreter whose site-packages lack the hook still runs the demo."""
     site = subprocess.run(
-        [sys.executable, "-c",
-         "import detrix_auto, os; print(os.path.dirname(os.path.dirname(detrix_auto.__file__)))"],
-        capture_output=True, text=True, cwd="/", check=True, timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "import detrix_auto, os; print(os.path.dirname(os.path.dirname(detrix_auto.__file__)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=True,
+        timeout=30,
     ).stdout.strip()
     env, scratch = _demo_env(home, tmp_path)
     env["PYTHONPATH"] = site  # importable, but not a site dir: its .pth files do not run
     argv = cli_argv("demo", "--seconds", "1")
     argv[0] = bare_python
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                            check=False, cwd="/")
+    result = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=60, check=False, cwd="/"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sitecustomize shim (no .pth hook in this interpreter)" in result.stdout
     assert "tick=" in result.stdout

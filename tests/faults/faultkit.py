@@ -75,10 +75,12 @@ APP = textwrap.dedent(
 LIVE_STATUSES = (2, 3)  # connecting, connected
 
 
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     value = None
     while time.monotonic() < deadline:
@@ -113,8 +115,11 @@ def _tcp_table(pid: int) -> dict[str, tuple[int, int, str]]:
                 for line in handle:
                     parts = line.split()
                     local, remote, state, inode = parts[1], parts[2], parts[3], parts[9]
-                    table[inode] = (int(local.rsplit(":", 1)[1], 16),
-                                    int(remote.rsplit(":", 1)[1], 16), state)
+                    table[inode] = (
+                        int(local.rsplit(":", 1)[1], 16),
+                        int(remote.rsplit(":", 1)[1], 16),
+                        state,
+                    )
         except OSError:
             pass
     return table
@@ -152,7 +157,7 @@ def children_of(pid: int) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat", "rb") as handle:
                 data = handle.read()
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
         except (OSError, ValueError, IndexError):
             continue
         if ppid == pid:
@@ -166,7 +171,7 @@ def pid_running(pid: int) -> bool:
             data = handle.read()
     except OSError:
         return False
-    return data[data.rindex(b")") + 2:].split()[0] != b"Z"
+    return data[data.rindex(b")") + 2 :].split()[0] != b"Z"
 
 
 # -- the app under test ----------------------------------------------------------------
@@ -175,8 +180,14 @@ def pid_running(pid: int) -> bool:
 class FaultApp:
     """A running instrumented subprocess and how to reach and inspect it."""
 
-    def __init__(self, proc: subprocess.Popen[str], home: Path, beat: Path, script: Path,
-                 record: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[str],
+        home: Path,
+        beat: Path,
+        script: Path,
+        record: dict[str, Any],
+    ) -> None:
         self.proc = proc
         self.home = home
         self.beat = beat
@@ -191,8 +202,9 @@ class FaultApp:
     def url(self) -> str:
         return str(self.record["control_url"])
 
-    def request(self, method: str, path: str, body: Any = None,
-                timeout: float = 30.0) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 30.0
+    ) -> tuple[int, Any]:
         return http_json(self.url, method, path, body, timeout=timeout)
 
     def status(self) -> dict[str, Any]:
@@ -236,9 +248,16 @@ class FaultApp:
             self.proc.send_signal(sig)
 
 
-def start_app(directory: Path, home: Path, *, env: dict[str, str] | None = None,
-              source: str = APP, seconds: float = 120.0, wait: bool = True,
-              name: str = "app.py") -> FaultApp:
+def start_app(
+    directory: Path,
+    home: Path,
+    *,
+    env: dict[str, str] | None = None,
+    source: str = APP,
+    seconds: float = 120.0,
+    wait: bool = True,
+    name: str = "app.py",
+) -> FaultApp:
     """Start ``source`` with the hook on; returns once its discovery record exists."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / name
@@ -249,7 +268,10 @@ def start_app(directory: Path, home: Path, *, env: dict[str, str] | None = None,
     full_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, str(script), str(beat), str(seconds)],
-        env=full_env, cwd=str(directory), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=full_env,
+        cwd=str(directory),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     app = FaultApp(proc, home, beat, script, {})
@@ -258,8 +280,9 @@ def start_app(directory: Path, home: Path, *, env: dict[str, str] | None = None,
     return app
 
 
-def wait_for_record(home: Path, proc: subprocess.Popen[str], timeout: float = 20.0,
-                    pid: int | None = None) -> dict[str, Any]:
+def wait_for_record(
+    home: Path, proc: subprocess.Popen[str], timeout: float = 20.0, pid: int | None = None
+) -> dict[str, Any]:
     path = home / "clients" / f"{pid or proc.pid}.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -300,8 +323,9 @@ def warm_up(app: FaultApp, daemon_url: str, cycles: int = 2) -> None:
     into one registration); the cycles let debugpy create what it creates once.
     """
     results: list[tuple[int, Any]] = []
-    threads = [threading.Thread(target=lambda: results.append(app.wake(daemon_url)))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(app.wake(daemon_url))) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -313,8 +337,12 @@ def warm_up(app: FaultApp, daemon_url: str, cycles: int = 2) -> None:
         assert app.sleep()[0] == 200
 
 
-def settle(app: FaultApp, baseline: dict[str, int], daemon_ports: tuple[int, ...] = (),
-           timeout: float = 5.0) -> dict[str, int]:
+def settle(
+    app: FaultApp,
+    baseline: dict[str, int],
+    daemon_ports: tuple[int, ...] = (),
+    timeout: float = 5.0,
+) -> dict[str, int]:
     """Wait until threads and descriptors are back to ``baseline``; return the last counts.
 
     Threads end and sockets close asynchronously (a keeper loop, the DAP
@@ -325,8 +353,11 @@ def settle(app: FaultApp, baseline: dict[str, int], daemon_ports: tuple[int, ...
     def ok() -> bool:
         nonlocal last
         last = app.counts(daemon_ports)
-        return (last["threads"] <= baseline["threads"] and last["fds"] <= baseline["fds"]
-                and last["pooled"] <= 4 * max(1, len(daemon_ports)))
+        return (
+            last["threads"] <= baseline["threads"]
+            and last["fds"] <= baseline["fds"]
+            and last["pooled"] <= 4 * max(1, len(daemon_ports))
+        )
 
     try:
         wait_until(ok, timeout=timeout, interval=0.1, what="threads and fds back to baseline")
@@ -410,8 +441,9 @@ def trickle(interval: float = 0.3) -> RawServer:
     """Answers a healthy daemon's health check, one byte every ``interval`` seconds."""
     server: RawServer
     body = json.dumps({"status": "ok", "service": "detrix", "uptimeSeconds": 1}).encode()
-    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-            % len(body))
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(
+        body
+    )
 
     def drip(conn: socket.socket) -> None:
         conn.recv(65536)

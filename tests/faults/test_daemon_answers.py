@@ -237,8 +237,11 @@ def test_slow_liveness_read_back(r: Rig, delay: float) -> None:
     else:
         wait_until(lambda: "not answering" in (r.app.status()["last_error"] or ""), timeout=5)
         r.proxy.faults.clear()
-        wait_until(lambda: r.app.status()["last_error"] is None, timeout=5,
-                   what="warning cleared once the daemon answers")
+        wait_until(
+            lambda: r.app.status()["last_error"] is None,
+            timeout=5,
+            what="warning cleared once the daemon answers",
+        )
     assert r.app.status()["state"] == "awake"
 
 
@@ -301,8 +304,9 @@ def test_failed_unregister_is_retried_until_the_daemon_takes_it(r: Rig) -> None:
         wait_until(lambda: r.proxy.count("unregister") > deletes, timeout=5, what="a retry")
         r.proxy.faults.clear()
         wait_until(lambda: not live_rows(r.daemon), timeout=5, what=f"{name}: retry succeeding")
-        wait_until(lambda: "could not unregister" not in (r.app.status()["last_error"] or ""),
-                   timeout=5)
+        wait_until(
+            lambda: "could not unregister" not in (r.app.status()["last_error"] or ""), timeout=5
+        )
 
 
 def test_unregister_404_while_still_attached(r: Rig) -> None:
@@ -321,8 +325,7 @@ LIVENESS_FAULTS = {
     "429-empty": (Fault(status=429), "HTTP 429"),
     "500-json": (Fault(status=500, body=b'{"error": "boom"}'), "HTTP 500"),
     "503-empty": (Fault(status=503), "HTTP 503"),
-    "html": (Fault(status=200, body=b"<html>hello</html>", content_type="text/html"),
-             "not JSON"),
+    "html": (Fault(status=200, body=b"<html>hello</html>", content_type="text/html"), "not JSON"),
     "cut": (Fault(close_mid_reply=True), "mid-reply"),
 }
 
@@ -345,11 +348,14 @@ def test_liveness_404_means_the_daemon_forgot_us(r: Rig) -> None:
     registrations = r.proxy.count("register")
     r.proxy.faults["get"] = ERRORS["404-empty"]
     # The client says so, and re-registers (the daemon answers with the same id).
-    wait_until(lambda: r.proxy.count("register") > registrations, timeout=5,
-               what="a re-registration")
+    wait_until(
+        lambda: r.proxy.count("register") > registrations, timeout=5, what="a re-registration"
+    )
     r.proxy.faults.clear()
-    wait_until(lambda: r.app.status()["state"] == "awake" and
-               r.app.status()["last_error"] is None, timeout=5)
+    wait_until(
+        lambda: r.app.status()["state"] == "awake" and r.app.status()["last_error"] is None,
+        timeout=5,
+    )
     assert len(live_rows(r.daemon)) == 1
 
 
@@ -360,12 +366,16 @@ HTML_201 = Fault(status=201, body=b"<html>created</html>", content_type="text/ht
 CUT = Fault(close_mid_reply=True)
 
 
-@pytest.mark.parametrize(("endpoint", "fault", "needle"), [
-    ("health", HTML, "not JSON"),
-    ("register", HTML_201, "not JSON"),
-    ("health", CUT, "closed the connection mid-reply"),
-    ("register", CUT, "closed the connection mid-reply"),
-], ids=["health-html", "register-html", "health-cut", "register-cut"])
+@pytest.mark.parametrize(
+    ("endpoint", "fault", "needle"),
+    [
+        ("health", HTML, "not JSON"),
+        ("register", HTML_201, "not JSON"),
+        ("health", CUT, "closed the connection mid-reply"),
+        ("register", CUT, "closed the connection mid-reply"),
+    ],
+    ids=["health-html", "register-html", "health-cut", "register-cut"],
+)
 def test_garbled_answers_to_wake(r: Rig, endpoint: str, fault: Fault, needle: str) -> None:
     r.proxy.faults[endpoint] = fault
     code, body, _ = timed_wake(r.app, r.proxy.url)

@@ -56,18 +56,23 @@ def daemons() -> Iterator[Callable[[int], DevDaemon]]:
 def reattach(daemon: DevDaemon, app: FaultApp) -> str:
     """What the real daemon does on start: attach to a stored connection's port."""
     status = app.status()
-    body = json.dumps({
-        "host": "127.0.0.1",
-        "port": status["debug_port"],
-        "language": "python",
-        "name": status["name"],
-        "workspaceRoot": str(Path(app.script).parent),
-        "hostname": socket.gethostname(),
-        "pid": app.pid,
-    }).encode()
-    request = urllib.request.Request(daemon.url + "/api/v1/connections", data=body,
-                                     headers={"Content-Type": "application/json"},
-                                     method="POST")
+    body = json.dumps(
+        {
+            "host": "127.0.0.1",
+            "port": status["debug_port"],
+            "language": "python",
+            "name": status["name"],
+            "workspaceRoot": str(Path(app.script).parent),
+            "hostname": socket.gethostname(),
+            "pid": app.pid,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        daemon.url + "/api/v1/connections",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=15) as response:
         assert response.status == 201
         return str(json.loads(response.read())["connectionId"])
@@ -83,7 +88,8 @@ def ready(fault_app: Callable[..., FaultApp], daemon: DevDaemon) -> tuple[FaultA
 
 @pytest.mark.parametrize("daemon_reattaches", [False, True], ids=["plain", "daemon-reattaches"])
 def test_daemon_restarts_while_the_client_is_awake(
-    fault_app: Callable[..., FaultApp], daemons: Callable[[int], DevDaemon],
+    fault_app: Callable[..., FaultApp],
+    daemons: Callable[[int], DevDaemon],
     daemon_reattaches: bool,
 ) -> None:
     first = daemons(0)
@@ -95,12 +101,16 @@ def test_daemon_restarts_while_the_client_is_awake(
 
     first.stop()
     # Gone: the client says so, truthfully, without anybody asking it to check.
-    status = wait_until(lambda: (s := app.status())["state"] == "waking" and s, timeout=3,
-                        what="status says waking")
+    status = wait_until(
+        lambda: (s := app.status())["state"] == "waking" and s, timeout=3, what="status says waking"
+    )
     assert status["connection_id"] is None and status["last_error"]
     # While it stays gone the keeper retries and says why it cannot get through.
-    wait_until(lambda: "refused" in (app.status()["last_error"] or ""), timeout=3,
-               what="the retry's reason in last_error")
+    wait_until(
+        lambda: "refused" in (app.status()["last_error"] or ""),
+        timeout=3,
+        what="the retry's reason in last_error",
+    )
     time.sleep(0.5)
     assert app.status()["state"] == "waking"
     app.assert_running()
@@ -109,8 +119,11 @@ def test_daemon_restarts_while_the_client_is_awake(
     if daemon_reattaches:
         assert reattach(second, app) == cid  # before the client's own retry, usually
     started = time.monotonic()
-    wait_until(lambda: app.status()["state"] == "awake", timeout=RETRY_MAX + 5,
-               what="awake again on the new daemon")
+    wait_until(
+        lambda: app.status()["state"] == "awake",
+        timeout=RETRY_MAX + 5,
+        what="awake again on the new daemon",
+    )
     assert time.monotonic() - started < RETRY_MAX + 3
     status = app.status()
     assert status["connection_id"] == cid  # the same deterministic id
@@ -126,7 +139,8 @@ def test_daemon_restarts_while_the_client_is_awake(
 
 
 def test_daemon_restarts_while_the_client_sleeps_and_reattaches(
-    fault_app: Callable[..., FaultApp], daemons: Callable[[int], DevDaemon],
+    fault_app: Callable[..., FaultApp],
+    daemons: Callable[[int], DevDaemon],
 ) -> None:
     """The real daemon re-attaches to stored ports on start; a sleeping client refuses.
 
@@ -159,7 +173,8 @@ def test_daemon_restarts_while_the_client_sleeps_and_reattaches(
 
 
 def test_daemon_drops_the_dap_connection(
-    fault_app: Callable[..., FaultApp], daemons: Callable[[int], DevDaemon],
+    fault_app: Callable[..., FaultApp],
+    daemons: Callable[[int], DevDaemon],
 ) -> None:
     daemon = daemons(0)
     app, baseline = ready(fault_app, daemon)
@@ -168,8 +183,9 @@ def test_daemon_drops_the_dap_connection(
     daemon.disconnect(cid)  # the socket closes; the daemon keeps the row, disconnected
     assert not live_rows(daemon)
     # Noticed locally (the DAP session ended) and re-registered under the same id.
-    wait_until(lambda: daemon.registrations > registrations, timeout=LIVENESS + 3,
-               what="a re-registration")
+    wait_until(
+        lambda: daemon.registrations > registrations, timeout=LIVENESS + 3, what="a re-registration"
+    )
     wait_until(lambda: live_rows(daemon) == [cid], timeout=5)
     status = wait_until(lambda: (s := app.status())["state"] == "awake" and s, timeout=5)
     assert status["connection_id"] == cid and status["last_error"] is None, status
@@ -180,7 +196,8 @@ def test_daemon_drops_the_dap_connection(
 
 
 def test_another_debugger_cannot_attach_while_asleep(
-    fault_app: Callable[..., FaultApp], daemons: Callable[[int], DevDaemon],
+    fault_app: Callable[..., FaultApp],
+    daemons: Callable[[int], DevDaemon],
 ) -> None:
     """While asleep nobody attaches: the debug port stays open (debugpy), the gate does not."""
     daemon = daemons(0)
@@ -198,4 +215,3 @@ def test_another_debugger_cannot_attach_while_asleep(
     code, body = app.wake(daemon.url)
     assert code == 200, body
     assert app.sleep()[0] == 200
-

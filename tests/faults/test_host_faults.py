@@ -84,7 +84,9 @@ INIT_APP = textwrap.dedent(
 
 
 def test_control_port_taken_by_another_process(
-    fault_app: Callable[..., FaultApp], daemon: DevDaemon, tmp_path: Path,
+    fault_app: Callable[..., FaultApp],
+    daemon: DevDaemon,
+    tmp_path: Path,
 ) -> None:
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,9 +115,17 @@ def test_control_port_taken_by_another_process(
 
         # Through the API: a clear error, and init() works once the port is free.
         trigger, report = tmp_path / "trigger", tmp_path / "report"
-        api = fault_app(source=INIT_APP, wait=False, name="init_app.py", env={
-            "DETRIX_ENABLE": "0", "TEST_PORT": str(port), "TEST_TRIGGER": str(trigger),
-            "TEST_REPORT": str(report)})
+        api = fault_app(
+            source=INIT_APP,
+            wait=False,
+            name="init_app.py",
+            env={
+                "DETRIX_ENABLE": "0",
+                "TEST_PORT": str(port),
+                "TEST_TRIGGER": str(trigger),
+                "TEST_REPORT": str(report),
+            },
+        )
         wait_until(lambda: report.exists() and report.read_text(), timeout=10)
         assert report.read_text().startswith("refused: cannot listen on")
         assert api.running()
@@ -157,7 +167,10 @@ def read_only(path: Path) -> Iterator[None]:
 
 @pytest.mark.parametrize("fallback", [True, False], ids=["falls-back", "nowhere"])
 def test_discovery_directory_read_only(
-    fault_app: Callable[..., FaultApp], daemon: DevDaemon, tmp_path: Path, fallback: bool,
+    fault_app: Callable[..., FaultApp],
+    daemon: DevDaemon,
+    tmp_path: Path,
+    fallback: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home = tmp_path / "rohome"
@@ -204,19 +217,22 @@ def test_discovery_directory_read_only(
 
 HANDLED_TERM = APP.replace(
     "import os, sys, time\n",
-    "import os, signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n",
+    "import os, signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n",
 )
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigterm-handled", "sigkill"])
 def test_host_killed_while_waking(
-    fault_app: Callable[..., FaultApp], daemon: DevDaemon, how: str,
+    fault_app: Callable[..., FaultApp],
+    daemon: DevDaemon,
+    how: str,
 ) -> None:
     handled = how == "sigterm-handled"
     # Handled: the registration is slow enough (3 s) that an exit waiting for it shows.
-    app = fault_app(source=HANDLED_TERM if handled else APP,
-                    env={"DETRIX_REGISTER_TIMEOUT": "4"} if handled else None)
+    app = fault_app(
+        source=HANDLED_TERM if handled else APP,
+        env={"DETRIX_REGISTER_TIMEOUT": "4"} if handled else None,
+    )
     home = app.home
     with FaultDaemon(backend=daemon) as slow:
         # Registering: the debug listener is open and the daemon is about to attach.
@@ -289,7 +305,9 @@ FORK_APP = textwrap.dedent(
 
 @pytest.mark.parametrize("phase", ["health", "register"])
 def test_fork_during_a_wake(
-    fault_app: Callable[..., FaultApp], daemon: DevDaemon, phase: str,
+    fault_app: Callable[..., FaultApp],
+    daemon: DevDaemon,
+    phase: str,
 ) -> None:
     """The child starts afresh, asleep, with its own identity; the parent's wake completes.
 
@@ -308,8 +326,11 @@ def test_fork_during_a_wake(
         wait_until(lambda: slow.count(phase) >= 1, timeout=10, what=f"the parent in {phase}")
         Path(str(app.beat) + ".fork").touch()
         child_file = Path(str(app.beat) + ".child")
-        child_pid = int(wait_until(lambda: child_file.exists() and child_file.read_text(),
-                                   timeout=10, what="the child"))
+        child_pid = int(
+            wait_until(
+                lambda: child_file.exists() and child_file.read_text(), timeout=10, what="the child"
+            )
+        )
         try:
             child = wait_for_record(app.home, app.proc, pid=child_pid)
             child_url = child["control_url"]
@@ -320,7 +341,9 @@ def test_fork_during_a_wake(
             assert status["control_port"] != app.status()["control_port"]
             # The child's sleep never touches the parent's registration.
             assert http_json(child_url, "POST", "/detrix/sleep") == (
-                200, {"status": "already_sleeping"})
+                200,
+                {"status": "already_sleeping"},
+            )
             waker.join(20)
             code, woke = result["r"]
             assert code == 200 and woke["status"] == "awake", woke

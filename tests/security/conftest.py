@@ -43,7 +43,9 @@ def other_user() -> tuple[int, int]:
             pytest.skip("no useradd on this machine to create a second user")
         result = subprocess.run(
             [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         try:
             entry = pwd.getpwnam(OTHER_USER)
@@ -69,13 +71,18 @@ def attacker_daemon() -> Iterator[FaultDaemon]:
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, honest_daemon: FaultDaemon,
-         attacker_daemon: FaultDaemon) -> Iterator[Target]:
+def ours(
+    tmp_path_factory: pytest.TempPathFactory,
+    honest_daemon: FaultDaemon,
+    attacker_daemon: FaultDaemon,
+) -> Iterator[Target]:
     """detrix-auto in a real subprocess on 127.0.0.1, token configured, audit on."""
     app = start_app(
         tmp_path_factory.mktemp("ours"),
         allow=[honest_daemon.url, attacker_daemon.url],
-        DETRIX_DAEMON_URL=honest_daemon.url, DETRIX_TOKEN=TOKEN, DETRIX_LOG_LEVEL="info",
+        DETRIX_DAEMON_URL=honest_daemon.url,
+        DETRIX_TOKEN=TOKEN,
+        DETRIX_LOG_LEVEL="info",
         DETRIX_NAME="victim",
     )
     try:

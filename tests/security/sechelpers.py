@@ -97,7 +97,6 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-
 @dataclass
 class RunningApp:
     proc: subprocess.Popen[str]
@@ -147,8 +146,13 @@ def start_app(workdir: Path, *, allow: Sequence[str] = (), **env: str) -> Runnin
     full_env.update(env)
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(script)], env=full_env, cwd=str(workdir),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+            [sys.executable, str(script)],
+            env=full_env,
+            cwd=str(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
         )
     app = RunningApp(proc=proc, home=home, stderr_path=stderr_path, record={})
     try:
@@ -173,8 +177,10 @@ def start_app(workdir: Path, *, allow: Sequence[str] = (), **env: str) -> Runnin
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     result: list[str] = []
-    reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()),  # type: ignore[union-attr]
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: result.append(proc.stdout.readline()),  # type: ignore[union-attr]
+        daemon=True,
+    )
     reader.start()
     reader.join(timeout)
     return result[0] if result else ""
@@ -200,8 +206,9 @@ class MalformedResponse(AssertionError):
     pass
 
 
-def parse_responses(data: bytes, *, head_requests: int = 0, require_json: bool = True
-                    ) -> list[Response]:
+def parse_responses(
+    data: bytes, *, head_requests: int = 0, require_json: bool = True
+) -> list[Response]:
     """Every response in ``data``, strictly: a status line, headers with
     Content-Length and ``Content-Type: application/json``, and a JSON object as
     body (omitted for up to ``head_requests`` HEAD answers). Raises
@@ -252,9 +259,15 @@ def parse_responses(data: bytes, *, head_requests: int = 0, require_json: bool =
     return out
 
 
-def build_request(method: str, path: str, *, host: str | None,
-                  headers: dict[str, str] | None = None, body: bytes | str | None = None,
-                  close: bool = True) -> bytes:
+def build_request(
+    method: str,
+    path: str,
+    *,
+    host: str | None,
+    headers: dict[str, str] | None = None,
+    body: bytes | str | None = None,
+    close: bool = True,
+) -> bytes:
     if isinstance(body, str):
         body = body.encode()
     lines = [f"{method} {path} HTTP/1.1"]
@@ -269,8 +282,9 @@ def build_request(method: str, path: str, *, host: str | None,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-def exchange(address: tuple[str, int], data: bytes, *, source: str | None = None,
-             timeout: float = 15.0) -> bytes:
+def exchange(
+    address: tuple[str, int], data: bytes, *, source: str | None = None, timeout: float = 15.0
+) -> bytes:
     """Send ``data`` and read until the server closes the connection."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -288,10 +302,17 @@ def exchange(address: tuple[str, int], data: bytes, *, source: str | None = None
     return b"".join(chunks)
 
 
-def raw_http(address: tuple[str, int], method: str, path: str, *,
-             headers: dict[str, str] | None = None, body: bytes | str | None = None,
-             host: str | None = "default", source: str | None = None,
-             timeout: float = 15.0) -> Response:
+def raw_http(
+    address: tuple[str, int],
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | str | None = None,
+    host: str | None = "default",
+    source: str | None = None,
+    timeout: float = 15.0,
+) -> Response:
     """One request, ``Connection: close``; ``host="default"`` sends ``Host: <addr>:<port>``."""
     if host == "default":
         shown = address[0]
@@ -299,8 +320,9 @@ def raw_http(address: tuple[str, int], method: str, path: str, *,
             shown = shown[7:]
         host = f"[{shown}]:{address[1]}" if ":" in shown else f"{shown}:{address[1]}"
     data = build_request(method, path, host=host, headers=headers, body=body)
-    responses = parse_responses(exchange(address, data, source=source, timeout=timeout),
-                                require_json=False)
+    responses = parse_responses(
+        exchange(address, data, source=source, timeout=timeout), require_json=False
+    )
     assert len(responses) == 1, responses
     return responses[0]
 
@@ -342,8 +364,9 @@ _ATTACKER_PRELUDE = textwrap.dedent(
 )
 
 
-def _other_user_argv(user: tuple[int, int], code: str, job: dict[str, Any]
-                     ) -> tuple[list[str], dict[str, str]]:
+def _other_user_argv(
+    user: tuple[int, int], code: str, job: dict[str, Any]
+) -> tuple[list[str], dict[str, str]]:
     payload = dict(job, uid=user[0], gid=user[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env.pop("PYTHONPATH", None)
@@ -354,15 +377,17 @@ def _other_user_argv(user: tuple[int, int], code: str, job: dict[str, Any]
 def spawn_as_other_user(user: tuple[int, int], code: str, **job: Any) -> subprocess.Popen[str]:
     """Start ``code`` as ``user`` with pipes on stdin and stdout; the caller ends it."""
     argv, env = _other_user_argv(user, code, job)
-    return subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd="/")
+    return subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/"
+    )
 
 
 def as_other_user(user: tuple[int, int], code: str, **job: Any) -> Any:
     """Run ``code`` (after the prelude) as ``user``; it prints one JSON value as its result."""
     argv, env = _other_user_argv(user, code, job)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                          check=False, cwd="/")
+    proc = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=60, check=False, cwd="/"
+    )
     if proc.returncode != 0:
         raise AssertionError(f"attacker process failed ({proc.returncode}): {proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -461,8 +486,7 @@ class NaiveServer:
         assert ipaddress.ip_address(url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")).is_loopback
         try:
             urllib.request.urlopen(url + "/health", timeout=5).read()
-            request = urllib.request.Request(url + "/api/v1/connections", data=b"{}",
-                                             method="POST")
+            request = urllib.request.Request(url + "/api/v1/connections", data=b"{}", method="POST")
             request.add_header("Content-Type", "application/json")
             if self.token:
                 request.add_header("Authorization", f"Bearer {self.token}")

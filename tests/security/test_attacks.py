@@ -33,12 +33,19 @@ from sechelpers import (
 JSON = {"Content-Type": "application/json"}
 
 
-def _wake(target: Target, *, headers: dict[str, str] | None = None, body: str | None = "{}",
-          host: str | None = "default", source: str | None = None) -> tuple[int, bool]:
+def _wake(
+    target: Target,
+    *,
+    headers: dict[str, str] | None = None,
+    body: str | None = "{}",
+    host: str | None = "default",
+    source: str | None = None,
+) -> tuple[int, bool]:
     """POST /detrix/wake; returns (status, whether a wake reached the daemon)."""
     before = target.wake_attempts()
-    response = raw_http(target.address, "POST", "/detrix/wake", headers=headers, body=body,
-                        host=host, source=source)
+    response = raw_http(
+        target.address, "POST", "/detrix/wake", headers=headers, body=body, host=host, source=source
+    )
     return response.status, target.wake_attempts() > before
 
 
@@ -53,8 +60,14 @@ print(json.dumps(results))
 """
 
 
-def _request_bytes(method: str, path: str, port: int, *, headers: dict[str, str] | None = None,
-                   body: str | None = None) -> str:
+def _request_bytes(
+    method: str,
+    path: str,
+    port: int,
+    *,
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+) -> str:
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body is not None:
@@ -67,17 +80,22 @@ def test_another_local_user_can_neither_read_nor_wake(target, other_user, attack
     port = target.port
     wake_body = json.dumps({"daemon_url": attacker_daemon.url})
     before_wakes, before_calls = target.wake_attempts(), len(attacker_daemon.calls)
-    raw = as_other_user(other_user, OTHER_USER_REQUESTS, address=list(target.address),
-                        source=source, requests=[
-                            _request_bytes("GET", "/detrix/status", port),
-                            _request_bytes("POST", "/detrix/wake", port, headers=JSON, body="{}"),
-                            _request_bytes("POST", "/detrix/wake", port, headers=JSON,
-                                           body=wake_body),
-                        ])
+    raw = as_other_user(
+        other_user,
+        OTHER_USER_REQUESTS,
+        address=list(target.address),
+        source=source,
+        requests=[
+            _request_bytes("GET", "/detrix/status", port),
+            _request_bytes("POST", "/detrix/wake", port, headers=JSON, body="{}"),
+            _request_bytes("POST", "/detrix/wake", port, headers=JSON, body=wake_body),
+        ],
+    )
     status, wake, redirect = (parse_responses(r.encode("latin-1"))[0] for r in raw)
     woke = target.wake_attempts() > before_wakes or len(attacker_daemon.calls) > before_calls
-    target.verdict(status.status == 200 or woke,
-                   f"another user (uid {other_user[0]}) from {source}")
+    target.verdict(
+        status.status == 200 or woke, f"another user (uid {other_user[0]}) from {source}"
+    )
     if not target.naive:
         assert {status.status, wake.status, redirect.status} == {401}
         assert f"uid {other_user[0]}" in status.error
@@ -112,8 +130,9 @@ def test_another_user_closing_early_is_not_taken_for_root(target, other_user):
     request = _request_bytes("POST", "/detrix/wake", target.port, headers=JSON, body="{}")
     orphaned = 0
     for _ in range(5):
-        ports = as_other_user(other_user, ORPHAN_ATTACK, address=list(target.address),
-                              request=request, count=20)
+        ports = as_other_user(
+            other_user, ORPHAN_ATTACK, address=list(target.address), request=request, count=20
+        )
         if target.naive:
             wait_until(lambda: target.wake_attempts() > before, timeout=10)
             break
@@ -121,29 +140,41 @@ def test_another_user_closing_early_is_not_taken_for_root(target, other_user):
         assert app is not None
 
         def lines(ports: list[int] = ports) -> list[str]:
-            return [line for line in app.stderr().splitlines()
-                    if "wake peer=" in line and any(f":{p} " in line for p in ports)]
+            return [
+                line
+                for line in app.stderr().splitlines()
+                if "wake peer=" in line and any(f":{p} " in line for p in ports)
+            ]
 
-        assert wait_until(lambda: len(lines()) == len(ports), timeout=15), \
+        assert wait_until(lambda: len(lines()) == len(ports), timeout=15), (
             "the server did not process every attempt"
+        )
         for line in lines():
             assert "auth=none outcome=refused" in line, line
             orphaned += "uid=? " in line
         if orphaned:
             break
-    target.verdict(target.wake_attempts() > before,
-                   "another user closing its socket before the server reads it")
+    target.verdict(
+        target.wake_attempts() > before,
+        "another user closing its socket before the server reads it",
+    )
     if not target.naive and not orphaned:
-        pytest.skip("the server always read the request before the socket was orphaned: "
-                    "the closed-socket case was not exercised on this machine")
+        pytest.skip(
+            "the server always read the request before the socket was orphaned: "
+            "the closed-socket case was not exercised on this machine"
+        )
 
 
 @pytest.fixture(scope="module")
 def ours_mapped(tmp_path_factory, honest_daemon) -> Iterator[Target]:
     """detrix-auto listening on an IPv6 socket: IPv4 peers appear as ::ffff:127.0.0.1."""
-    app = start_app(tmp_path_factory.mktemp("mapped"), allow=[honest_daemon.url],
-                    DETRIX_DAEMON_URL=honest_daemon.url, DETRIX_TOKEN=TOKEN,
-                    DETRIX_CONTROL_HOST="::ffff:127.0.0.1")
+    app = start_app(
+        tmp_path_factory.mktemp("mapped"),
+        allow=[honest_daemon.url],
+        DETRIX_DAEMON_URL=honest_daemon.url,
+        DETRIX_TOKEN=TOKEN,
+        DETRIX_CONTROL_HOST="::ffff:127.0.0.1",
+    )
     try:
         yield Target("ours", False, "::ffff:127.0.0.1", app.port, honest_daemon, TOKEN, app=app)
     finally:
@@ -166,13 +197,20 @@ def test_ipv4_mapped_loopback_peer_of_another_user(request, kind, via, other_use
     target: Target = request.getfixturevalue(kind)
     address = [via, target.port]
     before = target.wake_attempts()
-    raw = as_other_user(other_user, OTHER_USER_REQUESTS, address=address, requests=[
-        _request_bytes("GET", "/detrix/status", target.port),
-        _request_bytes("POST", "/detrix/wake", target.port, headers=JSON, body="{}"),
-    ])
+    raw = as_other_user(
+        other_user,
+        OTHER_USER_REQUESTS,
+        address=address,
+        requests=[
+            _request_bytes("GET", "/detrix/status", target.port),
+            _request_bytes("POST", "/detrix/wake", target.port, headers=JSON, body="{}"),
+        ],
+    )
     status, wake = (parse_responses(r.encode("latin-1"))[0] for r in raw)
-    target.verdict(status.status == 200 or target.wake_attempts() > before,
-                   f"another user through an IPv4-mapped peer address (via {via})")
+    target.verdict(
+        status.status == 200 or target.wake_attempts() > before,
+        f"another user through an IPv4-mapped peer address (via {via})",
+    )
 
 
 def test_the_same_user_stays_local_from_any_loopback_form(ours, ours_mapped):
@@ -180,8 +218,9 @@ def test_the_same_user_stays_local_from_any_loopback_form(ours, ours_mapped):
     assert raw_http(ours.address, "GET", "/detrix/status", source="127.0.0.2").status == 200
     assert raw_http(("127.0.0.1", ours_mapped.port), "GET", "/detrix/status").status == 200
     assert raw_http(ours_mapped.address, "GET", "/detrix/status").status == 200
-    assert raw_http(ours.address, "GET", "/detrix/status",
-                    host=f"localhost:{ours.port}").status == 200
+    assert (
+        raw_http(ours.address, "GET", "/detrix/status", host=f"localhost:{ours.port}").status == 200
+    )
 
 
 # -- a reverse proxy on the same host ---------------------------------------------------
@@ -212,14 +251,24 @@ def test_a_same_host_reverse_proxy_is_not_local(target, header):
 
 CSRF_VARIANTS = {
     # <form enctype="text/plain"> smuggling a JSON body
-    "text-plain-json": ({"Origin": "http://evil.example", "Content-Type": "text/plain"},
-                        '{"x": "="}'),
+    "text-plain-json": (
+        {"Origin": "http://evil.example", "Content-Type": "text/plain"},
+        '{"x": "="}',
+    ),
     # an ordinary HTML form
-    "form-urlencoded": ({"Origin": "http://evil.example",
-                         "Content-Type": "application/x-www-form-urlencoded"}, "a=b"),
+    "form-urlencoded": (
+        {"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+        "a=b",
+    ),
     # fetch(url, {method: "POST", mode: "no-cors"}) without a body
-    "no-cors-fetch": ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site",
-                       "Sec-Fetch-Mode": "no-cors"}, None),
+    "no-cors-fetch": (
+        {
+            "Origin": "http://evil.example",
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "no-cors",
+        },
+        None,
+    ),
     # a browser too old to send Origin: the content type alone must stop it
     "no-origin-text-plain": ({"Content-Type": "text/plain"}, "{}"),
     "no-origin-form": ({"Content-Type": "application/x-www-form-urlencoded"}, "a=b"),
@@ -237,9 +286,16 @@ def test_a_cross_site_post_cannot_wake(target, variant):
 
 def test_no_cors_preflight_is_ever_granted(ours):
     """A JSON POST from a page needs a preflight: it is refused, with no CORS header."""
-    response = raw_http(ours.address, "OPTIONS", "/detrix/wake", headers={
-        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+    response = raw_http(
+        ours.address,
+        "OPTIONS",
+        "/detrix/wake",
+        headers={
+            "Origin": "http://evil.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert response.status in (401, 405)
     assert not any(k.startswith("access-control-") for k in response.headers)
 
@@ -287,8 +343,9 @@ def test_a_daemon_url_override_never_receives_the_token(target, attacker_daemon,
             assert not reached and code == 401
 
 
-def test_only_a_token_holder_sends_the_token_to_its_own_daemon(ours, attacker_daemon,
-                                                               honest_daemon):
+def test_only_a_token_holder_sends_the_token_to_its_own_daemon(
+    ours, attacker_daemon, honest_daemon
+):
     """The positive side: the configured daemon gets the token; a caller with the token may
     redirect with it (it could use the token itself anyway)."""
     before = len(authorization_headers(honest_daemon))
@@ -296,8 +353,11 @@ def test_only_a_token_holder_sends_the_token_to_its_own_daemon(ours, attacker_da
     assert authorization_headers(honest_daemon)[before:] == [f"Bearer {TOKEN}"]
     before = len(authorization_headers(attacker_daemon))
     body = json.dumps({"daemon_url": attacker_daemon.url})
-    code, _ = _wake(ours, headers={**JSON, "Authorization": f"Bearer {TOKEN}",
-                                   "X-Forwarded-For": "203.0.113.7"}, body=body)
+    code, _ = _wake(
+        ours,
+        headers={**JSON, "Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "203.0.113.7"},
+        body=body,
+    )
     assert code == 503
     assert authorization_headers(attacker_daemon)[before:] == [f"Bearer {TOKEN}"]
 
@@ -313,15 +373,19 @@ def test_every_wake_and_sleep_leaves_an_audit_line(ours):
     cases = [
         ("/detrix/wake", JSON, f"uid={me} auth=local outcome=failed (503): daemon at "),
         ("/detrix/sleep", {}, f"uid={me} auth=local outcome=already_sleeping"),
-        ("/detrix/wake", {**JSON, "Authorization": f"Bearer {TOKEN}", "Via": "1.1 proxy"},
-         "uid=? auth=token outcome=failed (503)"),
+        (
+            "/detrix/wake",
+            {**JSON, "Authorization": f"Bearer {TOKEN}", "Via": "1.1 proxy"},
+            "uid=? auth=token outcome=failed (503)",
+        ),
         ("/detrix/sleep", {"Via": "1.1 proxy"}, "uid=? auth=none outcome=refused (unauthorized)"),
     ]
     seen = []
     for path, headers, expect in cases:
         body = "{}" if path.endswith("wake") else None
-        data = build_request("POST", path, host=f"127.0.0.1:{ours.port}", headers=headers,
-                             body=body)
+        data = build_request(
+            "POST", path, host=f"127.0.0.1:{ours.port}", headers=headers, body=body
+        )
         with socket.create_connection(ours.address, timeout=15) as sock:
             port = sock.getsockname()[1]
             sock.sendall(data)
@@ -331,6 +395,7 @@ def test_every_wake_and_sleep_leaves_an_audit_line(ours):
         parse_responses(reply)
         seen.append((port, path.rsplit("/", 1)[1], expect))
     for port, verb, expect in seen:
+
         def lines(port: int = port) -> list[str]:
             return [line for line in app.stderr().splitlines() if f"peer=127.0.0.1:{port} " in line]
 

@@ -13,8 +13,12 @@ from .sechelpers import as_other_user
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 
-INITIALIZE = {"seq": 1, "type": "request", "command": "initialize",
-              "arguments": {"clientID": "probe", "adapterID": "python"}}
+INITIALIZE = {
+    "seq": 1,
+    "type": "request",
+    "command": "initialize",
+    "arguments": {"clientID": "probe", "adapterID": "python"},
+}
 
 
 def _dap(message: dict) -> bytes:

@@ -31,12 +31,15 @@ def listeners(port: int) -> list[str]:
                         continue
                     raw = bytes.fromhex(address)
                     if v6:
-                        words = [raw[i:i + 4][::-1] if sys.byteorder == "little" else raw[i:i + 4]
-                                 for i in range(0, 16, 4)]
+                        words = [
+                            raw[i : i + 4][::-1] if sys.byteorder == "little" else raw[i : i + 4]
+                            for i in range(0, 16, 4)
+                        ]
                         found.append(socket.inet_ntop(socket.AF_INET6, b"".join(words)))
                     else:
-                        found.append(socket.inet_ntoa(raw[::-1] if sys.byteorder == "little"
-                                                      else raw))
+                        found.append(
+                            socket.inet_ntoa(raw[::-1] if sys.byteorder == "little" else raw)
+                        )
         except OSError:
             continue
     return found
@@ -45,9 +48,13 @@ def listeners(port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory, honest_daemon) -> Iterator[RunningApp]:
     """The control plane on every interface (DETRIX_CONTROL_HOST=0.0.0.0)."""
-    app = start_app(tmp_path_factory.mktemp("wide"), allow=[honest_daemon.url],
-                    DETRIX_DAEMON_URL=honest_daemon.url, DETRIX_CONTROL_HOST="0.0.0.0",
-                    DETRIX_LOG_LEVEL="info")
+    app = start_app(
+        tmp_path_factory.mktemp("wide"),
+        allow=[honest_daemon.url],
+        DETRIX_DAEMON_URL=honest_daemon.url,
+        DETRIX_CONTROL_HOST="0.0.0.0",
+        DETRIX_LOG_LEVEL="info",
+    )
     try:
         yield app
     finally:
@@ -94,8 +101,14 @@ def test_debug_host_beyond_loopback_needs_a_token(tmp_path, strict):
     env = clean_env(tmp_path, DETRIX_ENABLE="1", DETRIX_DEBUG_HOST="0.0.0.0")
     if strict:
         env["DETRIX_STRICT"] = "1"
-    proc = subprocess.run([sys.executable, "-c", "print('host ran')"], env=env,
-                          capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", "print('host ran')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert "DETRIX_DEBUG_HOST" in proc.stderr and "DETRIX_TOKEN" in proc.stderr
     if strict:
         assert proc.returncode == 2 and proc.stdout == ""

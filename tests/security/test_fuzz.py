@@ -52,8 +52,13 @@ def plane(tmp_path_factory) -> Iterator[tuple[str, int]]:
     saved = lifecycle._default_daemon_factory
     lifecycle._default_daemon_factory = lambda url, settings: _Unreachable()
     home = tmp_path_factory.mktemp("fuzz-home")
-    detrix_auto.init(detrix_home=str(home), name="fuzz", token=TOKEN, discovery=False,
-                     daemon_url="http://127.0.0.1:9")
+    detrix_auto.init(
+        detrix_home=str(home),
+        name="fuzz",
+        token=TOKEN,
+        discovery=False,
+        daemon_url="http://127.0.0.1:9",
+    )
     try:
         yield ("127.0.0.1", detrix_auto.status()["control_port"])
     finally:
@@ -80,7 +85,8 @@ def send(address: tuple[str, int], data: bytes, *, half_close: bool) -> bytes:
                 break
             except TimeoutError:
                 raise AssertionError(
-                    f"no answer and no close within 5 s for {data[:300]!r}") from None
+                    f"no answer and no close within 5 s for {data[:300]!r}"
+                ) from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -103,20 +109,58 @@ def check(data: bytes, reply: bytes) -> list[int]:
 # -- strategies --------------------------------------------------------------
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-methods = st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "get",
-                           "TRACE"]) | st.text(TOKEN_CHARS, min_size=1, max_size=8)
-paths = st.sampled_from([*ROUTES, "/", "/detrix", "/detrix/wake/", "//detrix/status",
-                         "/detrix/status?x=1", "/detrix/%77ake", "*", "http://evil/detrix/wake",
-                         "/detrix/wake#x"]) | st.text(max_size=30).map(lambda s: "/" + s)
+methods = st.sampled_from(
+    ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "get", "TRACE"]
+) | st.text(TOKEN_CHARS, min_size=1, max_size=8)
+paths = st.sampled_from(
+    [
+        *ROUTES,
+        "/",
+        "/detrix",
+        "/detrix/wake/",
+        "//detrix/status",
+        "/detrix/status?x=1",
+        "/detrix/%77ake",
+        "*",
+        "http://evil/detrix/wake",
+        "/detrix/wake#x",
+    ]
+) | st.text(max_size=30).map(lambda s: "/" + s)
 versions = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 x"])
 header_values = {
-    "Host": st.sampled_from(["127.0.0.1", "localhost:1", "evil.example", "[::1]:8", "", "a:b:c",
-                             "127.0.0.1:99999999999"]),
-    "Content-Type": st.sampled_from(["application/json", "application/json; charset=utf-8",
-                                     "text/plain", "application/x-www-form-urlencoded",
-                                     "multipart/form-data", "APPLICATION/JSON", ""]),
-    "Authorization": st.sampled_from([f"Bearer {TOKEN}", "Bearer", "Bearer x", "Basic eA==",
-                                      f"bearer {TOKEN}", "", f"Bearer {TOKEN[:-1]}"]),
+    "Host": st.sampled_from(
+        [
+            "127.0.0.1",
+            "localhost:1",
+            "evil.example",
+            "[::1]:8",
+            "",
+            "a:b:c",
+            "127.0.0.1:99999999999",
+        ]
+    ),
+    "Content-Type": st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "APPLICATION/JSON",
+            "",
+        ]
+    ),
+    "Authorization": st.sampled_from(
+        [
+            f"Bearer {TOKEN}",
+            "Bearer",
+            "Bearer x",
+            "Basic eA==",
+            f"bearer {TOKEN}",
+            "",
+            f"Bearer {TOKEN[:-1]}",
+        ]
+    ),
     "Origin": st.sampled_from(["http://evil.example", "null", ""]),
     "X-Forwarded-For": st.just("203.0.113.9"),
     "Sec-Fetch-Site": st.sampled_from(["cross-site", "same-origin"]),
@@ -128,22 +172,36 @@ header_values = {
 headers = st.lists(
     st.one_of(
         st.sampled_from(sorted(header_values)).flatmap(
-            lambda name: header_values[name].map(lambda value: (name, value))),
-        st.tuples(st.text(TOKEN_CHARS, min_size=1, max_size=12),
-                  st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)),
+            lambda name: header_values[name].map(lambda value: (name, value))
+        ),
+        st.tuples(
+            st.text(TOKEN_CHARS, min_size=1, max_size=12),
+            st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40),
+        ),
     ),
     max_size=8,
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
-daemon_urls = st.sampled_from(["http://127.0.0.1:9", "https://127.0.0.1:9/x/", "ftp://x",
-                               "http://user:pw@127.0.0.1:9", "http://[::1]:9", "http://h:0",
-                               "http://evil.example:80", "http://127.0.0.1:9?q", "", " "]) | \
-    st.text(max_size=40)
+daemon_urls = st.sampled_from(
+    [
+        "http://127.0.0.1:9",
+        "https://127.0.0.1:9/x/",
+        "ftp://x",
+        "http://user:pw@127.0.0.1:9",
+        "http://[::1]:9",
+        "http://h:0",
+        "http://evil.example:80",
+        "http://127.0.0.1:9?q",
+        "",
+        " ",
+    ]
+) | st.text(max_size=40)
 bodies = st.one_of(
     st.none(),
     st.just(b"{}"),
@@ -182,7 +240,8 @@ def mutated(draw: st.DrawFn) -> bytes:
     body = b'{"daemon_url": "http://127.0.0.1:9"}' if method == "POST" else b""
     data = bytearray(
         f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     for _ in range(draw(st.integers(1, 4))):
         op = draw(st.sampled_from(["flip", "insert", "delete", "duplicate", "truncate"]))
@@ -190,24 +249,31 @@ def mutated(draw: st.DrawFn) -> bytes:
         if op == "flip" and data:
             data[at] ^= draw(st.integers(1, 255))
         elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16) | st.sampled_from(
-                [b"\r\n", b"\r\n\r\n", b":", b" ", b"\x00", b"\r", b"\n", b"\t"]))
+            data[at:at] = draw(
+                st.binary(min_size=1, max_size=16)
+                | st.sampled_from([b"\r\n", b"\r\n\r\n", b":", b" ", b"\x00", b"\r", b"\n", b"\t"])
+            )
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 8))]
+            del data[at : at + draw(st.integers(1, 8))]
         elif op == "duplicate":
-            data[at:at] = data[at:at + draw(st.integers(1, 40))]
+            data[at:at] = data[at : at + draw(st.integers(1, 40))]
         elif op == "truncate":
             del data[at:]
     return bytes(data)
 
 
-
-
 def budget(examples: int) -> settings:
-    return settings(max_examples=max(1, int(examples * SCALE)), deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much,
-                                           HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=max(1, int(examples * SCALE)),
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
 
 
 def test_raw_bytes(plane):
@@ -234,6 +300,7 @@ def test_generated_requests(plane):
 def test_generated_single_requests_are_answered(plane):
     """A complete request with Connection: close is answered exactly once, then closed
     (wake and sleep included: they run on a worker)."""
+
     @budget(500)
     @given(requests().filter(lambda item: item[1]))
     def run(item: tuple[bytes, bool]) -> None:
@@ -256,8 +323,11 @@ def test_the_plane_survives_and_leaks_nothing(plane):
     fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     threads = threading.active_count()
     for _ in range(200):
-        send(plane, b"GET /detrix/status HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"BROKEN\r\n\r\n",
-             half_close=False)
+        send(
+            plane,
+            b"GET /detrix/status HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"BROKEN\r\n\r\n",
+            half_close=False,
+        )
     time.sleep(0.2)
     reply = send(plane, b"GET /detrix/health HTTP/1.0\r\n\r\n", half_close=False)
     assert check(b"", reply) == [200]

@@ -32,6 +32,7 @@ sys.stdin.readline()
 @pytest.fixture(params=["sock_diag", "proc"])
 def lookup(request, monkeypatch):
     if request.param == "proc":
+
         def unavailable(*args):
             raise auth._Unavailable
 
@@ -39,13 +40,15 @@ def lookup(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize(("listen", "connect_to"), [
-    ("127.0.0.1", "127.0.0.1"),
-    ("::ffff:127.0.0.1", "127.0.0.1"),
-    ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
-])
-def test_another_users_socket_is_theirs_until_they_close_it(lookup, other_user, listen,
-                                                              connect_to):
+@pytest.mark.parametrize(
+    ("listen", "connect_to"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
+    ],
+)
+def test_another_users_socket_is_theirs_until_they_close_it(lookup, other_user, listen, connect_to):
     family = socket.AF_INET6 if ":" in listen else socket.AF_INET
     with socket.socket(family) as server:
         server.bind((listen, 0))

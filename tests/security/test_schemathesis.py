@@ -49,8 +49,12 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "500", "503"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> Iterator[tuple[RunningApp, FaultDaemon]]:
     with FaultDaemon() as daemon:
-        running = start_app(tmp_path_factory.mktemp("schemathesis"), allow=[daemon.url],
-                            DETRIX_DAEMON_URL=daemon.url, DETRIX_TOKEN=TOKEN)
+        running = start_app(
+            tmp_path_factory.mktemp("schemathesis"),
+            allow=[daemon.url],
+            DETRIX_DAEMON_URL=daemon.url,
+            DETRIX_TOKEN=TOKEN,
+        )
         try:
             yield running, daemon
         finally:
@@ -61,12 +65,30 @@ def run_schemathesis(workdir: Path, spec: Path, url: str, *args: str) -> None:
     config = workdir / "schemathesis.toml"
     config.write_text(CONFIG)
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", str(spec),
-        "--url", url, "--checks", "all", "--max-examples", "40", "--seed", "7",
-        "--workers", "1", "--request-timeout", "20", *args,
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        str(spec),
+        "--url",
+        url,
+        "--checks",
+        "all",
+        "--max-examples",
+        "40",
+        "--seed",
+        "7",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "20",
+        *args,
     ]
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=300, check=False
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     assert "No issues found" in output, output[-6000:]
@@ -74,8 +96,15 @@ def run_schemathesis(workdir: Path, spec: Path, url: str, *args: str) -> None:
 
 def test_local_caller_positive_data_against_the_schema_as_is(app, tmp_path):
     running, _ = app
-    run_schemathesis(tmp_path, SPEC, f"http://127.0.0.1:{running.port}",
-                     "--mode", "positive", "--exclude-checks", "ignored_auth")
+    run_schemathesis(
+        tmp_path,
+        SPEC,
+        f"http://127.0.0.1:{running.port}",
+        "--mode",
+        "positive",
+        "--exclude-checks",
+        "ignored_auth",
+    )
 
 
 def test_token_caller_all_data_and_auth_enforcement(app, tmp_path):
@@ -89,6 +118,14 @@ def test_token_caller_all_data_and_auth_enforcement(app, tmp_path):
     }
     amended = tmp_path / "spec-with-400.json"
     amended.write_text(json.dumps(schema))
-    run_schemathesis(tmp_path, amended, f"http://127.0.0.1:{running.port}", "--mode", "all",
-                     "--header", f"Authorization: Bearer {TOKEN}",
-                     "--header", "X-Forwarded-For: 203.0.113.7")
+    run_schemathesis(
+        tmp_path,
+        amended,
+        f"http://127.0.0.1:{running.port}",
+        "--mode",
+        "all",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--header",
+        "X-Forwarded-For: 203.0.113.7",
+    )

@@ -40,11 +40,24 @@ def strict(tmp_path_factory, honest_daemon) -> Iterator[Target]:
     token_file = home / "mcp-token"
     token_file.write_text(FILE_TOKEN + "\n")
     token_file.chmod(0o600)
-    app = start_app(workdir, allow=[honest_daemon.url], DETRIX_DAEMON_URL=honest_daemon.url,
-                    DETRIX_REQUIRE_TOKEN="1", DETRIX_LOG_LEVEL="debug")
+    app = start_app(
+        workdir,
+        allow=[honest_daemon.url],
+        DETRIX_DAEMON_URL=honest_daemon.url,
+        DETRIX_REQUIRE_TOKEN="1",
+        DETRIX_LOG_LEVEL="debug",
+    )
     try:
-        yield Target("ours", False, "127.0.0.1", app.port, honest_daemon, FILE_TOKEN, app=app,
-                     extra={"token_file": token_file})
+        yield Target(
+            "ours",
+            False,
+            "127.0.0.1",
+            app.port,
+            honest_daemon,
+            FILE_TOKEN,
+            app=app,
+            extra={"token_file": token_file},
+        )
     finally:
         app.stop()
 
@@ -59,8 +72,10 @@ def test_require_token_makes_local_callers_need_the_token(request, kind):
     before = target.wake_attempts()
     status = raw_http(target.address, "GET", "/detrix/status")
     wake = raw_http(target.address, "POST", "/detrix/wake", headers=JSON, body="{}")
-    target.verdict(status.status == 200 or target.wake_attempts() > before,
-                   "a token-less local caller when every caller must show the token")
+    target.verdict(
+        status.status == 200 or target.wake_attempts() > before,
+        "a token-less local caller when every caller must show the token",
+    )
     if not target.naive:
         assert (status.status, wake.status) == (401, 401)
         assert "DETRIX_REQUIRE_TOKEN" in status.error
@@ -90,8 +105,9 @@ def test_require_token_makes_local_callers_need_the_token(request, kind):
     ],
 )
 def test_only_the_exact_token_is_accepted(strict, authorization, accepted):
-    response = raw_http(strict.address, "GET", "/detrix/status",
-                        headers={"Authorization": authorization})
+    response = raw_http(
+        strict.address, "GET", "/detrix/status", headers={"Authorization": authorization}
+    )
     assert response.status == (200 if accepted else 401), response.body
     if not accepted:
         assert FILE_TOKEN not in json.dumps(response.body)
@@ -108,18 +124,28 @@ def test_the_comparison_is_hmac_compare_digest(home, monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    detrix_auto.init(detrix_home=str(home), name="ct", token=TOKEN, require_token=True,
-                     daemon_url="http://127.0.0.1:9", discovery=False)
+    detrix_auto.init(
+        detrix_home=str(home),
+        name="ct",
+        token=TOKEN,
+        require_token=True,
+        daemon_url="http://127.0.0.1:9",
+        discovery=False,
+    )
     try:
         port = detrix_auto.status()["control_port"]
         for presented, code in [(TOKEN, 200), (TOKEN[:5], 401), ("x" * len(TOKEN), 401)]:
-            response = raw_http(("127.0.0.1", port), "GET", "/detrix/status",
-                                headers=_bearer(presented))
+            response = raw_http(
+                ("127.0.0.1", port), "GET", "/detrix/status", headers=_bearer(presented)
+            )
             assert response.status == code
     finally:
         detrix_auto.shutdown()
-    assert seen == [(TOKEN.encode(), TOKEN.encode()), (TOKEN[:5].encode(), TOKEN.encode()),
-                    (b"x" * len(TOKEN), TOKEN.encode())]
+    assert seen == [
+        (TOKEN.encode(), TOKEN.encode()),
+        (TOKEN[:5].encode(), TOKEN.encode()),
+        (b"x" * len(TOKEN), TOKEN.encode()),
+    ]
 
 
 # -- the token file ---------------------------------------------------------------
@@ -187,24 +213,29 @@ def echoing_daemon() -> Iterator[FaultDaemon]:
     """A daemon (or a proxy in front of it) that quotes our Authorization header back."""
     with FaultDaemon() as daemon:
         daemon.faults["register"] = Fault(
-            status=500, body=json.dumps({"error": f"refused Bearer {TOKEN} for now"}).encode())
+            status=500, body=json.dumps({"error": f"refused Bearer {TOKEN} for now"}).encode()
+        )
         yield daemon
 
 
 @pytest.fixture(scope="module")
 def chatty(tmp_path_factory, echoing_daemon, attacker_daemon) -> Iterator[RunningApp]:
-    app = start_app(tmp_path_factory.mktemp("chatty"),
-                    allow=[echoing_daemon.url, attacker_daemon.url],
-                    DETRIX_DAEMON_URL=echoing_daemon.url, DETRIX_TOKEN=TOKEN,
-                    DETRIX_LOG_LEVEL="debug")
+    app = start_app(
+        tmp_path_factory.mktemp("chatty"),
+        allow=[echoing_daemon.url, attacker_daemon.url],
+        DETRIX_DAEMON_URL=echoing_daemon.url,
+        DETRIX_TOKEN=TOKEN,
+        DETRIX_LOG_LEVEL="debug",
+    )
     try:
         yield app
     finally:
         app.stop()
 
 
-def test_tokens_never_appear_in_answers_logs_or_records(chatty, strict, echoing_daemon,
-                                                        attacker_daemon):
+def test_tokens_never_appear_in_answers_logs_or_records(
+    chatty, strict, echoing_daemon, attacker_daemon
+):
     answers: list[bytes] = []
     for app, token in ((chatty, TOKEN), (strict.app, FILE_TOKEN)):
         assert app is not None
@@ -217,16 +248,19 @@ def test_tokens_never_appear_in_answers_logs_or_records(chatty, strict, echoing_
             ("GET", "/detrix/status", _bearer(token[:-3]), None),
             ("GET", "/detrix/status", {"Origin": "http://x", **_bearer("nope")}, None),
             ("POST", "/detrix/wake", {**JSON, **_bearer(token)}, "{}"),
-            ("POST", "/detrix/wake", {**JSON, **_bearer(token), "Via": "1.1 p"},
-             json.dumps({"daemon_url": attacker_daemon.url})),
+            (
+                "POST",
+                "/detrix/wake",
+                {**JSON, **_bearer(token), "Via": "1.1 p"},
+                json.dumps({"daemon_url": attacker_daemon.url}),
+            ),
             ("POST", "/detrix/wake", JSON, json.dumps({"daemon_url": "ftp://nowhere"})),
             ("POST", "/detrix/sleep", _bearer(token), None),
             ("GET", "/detrix/status", _bearer(token), None),
             ("HEAD", "/detrix/status", _bearer(token), None),
         ]
         for method, path, headers, body in requests:
-            data = build_request(method, path, host=f"127.0.0.1:{port}", headers=headers,
-                                 body=body)
+            data = build_request(method, path, host=f"127.0.0.1:{port}", headers=headers, body=body)
             reply = exchange(address, data)
             parse_responses(reply, head_requests=1 if method == "HEAD" else 0)
             answers.append(reply)
@@ -251,4 +285,3 @@ def test_tokens_never_appear_in_answers_logs_or_records(chatty, strict, echoing_
         except BlockingIOError:
             stdout_rest = b""
         assert stdout_rest == b"", "nothing on stdout but the test app's own 'ready'"
-
