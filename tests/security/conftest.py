@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,43 +13,6 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from sechelpers import TOKEN, FaultDaemon, NaiveServer, Target, start_app  # noqa: E402
-
-LINUX = sys.platform.startswith("linux")
-OTHER_USER = "detrixsec"
-
-
-@pytest.fixture(scope="session")
-def other_user() -> tuple[int, int]:
-    """(uid, gid) of a second, unprivileged local user, created if need be.
-
-    Needs root (to create the user and to run a process as it) and Linux (the
-    owner of a loopback connection is read from /proc/net/tcp). CI runs as
-    root on a fresh machine, so there the user is created once with
-    ``useradd`` (no home, no login shell) and left for later runs.
-    """
-    if not LINUX:
-        pytest.skip("the peer-uid check reads /proc/net/tcp, which only Linux has")
-    if os.geteuid() != 0:
-        pytest.skip("running a client as another user needs root (to create and become it)")
-    try:
-        entry = pwd.getpwnam(OTHER_USER)
-    except KeyError:
-        useradd = shutil.which("useradd")
-        if useradd is None:
-            pytest.skip("no useradd on this machine to create a second user")
-        result = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        try:
-            entry = pwd.getpwnam(OTHER_USER)
-        except KeyError:
-            pytest.skip(f"could not create a second user: {result.stderr.strip()}")
-    if entry.pw_uid == 0:
-        pytest.skip(f"{OTHER_USER} is root here")
-    return entry.pw_uid, entry.pw_gid
 
 
 @pytest.fixture(scope="module")
