@@ -1,110 +1,160 @@
-"""A gate in front of debugpy's listening socket: who may attach, and when.
+"""The debug listener, ours from its first byte: who may attach, and when.
 
-debugpy's DAP port has no authentication and, once opened, cannot be closed.
-Left alone, that means any local process could attach (code execution) at any
-time after the first wake, including while the client says it is asleep, and
-a stray connection (a port scanner, a health probe) silently takes over the
-daemon's session. With the in-process adapter the listening socket lives in
-this process, so we wrap it: every accepted connection is kept only when
+debugpy's DAP port has no authentication, and whoever speaks DAP to it runs
+code in this process (``evaluate``, a logpoint's expression). So we never let
+pydevd open that port itself: :func:`open_listener` binds and listens on a
+socket of our own, and pydevd is handed it (``_pydevd.hand_listener``) in
+place of the one it would create. Every connection pydevd accepts then goes
+through :meth:`GatedListener.accept`, the very first one included: there is no
+moment between ``listen()`` and the check in which another process could get
+in (a gate put around pydevd's socket *after* ``listen()`` came too late for
+whoever connected first, and an attacker polling ``/proc/net/tcp`` for the new
+port won that race every time).
 
-* the client is waking or awake (``policy()`` says so): while asleep nobody
-  attaches, not even a restarted daemon re-attaching on its own, which keeps
-  the daemon's view consistent with ours; and
-* on Linux, the peer socket belongs to our own user or to root (the same
-  ``/proc/net/tcp`` lookup as the control plane uses).
+A connection is kept only when
 
-Refused connections are closed at once and leave an audit line.
+* the client is waking or awake (the lifecycle's policy says so): while
+  asleep, and after a wake that failed, nothing attaches, not another user,
+  not a port scanner, not even a daemon of ours re-attaching on its own;
+* and the peer is this process's user, root, or the daemon account the user
+  named (``DETRIX_DAEMON_USER``), asked of the kernel for exactly this
+  connection; a peer whose owner cannot be determined is refused. A peer
+  beyond loopback is accepted only when the user opened the debugger beyond
+  loopback (``DETRIX_DEBUG_HOST``, which needs a token) and the peer is the
+  daemon the current wake registered with.
+
+Everything else is closed at once, with an audit line.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from . import _log
+from .config import is_ipv4_literal, is_loopback
+from .errors import DebuggerError
 
-__all__ = ["GatedServerSocket", "install", "set_policy"]
-
-_policy: Callable[[], bool] = lambda: True  # noqa: E731 - replaced by the lifecycle
+__all__ = ["AttachPolicy", "GatedListener", "open_listener", "set_policy"]
 
 
-def set_policy(policy: Callable[[], bool]) -> None:
-    """Tell the gate whether an attach is expected now (the client is waking or awake)."""
+class AttachPolicy:
+    """Who may attach now; the lifecycle keeps the process's one up to date."""
+
+    def __init__(
+        self,
+        expected: Callable[[], bool],
+        *,
+        extra_uids: frozenset[int] = frozenset(),
+        remote_daemon: Callable[[], frozenset[str]] = frozenset,
+    ) -> None:
+        #: Is a wake in progress or done (else nobody may attach)?
+        self.expected = expected
+        #: Accounts besides ours and root's (the daemon account the user named).
+        self.extra_uids = extra_uids
+        #: Addresses of the current wake's daemon, for a debugger opened beyond loopback.
+        self.remote_daemon = remote_daemon
+
+    def verdict(self, conn: Any, peer: Any) -> str | None:
+        """``None`` to keep the connection, else why it is refused."""
+        if not self.expected():
+            return "the client is not awake"
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if not is_loopback(address):
+            if address in self.remote_daemon():
+                return None
+            return f"{address} is not this wake's daemon"
+        if not sys.platform.startswith("linux"):
+            return None  # no way to ask who owns a loopback socket: SECURITY.md says so
+        from .control.auth import peer_uid
+
+        try:
+            uid = peer_uid(peer, conn.getsockname())
+        except OSError:
+            uid = None
+        if uid is None:
+            return "the peer's owner cannot be determined"
+        if uid in (os.geteuid(), 0) or uid in self.extra_uids:
+            return None
+        return f"uid {uid} is not this process's user"
+
+
+#: Until a client sets its own: nobody attaches.
+_policy = AttachPolicy(lambda: False)
+
+
+def set_policy(policy: AttachPolicy) -> None:
     global _policy
     _policy = policy
 
 
-def _peer_allowed(conn: Any, addr: Any) -> tuple[bool, str]:
-    if not _policy():
-        return False, "the client is asleep"
-    if not sys.platform.startswith("linux"):
-        return True, ""
-    from .control.auth import peer_uid
+class GatedListener:
+    """Our listening socket, handed to pydevd; only ``accept`` and ``listen`` differ."""
 
-    try:
-        uid = peer_uid(addr, conn.getsockname())
-    except OSError:
-        uid = None
-    if uid is None:
-        # A live peer is always found; an unknown one closed its socket already
-        # (or wrote and left): nothing proves it is us, so refuse.
-        return False, "the peer's owner cannot be determined"
-    if uid in (os.geteuid(), 0):
-        return True, ""
-    return False, f"uid {uid} is not this process's user"
-
-
-class GatedServerSocket:
-    """Stands in for pydevd's server socket; only ``accept`` behaves differently."""
-
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self.host, self.port = sock.getsockname()[:2]
+
+    def listen(self, backlog: int = 0) -> None:
+        """pydevd calls this before every accept: we listen already, with our backlog."""
 
     def accept(self) -> tuple[Any, Any]:
         while True:
-            conn, addr = self._sock.accept()
+            conn, peer = self._sock.accept()
             try:
-                allowed, why = _peer_allowed(conn, addr)
+                why = _policy.verdict(conn, peer)
             except Exception as exc:  # noqa: BLE001 - fail closed
-                allowed, why = False, f"gate error {type(exc).__name__}"
-            if allowed:
-                return conn, addr
+                why = f"gate error {type(exc).__name__}"
+            if why is None:
+                return conn, peer
             try:
                 conn.close()
             except OSError:
                 pass
-            _log.audit("debug-attach peer=%s refused: %s", _format(addr), why)
+            _log.audit("debug-attach peer=%s refused: %s", _format(peer), why)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
-def _format(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr)
+def _format(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
 
 
-def install() -> bool:
-    """Wrap pydevd's listening socket; True when the gate is in place.
+def open_listener(host: str, port: int) -> GatedListener:
+    """Bind and listen on ``host:port`` (0 = any free port); a clear error at once if not.
 
-    Called right after ``debugpy.listen(..., in_process_debug_adapter=True)``.
-    pydevd's accept loop re-reads its ``_server_socket`` attribute before each
-    ``accept()``, so the gate applies from the second connection on; the first
-    is the daemon's own attach of the wake in progress.
+    pydevd's listener is IPv4 only and resolves nothing, so ``host`` must be
+    an IPv4 address written out (``127.0.0.1``): a name or an IPv6 address
+    made ``debugpy.listen()`` wait forever for a socket that never came.
     """
+    if not is_ipv4_literal(host):
+        raise DebuggerError(
+            f"the debugger can listen only on an IPv4 address such as 127.0.0.1, not {host!r}: "
+            "set DETRIX_DEBUG_HOST accordingly (or leave it unset)"
+        )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        from _pydevd_bundle.pydevd_constants import get_global_debugger
-
-        py_db = get_global_debugger()
-        thread: Any = getattr(py_db, "_waiting_for_connection_thread", None)
-        sock = getattr(thread, "_server_socket", None)
-        if sock is None or isinstance(sock, GatedServerSocket):
-            return isinstance(sock, GatedServerSocket)
-        thread._server_socket = GatedServerSocket(sock)
-        return True
-    except Exception as exc:  # noqa: BLE001 - a debugpy without this shape: no gate
-        _log.debug("debug gate not installed: %s", exc)
-        return False
+        # As pydevd does: a fixed port can be reused at once after a restart. On
+        # Linux this never lets another socket bind over a listening one.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise DebuggerError(
+                f"the debug port {port} on {host} is taken by another process; choose another "
+                "DETRIX_DEBUG_PORT or leave it at 0 (any free port)"
+            ) from None
+        raise DebuggerError(
+            f"the debugger cannot listen on {host}:{port} ({exc.strerror or exc}); check "
+            "DETRIX_DEBUG_HOST names an address of this machine"
+        ) from None
+    return GatedListener(sock)

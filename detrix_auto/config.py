@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DAEMON_URL",
+    "is_ipv4_literal",
     "is_loopback",
     "split_host_port",
     "OPTION_NAMES",
@@ -242,6 +243,14 @@ def parse_host(value: object, label: str) -> str:
     return host
 
 
+def parse_debug_host(value: object, label: str) -> str:
+    """The debugger's listen address: debugpy listens on IPv4 only and resolves no names."""
+    host = parse_host(value, label)
+    if not is_ipv4_literal(host):
+        raise _fail(label, value, "an IPv4 address written out, such as 127.0.0.1 or 0.0.0.0")
+    return host
+
+
 def parse_name(value: object, label: str) -> str:
     accepted = "a non-empty name of letters, digits and . _ - (at most 100 characters)"
     if not isinstance(value, str):
@@ -297,7 +306,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "name": ("DETRIX_NAME", parse_name),
     "control_host": ("DETRIX_CONTROL_HOST", parse_host),
     "control_port": ("DETRIX_CONTROL_PORT", parse_port),
-    "debug_host": ("DETRIX_DEBUG_HOST", parse_host),
+    "debug_host": ("DETRIX_DEBUG_HOST", parse_debug_host),
     "debug_port": ("DETRIX_DEBUG_PORT", parse_port),
     "daemon_url": ("DETRIX_DAEMON_URL", parse_url),
     "token": ("DETRIX_TOKEN", parse_token),
@@ -425,6 +434,14 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+def is_ipv4_literal(host: str) -> bool:
+    """Four dot-separated decimal numbers 0-255: no name, no shorthand (``127.1``), no zone."""
+    parts = host.split(".")
+    return len(parts) == 4 and all(
+        p.isdigit() and p.isascii() and len(p) <= 3 and int(p) <= 255 for p in parts
+    )
 
 
 def split_host_port(value: str) -> tuple[str, str | None]:

@@ -42,8 +42,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _debug_gate, _log
+from . import _debug_gate, _log, _pydevd
 from ._handoff import quick_handoffs
+from ._pydevd import UNKNOWN
 from .config import DEFAULT_DAEMON_URL, Settings, same_origin
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
@@ -76,9 +77,6 @@ def expected_connection_id(name: str, workspace_root: str, hostname: str) -> str
     return hashlib.sha256(key).digest()[:16].hex()
 
 
-#: ``dap_session`` could not tell (debugpy internals not as expected).
-UNKNOWN: Any = object()
-
 #: Daemon row statuses that mean "attached or attaching" (CONTRACT.md section 2);
 #: ``None`` for a daemon whose read-back carries no status.
 _HELD = (2, 3, "connected", "connecting", None)
@@ -87,53 +85,11 @@ _HELD = (2, 3, "connected", "connecting", None)
 _MAX_LINKS = 4
 
 
-def dap_session(debugger: Debugger) -> Any:
-    """The live DAP session on this process's debug listener.
-
-    Returns pydevd's reader thread of the attached client (an object that is
-    the same for the whole session and new for every attach), ``None`` when no
-    client is attached, or :data:`UNKNOWN` when this cannot be told. Costs a few
-    attribute reads: no I/O, no lock, and it never connects to the port.
-    """
-    if not debugger.listening:
-        return None
-    pydevd = sys.modules.get("pydevd")
-    if pydevd is None:
-        return UNKNOWN
-    try:
-        py_db = pydevd.get_global_debugger()
-        if py_db is None:
-            return UNKNOWN
-        reader = getattr(py_db, "reader", None)
-        if reader is None:
-            return None
-        if reader.is_alive() and not getattr(reader, "_kill_received", False):
-            return reader
-        return None
-    except Exception:  # noqa: BLE001 - pydevd internals moved: fall back to the network
-        return UNKNOWN
-
-
 def release_ended(ref: weakref.ref[Any] | None) -> None:
-    """Close the socket of a DAP session that has ended.
-
-    pydevd (debugpy 1.8) shuts an ended session's socket down but leaves it
-    open, held by a reference cycle, until the garbage collector runs: one file
-    descriptor per wake/sleep cycle in a host that rarely collects. Once the
-    session's reader thread is gone nothing reads or writes that socket, so we
-    close it. Only sessions a daemon of ours attached are ever passed here.
-    """
+    """Close the socket of a DAP session of ours that has ended (see ``_pydevd``)."""
     session = ref() if ref is not None else None
-    if session is None:
-        return
-    try:
-        if session.is_alive():
-            return
-        sock = getattr(session, "sock", None)
-        if sock is not None:
-            sock.close()
-    except Exception:  # noqa: BLE001, S110 - best effort; the collector does it eventually
-        pass
+    if session is not None:
+        _pydevd.release_session_socket(session)
 
 
 def _still_running(ref: weakref.ref[Any]) -> bool:
@@ -142,40 +98,6 @@ def _still_running(ref: weakref.ref[Any]) -> bool:
         return session is not None and bool(session.is_alive())
     except Exception:  # noqa: BLE001 - whatever it is, it is not ours to keep
         return False
-
-
-def keep_host_visible_to_pydevd() -> None:
-    """Stop pydevd from ending every debug session while the host's main thread is in C.
-
-    pydevd ends a session (DAP ``terminated``, ~0.2 s after the attach) when
-    ``threading`` lists no live non-daemon thread. When ``threading`` was first
-    imported by our control thread while the main thread sat in a long C call
-    (see ``_mainthread``), the thread ``threading`` calls "main" is that control
-    thread, demoted to a daemon, and the real main thread is not listed at all:
-    pydevd concludes the program has ended, though it has not, and every wake
-    is undone a moment later. The stand-in is given pydevd's main-thread marker
-    for exactly as long as it stands in: once the main thread runs Python again
-    and ``_mainthread`` installs the real one, the marker is gone, so pydevd
-    still notices the real end of the program (and never holds up exit).
-    A no-op in the usual case, where the main thread is the real one.
-    """
-    main = threading.main_thread()
-    if not main.daemon or isinstance(main, _StandInMain):
-        return
-    try:
-        main.__class__ = type("_StandInMain", (_StandInMain, type(main)), {})
-    except TypeError:
-        pass  # an unusual thread class: pydevd may end sessions early, as before
-
-
-class _StandInMain:
-    """Mixin for the stand-in main thread; see :func:`keep_host_visible_to_pydevd`."""
-
-    def __getattr__(self, name: str) -> Any:
-        current: Any = threading.main_thread()
-        if name == "__pydevd_main_thread" and current is self:
-            return True
-        raise AttributeError(name)
 
 
 def _same(ref: weakref.ref[Any] | None, obj: Any) -> bool:
@@ -254,7 +176,7 @@ class Client:
         self._past: list[weakref.ref[Any]] = []
         self._past_lock = threading.Lock()  # keeper and wake both touch it; no I/O under it
         self.control: Any = None  # the control server, set by the runtime
-        _debug_gate.set_policy(self._attach_expected)
+        _debug_gate.set_policy(_debug_gate.AttachPolicy(self._attach_expected))
 
     # -- reads ------------------------------------------------------------
 
@@ -367,11 +289,10 @@ class Client:
         try:
             daemon = self._daemon_factory(url, settings)
             daemon.health(settings.health_check_timeout)
-            keep_host_visible_to_pydevd()
+            _pydevd.stand_in_main_thread()
+            # Only a same-user peer, and only while we wake or are awake, may
+            # attach to the debugger, from its first connection (see _debug_gate).
             port = self.debugger.listen(settings.debug_host, settings.debug_port)
-            # From now on only a same-user peer, and only while we wake or are
-            # awake, may attach to the debugger (see _debug_gate).
-            _debug_gate.install()
             self.cell.update(debug_port=port, debug_port_active=True, warm=True)
             self.debugger.rearm()
             registration = self._registration(port)
@@ -402,7 +323,7 @@ class Client:
         # The daemon's ids are deterministic, so a re-registration reuses the
         # id: the generation tells one registration from the next.
         self._generation += 1
-        session = dap_session(self.debugger)
+        session = self.debugger.session()
         self._release_past()
         self._session = None if session is None or session is UNKNOWN else _weak(session)
         if self._session is not None:
@@ -474,7 +395,7 @@ class Client:
             return {"status": "already_sleeping"}
         daemon, token, cid = self._daemon, self._token, snap.connection_id
         self._daemon = self._token = None
-        session = dap_session(self.debugger)
+        session = self.debugger.session()
         unregister_error: str | None = None
         if daemon is not None and cid:
             try:
@@ -579,7 +500,7 @@ class Client:
         """One look; returns how long to wait before the next, or None to end."""
         now = time.monotonic()
         self._last_liveness = now
-        if self._pending_cleanup and dap_session(self.debugger) is UNKNOWN:
+        if self._pending_cleanup and self.debugger.session() is UNKNOWN:
             self._cleanup_blind()
         if self._want_awake and self.cell.current.state is not State.AWAKE:
             if now < self._next_retry:
@@ -632,7 +553,7 @@ class Client:
         if daemon is None or cid is None:
             return interval
         ours = self._session
-        session = dap_session(self.debugger)
+        session = self.debugger.session()
         local_ok = _same(ours, session)
         lost: str | None = None
         if ours is not None and session is None:
@@ -687,7 +608,7 @@ class Client:
     def _watch_asleep(self) -> float | None:
         """Asleep: no daemon may stay attached to us. Returns the next delay, None to end."""
         interval = self.settings.liveness_interval
-        session = dap_session(self.debugger)
+        session = self.debugger.session()
         if session is UNKNOWN:
             # Cannot see the session: owed unregistrations are retried blind
             # (at the top of _keep_once) and nothing else is watched.

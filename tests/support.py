@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -153,3 +154,10 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for settings that need a fixed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
