@@ -59,17 +59,17 @@ class AttachPolicy:
         #: Addresses of the current wake's daemon, for a debugger opened beyond loopback.
         self.remote_daemon = remote_daemon
 
-    def verdict(self, conn: Any, peer: Any) -> str | None:
-        """``None`` to keep the connection, else why it is refused."""
+    def verdict(self, conn: Any, peer: Any) -> tuple[str | None, str]:
+        """(``None`` to keep the connection, else why it is refused; who the peer is)."""
         if not self.expected():
-            return "the client is not awake"
+            return "the client is not awake", "?"
         address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         if not is_loopback(address):
             if address in self.remote_daemon():
-                return None
-            return f"{address} is not this wake's daemon"
+                return None, "the daemon"
+            return f"{address} is not this wake's daemon", "?"
         if not sys.platform.startswith("linux"):
-            return None  # no way to ask who owns a loopback socket: SECURITY.md says so
+            return None, "?"  # no way to ask who owns a loopback socket: SECURITY.md says so
         from .control.auth import peer_uid
 
         try:
@@ -77,10 +77,10 @@ class AttachPolicy:
         except OSError:
             uid = None
         if uid is None:
-            return "the peer's owner cannot be determined"
+            return "the peer's owner cannot be determined", "?"
         if uid in (os.geteuid(), 0) or uid in self.extra_uids:
-            return None
-        return f"uid {uid} is not this process's user"
+            return None, f"uid {uid}"
+        return f"uid {uid} is not this process's user", f"uid {uid}"
 
 
 #: Until a client sets its own: nobody attaches.
@@ -106,10 +106,11 @@ class GatedListener:
         while True:
             conn, peer = self._sock.accept()
             try:
-                why = _policy.verdict(conn, peer)
+                why, who = _policy.verdict(conn, peer)
             except Exception as exc:  # noqa: BLE001 - fail closed
-                why = f"gate error {type(exc).__name__}"
+                why, who = f"gate error {type(exc).__name__}", "?"
             if why is None:
+                _log.audit("debug-attach peer=%s %s accepted", _format(peer), who)
                 return conn, peer
             try:
                 conn.close()

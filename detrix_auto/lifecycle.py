@@ -4,55 +4,47 @@ Three locks, each with one job:
 
 * ``StateCell.lock`` guards only the swap of an immutable snapshot; readers
   never take it, so ``status()`` never blocks.
-* ``_op_lock`` serialises wake and sleep. Network I/O happens under it, never
+* ``op_lock`` serialises wake and sleep. Network I/O happens under it, never
   under the state lock. A second wake waits for the first and answers
   ``already_awake`` (concurrent wakes collapse into one registration); a sleep
   that arrives during a wake waits for it and unregisters what it created.
 * the debugger's own lock, around debugpy's once-per-process ``listen()``.
 
-Two more are bookkeeping only, never held across I/O: ``_keeper_lock`` (the
-keeper's start and end do not race a wake) and ``_past_lock`` (the list of
-ended DAP sessions whose sockets we close).
-
-A background *keeper* thread runs once the debug listener is open (or a wake
-is wanted). While awake it checks that the daemon still holds our connection:
-locally and for free on every look (has the DAP session the daemon attached
-ended?), over the network every ``liveness_interval``; when the connection is
-gone it says ``waking`` with ``last_error`` and re-registers with bounded
-backoff. While asleep it makes sure no daemon stays attached: a registration
-that timed out on our side but completed later, or a daemon that restarted and
-re-attached to every stored connection (CONTRACT.md section 3.10), is asked to
-detach (``DELETE``); the client stays ``sleeping`` and says what happened in
-``last_error``. A sleeping client is never silently observed.
-
-Whether a DAP client is attached is read from debugpy's in-process session
-(pydevd's reader thread), never by connecting to the debug port (CONTRACT.md
-section 7). Where that cannot be read, the keeper falls back to network checks.
+The rest lives in rooms of its own, each readable alone: the keeper thread
+(``keeper``: liveness, retries, strays while asleep), which DAP session is
+ours (``sessions``), whom we registered with and still owe an unregister
+(``links``), and the debugger (``debugger``, with ``_pydevd`` and the gate).
+Imports run one way: lifecycle -> keeper -> {sessions, links} -> {_pydevd,
+daemon, state}.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _debug_gate, _log, _pydevd
 from ._handoff import quick_handoffs
-from ._pydevd import UNKNOWN
 from .config import DEFAULT_DAEMON_URL, Settings, same_origin
+from .contract import connection_id as expected_connection_id
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
+from .keeper import Keeper, Registered
+from .links import Link, Links
+from .sessions import Sessions
 from .state import Snapshot, State, StateCell
+
+if TYPE_CHECKING:
+    from .daemon import DaemonClient, Registration
 
 __all__ = ["Client", "DaemonFactory", "expected_connection_id", "process_debugger"]
 
-DaemonFactory = Callable[[str, Settings], Any]
+DaemonFactory = Callable[[str, Settings], "DaemonClient"]
 
 _PROCESS_DEBUGGER: Debugger | None = None
 _PROCESS_DEBUGGER_PID = 0
@@ -71,47 +63,7 @@ def process_debugger() -> Debugger:
     return _PROCESS_DEBUGGER
 
 
-def expected_connection_id(name: str, workspace_root: str, hostname: str) -> str:
-    """The id the daemon derives for a registration (CONTRACT.md section 2)."""
-    key = f"{name}|python|{workspace_root}|{hostname}".encode()
-    return hashlib.sha256(key).digest()[:16].hex()
-
-
-#: Daemon row statuses that mean "attached or attaching" (CONTRACT.md section 2);
-#: ``None`` for a daemon whose read-back carries no status.
-_HELD = (2, 3, "connected", "connecting", None)
-
-#: How many recent (daemon, connection id) pairs the sleeping watch remembers.
-_MAX_LINKS = 4
-
-
-def release_ended(ref: weakref.ref[Any] | None) -> None:
-    """Close the socket of a DAP session of ours that has ended (see ``_pydevd``)."""
-    session = ref() if ref is not None else None
-    if session is not None:
-        _pydevd.release_session_socket(session)
-
-
-def _still_running(ref: weakref.ref[Any]) -> bool:
-    session = ref()
-    try:
-        return session is not None and bool(session.is_alive())
-    except Exception:  # noqa: BLE001 - whatever it is, it is not ours to keep
-        return False
-
-
-def _same(ref: weakref.ref[Any] | None, obj: Any) -> bool:
-    return ref is not None and obj is not None and ref() is obj
-
-
-def _weak(obj: Any) -> weakref.ref[Any] | None:
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return None
-
-
-def _default_daemon_factory(url: str, settings: Settings) -> Any:
+def _default_daemon_factory(url: str, settings: Settings) -> DaemonClient:
     try:
         from .daemon import client_for
     except ImportError as exc:  # urllib3 missing or broken in this environment
@@ -137,46 +89,69 @@ class Client:
         self.started_at = time.time()
         self.debugger = process_debugger()
         self._daemon_factory = daemon_factory or _default_daemon_factory
+        url, source = self._daemon_at_rest()
         self.cell = StateCell(
             Snapshot(
-                daemon_url=settings.daemon_url or DEFAULT_DAEMON_URL,
+                daemon_url=url,
+                daemon_url_source=source,
                 debug_port=self.debugger.port,
                 debug_port_active=self.debugger.listening,
                 warm=self.debugger.imported,
             )
         )
-        self._op_lock = threading.Lock()
-        # What the current registration was made with, for sleep and liveness.
-        self._daemon: Any = None
-        self._token: str | None = None
-        self._want_awake = False
-        self._wake_override: tuple[str, bool] | None = None
-        # Recent registration attempts (daemon, expected id, token), newest first:
-        # whom to ask when a DAP client is found attached while we sleep.
-        self._links: list[tuple[Any, str, str | None]] = []
-        # Unregistrations still owed, for when the DAP session cannot be observed.
-        self._pending_cleanup: list[tuple[Any, str, str | None]] = []
-        self._keeper: threading.Thread | None = None
-        self._keeper_lock = threading.Lock()
-        self._keeper_event = threading.Event()
-        self._closed = False
+        self.op_lock = threading.Lock()
+        self.links = Links()
+        self.sessions = Sessions()
+        self.keeper = Keeper(self)
+        self._registered: Registered | None = None
         self._generation = 0
-        self._last_liveness = 0.0  # last look of any kind (rate-limits pokes)
-        self._last_network = 0.0  # last read-back of our connection from the daemon
-        self._next_retry = 0.0  # earliest next keeper wake attempt
-        self._backoff = 0.5
-        # The DAP session the daemon attached for the current registration.
-        self._session: weakref.ref[Any] | None = None
-        # A session already dealt with while asleep (we released it, or it is no daemon
-        # of ours), and until when it is left alone: a session that outlives the
-        # unregister that should have ended it is looked at again.
-        self._settled: weakref.ref[Any] | None = None
-        self._settled_until = 0.0
-        # Sessions daemons of ours attached, whose sockets are closed once they end.
-        self._past: list[weakref.ref[Any]] = []
-        self._past_lock = threading.Lock()  # keeper and wake both touch it; no I/O under it
+        self._want_awake = False
+        # The override of the last wake, for the keeper's retries while wanted awake.
+        self._wake_override: tuple[str, bool] | None = None
+        self._closed = False
         self.control: Any = None  # the control server, set by the runtime
-        _debug_gate.set_policy(_debug_gate.AttachPolicy(self._attach_expected))
+        _debug_gate.set_policy(
+            _debug_gate.AttachPolicy(
+                self._attach_expected,
+                extra_uids=frozenset(),
+            )
+        )
+
+    # -- what the keeper sees (keeper.Kept) --------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def wants_awake(self) -> bool:
+        return self._want_awake
+
+    def registered(self) -> Registered | None:
+        return self._registered
+
+    def retry_wake(self) -> None:
+        override, send_token = self._wake_override or (None, True)
+        self._wake_locked(override, send_token, retry=True)
+
+    def note_awake(self, generation: int, problem: str | None) -> None:
+        snap = self.cell.current
+        stale = generation != self._generation or snap.state is not State.AWAKE
+        if not stale and snap.last_error != problem:
+            self.cell.update(last_error=problem)
+
+    def lose_registration(self, generation: int, reason: str) -> bool:
+        with self.op_lock:
+            snap = self.cell.current
+            if generation != self._generation or snap.state is not State.AWAKE:
+                return False  # slept or re-registered meanwhile: that answer is stale
+            if not self._want_awake:
+                return False
+            self._registered = None
+            self.sessions.release_ended()
+            self.sessions.drop_current()
+            self.cell.update(state=State.WAKING, connection_id=None, last_error=reason)
+            return True
 
     # -- reads ------------------------------------------------------------
 
@@ -185,7 +160,7 @@ class Client:
         return not self._closed and self.cell.current.state is not State.SLEEPING
 
     def status(self) -> dict[str, Any]:
-        """The status document of the OpenAPI schema, plus ``warm``. Lock-free."""
+        """The status document of the OpenAPI schema, plus our extra keys. Lock-free."""
         snap = self.cell.current
         control = self.control
         return {
@@ -196,6 +171,7 @@ class Client:
             "debug_port": snap.debug_port,
             "debug_port_active": snap.debug_port_active,
             "daemon_url": snap.daemon_url,
+            "daemon_url_source": snap.daemon_url_source,
             "connection_id": snap.connection_id if snap.state is State.AWAKE else None,
             "warm": snap.warm,
             "last_error": snap.last_error,
@@ -208,6 +184,10 @@ class Client:
             "python_version": sys.version.split()[0],
             "python_executable": sys.executable or "",
         }
+
+    def poke(self) -> None:
+        """Ask the keeper for a look soon (at most once a second); never blocks."""
+        self.keeper.poke()
 
     # -- transitions ------------------------------------------------------
 
@@ -238,28 +218,42 @@ class Client:
         ``send_token`` says the caller was entitled to choose it.
         """
         self._check_open()
-        with self._op_lock:
+        with self.op_lock:
             snap = self.cell.current
             if snap.state is State.AWAKE:
                 return self._wake_result("already_awake", snap)
             try:
                 result = self._wake_locked(daemon_url, send_token)
             except DetrixError:
-                if self._pending_cleanup or self.debugger.listening:
-                    self._ensure_keeper()  # watch for a registration that completes late
+                if self.links.owed or self.debugger.listening:
+                    self.keeper.ensure()  # watch for a registration that completes late
                 raise
             self._want_awake = True
             self._wake_override = (daemon_url, send_token) if daemon_url else None
-            self._ensure_keeper()
+            self.keeper.ensure()
             return result
 
-    def _resolve_daemon(self, override: str | None, send_token: bool) -> tuple[str, str | None]:
+    def _daemon_at_rest(self) -> tuple[str, str]:
+        """The daemon the next wake without an override goes to, and how it is found."""
+        if self.settings.daemon_url is not None:
+            return self.settings.daemon_url, "configured"
+        # Found at wake time: the running daemon's daemon.pid, else this default.
+        return DEFAULT_DAEMON_URL, "discover"
+
+    def _resolve_daemon(
+        self, override: str | None, send_token: bool
+    ) -> tuple[str, str, str | None]:
+        """(url, how it was chosen, token to send)."""
         configured = self.settings.daemon_url
+        source = "configured"
         if configured is None:
             from .daemonfile import discover_daemon_url
 
             configured = discover_daemon_url()
+            source = "default" if configured == DEFAULT_DAEMON_URL else "daemon.pid"
         url = override.rstrip("/") if override else configured
+        if override:
+            source = "override"  # this wake's only: the next one goes to `configured`
         token = None
         if same_origin(url, configured) or send_token:
             from .token import load_token
@@ -268,7 +262,7 @@ class Client:
                 token = load_token(self.settings.token, self.settings.token_file)
             except DetrixError as exc:
                 _log.warn(str(exc))
-        return url, token
+        return url, source, token
 
     def _wake_locked(
         self, override: str | None, send_token: bool, *, retry: bool = False
@@ -279,12 +273,11 @@ class Client:
     def _wake_with_handoffs(
         self, override: str | None, send_token: bool, retry: bool
     ) -> dict[str, Any]:
-        url, token = self._resolve_daemon(override, send_token)
-        if retry:
-            # A keeper retry: what went wrong stays said until it works.
-            self.cell.update(state=State.WAKING, daemon_url=url)
-        else:
-            self.cell.update(state=State.WAKING, daemon_url=url, last_error=None)
+        url, source, token = self._resolve_daemon(override, send_token)
+        changes: dict[str, Any] = {"daemon_url": url, "daemon_url_source": source}
+        if not retry:  # a keeper retry: what went wrong stays said until it works
+            changes["last_error"] = None
+        self.cell.update(state=State.WAKING, **changes)
         settings = self.settings
         try:
             daemon = self._daemon_factory(url, settings)
@@ -301,14 +294,14 @@ class Client:
             )
             # Remembered before the call: a registration that times out here
             # may still complete on the daemon's side.
-            self._remember_link(daemon, expected, token)
+            self.links.remember(Link(daemon, expected, token))
             try:
                 connection_id = daemon.register(registration, token, settings.register_timeout)
             except DaemonError as exc:
                 if exc.status is None:
                     # No answer: the daemon may still finish the attach. Clean it
                     # up once it answers, unless a later wake re-registers.
-                    self._add_pending(daemon, expected, token)
+                    self.links.owe(Link(daemon, expected, token))
                 raise
         except DetrixError as exc:
             self._wake_failed(str(exc))
@@ -316,21 +309,13 @@ class Client:
         except Exception as exc:  # noqa: BLE001 - a foreign failure becomes ours
             self._wake_failed(str(exc))
             raise DebuggerError(f"wake failed unexpectedly: {type(exc).__name__}: {exc}") from None
-        self._pending_cleanup = [p for p in self._pending_cleanup if p[1] != connection_id]
+        self.links.paid(connection_id)
         if connection_id != expected:
-            self._remember_link(daemon, connection_id, token)
-        self._daemon, self._token = daemon, token
-        # The daemon's ids are deterministic, so a re-registration reuses the
-        # id: the generation tells one registration from the next.
+            self.links.remember(Link(daemon, connection_id, token))
         self._generation += 1
-        session = self.debugger.session()
-        self._release_past()
-        self._session = None if session is None or session is UNKNOWN else _weak(session)
-        if self._session is not None:
-            with self._past_lock:
-                self._past.append(self._session)
-        self._settled = None
-        self._last_network = self._last_liveness = time.monotonic()
+        self._registered = Registered(daemon, token, self._generation)
+        self.sessions.adopt(self.debugger.session())
+        self.keeper.registered_now()
         snap = self.cell.update(state=State.AWAKE, connection_id=connection_id, last_error=None)
         return self._wake_result("awake", snap)
 
@@ -341,17 +326,7 @@ class Client:
         state = State.WAKING if self._want_awake else State.SLEEPING
         self.cell.update(state=state, connection_id=None, last_error=message)
 
-    def _remember_link(self, daemon: Any, cid: str, token: str | None) -> None:
-        key = (getattr(daemon, "url", None), cid)
-        links = [link for link in self._links if (getattr(link[0], "url", None), link[1]) != key]
-        links.insert(0, (daemon, cid, token))
-        self._links = links[:_MAX_LINKS]
-
-    def _add_pending(self, daemon: Any, cid: str, token: str | None) -> None:
-        if not any(p[0] is daemon and p[1] == cid for p in self._pending_cleanup):
-            self._pending_cleanup = [*self._pending_cleanup, (daemon, cid, token)][-_MAX_LINKS:]
-
-    def _registration(self, port: int) -> Any:
+    def _registration(self, port: int) -> Registration:
         from .daemon import Registration
 
         try:
@@ -379,7 +354,7 @@ class Client:
     def sleep(self) -> dict[str, Any]:
         """Unregister (best effort, bounded by the unregister timeout) and sleep."""
         self._check_open()
-        with self._op_lock:
+        with self.op_lock:
             # Under the lock: a wake that finishes while we wait for it must
             # not leave the keeper believing we still want to be awake.
             self._want_awake = False
@@ -393,44 +368,40 @@ class Client:
                 self.cell.update(state=State.SLEEPING)
                 return {"status": "sleeping"}
             return {"status": "already_sleeping"}
-        daemon, token, cid = self._daemon, self._token, snap.connection_id
-        self._daemon = self._token = None
+        registered, cid = self._registered, snap.connection_id
+        self._registered = None
         session = self.debugger.session()
         unregister_error: str | None = None
-        if daemon is not None and cid:
+        if registered is not None and cid:
             try:
-                daemon.unregister(cid, token, self.settings.unregister_timeout)
+                registered.daemon.unregister(
+                    cid, registered.token, self.settings.unregister_timeout
+                )
             except DaemonError as exc:
                 unregister_error = (
                     f"sleep could not unregister {cid} ({exc}); retrying in the background"
                 )
                 _log.warn(unregister_error)
-                self._add_pending(daemon, cid, token)
+                self.links.owe(Link(registered.daemon, cid, registered.token))
             else:
-                if session is not None and session is not UNKNOWN:
-                    self._settle(session, foreign=False)  # ending: the daemon closes it
-        self._session = None
+                if session is not None and session is not _pydevd.UNKNOWN:
+                    # Ending: the daemon closes it.
+                    self.sessions.settle(session, ours=True, grace=self._settle_grace())
+        self.sessions.drop_current()
         self.debugger.disarm()
         self.cell.update(state=State.SLEEPING, connection_id=None, last_error=unregister_error)
-        self._keeper_event.set()  # let the keeper switch to the sleeping watch
+        self.keeper.nudge()  # let the keeper switch to the sleeping watch
         return {"status": "sleeping"}
+
+    def _settle_grace(self) -> float:
+        return max(1.0, self.settings.liveness_interval)
 
     def keep_awake(self) -> None:
         """Wake in the background, retrying with backoff until it works (start_state=awake)."""
         self._want_awake = True
-        self._next_retry = 0.0
+        self.keeper.backoff.retry_now()
         self.cell.update(state=State.WAKING)
-        self._ensure_keeper()
-
-    def poke(self) -> None:
-        """Ask the keeper for a look soon (at most once a second); never blocks.
-
-        The look itself is local and free (is the daemon's DAP session still
-        there?); the daemon is asked over the network only every
-        ``liveness_interval``, or at once when the local look cannot tell.
-        """
-        if self._keeper is not None and time.monotonic() - self._last_liveness >= 1.0:
-            self._keeper_event.set()
+        self.keeper.ensure()
 
     def shutdown(self, *, at_exit: bool = False) -> None:
         """Stop everything this client started; unregister if awake. Idempotent.
@@ -443,15 +414,15 @@ class Client:
         self._want_awake = False
         settings = self.settings
         wait = min(0.5, settings.unregister_timeout) if at_exit else settings.register_timeout + 1
-        acquired = self._op_lock.acquire(timeout=wait)
+        acquired = self.op_lock.acquire(timeout=wait)
         try:
             if self.cell.current.state is State.AWAKE:
                 self._sleep_locked()
             self._closed = True
         finally:
             if acquired:
-                self._op_lock.release()
-        self._keeper_event.set()
+                self.op_lock.release()
+        self.keeper.nudge()
         control = self.control
         if control is not None:
             control.close()
@@ -459,264 +430,3 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise DetrixError("this client was shut down; call detrix_auto.init() again")
-
-    # -- the keeper thread -------------------------------------------------
-
-    def _ensure_keeper(self) -> None:
-        with self._keeper_lock:
-            if self._keeper is not None and self._keeper.is_alive():
-                return
-            self._keeper = threading.Thread(target=self._keep, name="detrix-keeper", daemon=True)
-            self._keeper.start()
-
-    def _keeper_may_end(self) -> bool:
-        """True (and the keeper forgotten) when nothing is left to watch."""
-        with self._keeper_lock:
-            if self._closed:
-                return True
-            if (
-                self._want_awake
-                or self.cell.current.state is not State.SLEEPING
-                or self._pending_cleanup
-            ):
-                return False
-            self._keeper = None
-            return True
-
-    def _keep(self) -> None:
-        while not self._closed:
-            try:
-                delay = self._keep_once()
-            except Exception as exc:  # noqa: BLE001 - the keeper must outlive any surprise
-                _log.debug("keeper: unexpected %s: %s", type(exc).__name__, exc)
-                delay = self.settings.liveness_interval
-            if delay is None:
-                return
-            if delay > 0:
-                self._keeper_event.wait(delay)
-            self._keeper_event.clear()
-
-    def _keep_once(self) -> float | None:
-        """One look; returns how long to wait before the next, or None to end."""
-        now = time.monotonic()
-        self._last_liveness = now
-        if self._pending_cleanup and self.debugger.session() is UNKNOWN:
-            self._cleanup_blind()
-        if self._want_awake and self.cell.current.state is not State.AWAKE:
-            if now < self._next_retry:
-                return self._next_retry - now
-            if self._try_wake():
-                self._backoff = 0.5
-                return self.settings.liveness_interval
-            return self._back_off()
-        if self._want_awake:
-            return self._check_liveness(now)
-        return self._watch_asleep()
-
-    def _back_off(self) -> float:
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self.settings.wake_retry_max)
-        self._next_retry = time.monotonic() + delay
-        return delay
-
-    def _try_wake(self) -> bool:
-        override, send_token = self._wake_override or (None, True)
-        if not self._op_lock.acquire(blocking=False):
-            return False
-        try:
-            if not self._want_awake or self.cell.current.state is State.AWAKE:
-                return True
-            self._wake_locked(override, send_token, retry=True)
-            _log.info("keeper: awake again as %s", self.name)
-            return True
-        except DetrixError as exc:
-            if self._want_awake:
-                self.cell.update(state=State.WAKING, last_error=str(exc))
-            _log.debug("keeper: wake attempt failed: %s", exc)
-            return False
-        finally:
-            self._op_lock.release()
-
-    def _check_liveness(self, now: float) -> float:
-        """Awake: is our connection still attached on the daemon's side?
-
-        Locally first, for free: the DAP session the daemon attached when we
-        registered has ended, so the daemon stopped, restarted or dropped us.
-        Over the network every ``liveness_interval`` (or at once when the local
-        look cannot tell): the daemon's read-back of our connection. A daemon
-        that does not answer while its DAP session is still attached leaves us
-        awake, with the trouble in ``last_error``.
-        """
-        interval = self.settings.liveness_interval
-        daemon, token, generation = self._daemon, self._token, self._generation
-        cid = self.cell.current.connection_id
-        if daemon is None or cid is None:
-            return interval
-        ours = self._session
-        session = self.debugger.session()
-        local_ok = _same(ours, session)
-        lost: str | None = None
-        if ours is not None and session is None:
-            lost = (
-                "the daemon's debug connection closed (the daemon stopped, restarted or "
-                "dropped this connection)"
-            )
-        elif local_ok and now - self._last_network < interval:
-            return max(0.05, self._last_network + interval - now)
-        else:
-            self._last_network = now
-            try:
-                row = daemon.connection(cid, token, self.settings.health_check_timeout)
-            except DaemonError as exc:
-                if local_ok:
-                    self._note_awake(
-                        generation,
-                        f"daemon not answering the liveness check ({exc}); its debug "
-                        "connection is still attached",
-                    )
-                    return interval
-                lost = f"daemon lost: {exc}"
-            else:
-                status = row.get("status") if isinstance(row, dict) else None
-                if row is not None and status in _HELD:
-                    if not local_ok and session is not None and session is not UNKNOWN:
-                        self._session = _weak(session)  # the daemon re-attached by itself
-                    self._note_awake(generation, None)
-                    return interval
-                lost = "the daemon no longer holds this connection (restarted or dropped it)"
-        with self._op_lock:
-            snap = self.cell.current
-            if generation != self._generation or snap.state is not State.AWAKE:
-                return 0.0  # slept or re-registered meanwhile: that answer is stale
-            if not self._want_awake:
-                return 0.0
-            self._daemon = self._token = None
-            self._release_past()
-            self._session = None
-            self._backoff = 0.5
-            self._next_retry = 0.0
-            self.cell.update(state=State.WAKING, connection_id=None, last_error=lost)
-        _log.warn(f"{lost}; re-registering when it answers")
-        return 0.0
-
-    def _note_awake(self, generation: int, message: str | None) -> None:
-        snap = self.cell.current
-        stale = generation != self._generation or snap.state is not State.AWAKE
-        if not stale and snap.last_error != message:
-            self.cell.update(last_error=message)
-
-    def _watch_asleep(self) -> float | None:
-        """Asleep: no daemon may stay attached to us. Returns the next delay, None to end."""
-        interval = self.settings.liveness_interval
-        session = self.debugger.session()
-        if session is UNKNOWN:
-            # Cannot see the session: owed unregistrations are retried blind
-            # (at the top of _keep_once) and nothing else is watched.
-            if self._pending_cleanup:
-                return self._back_off()
-            return None if self._keeper_may_end() else 0.0
-        if session is None:
-            # Nothing attached: whatever we still owed the daemon is detached.
-            if self._pending_cleanup:
-                self._pending_cleanup = []
-                snap = self.cell.current
-                if snap.state is State.SLEEPING and (snap.last_error or "").startswith(
-                    "sleep could not unregister"
-                ):
-                    self.cell.update(last_error=None)  # it is detached now after all
-            self._release_past()
-            self._settled = None
-            self._backoff = 0.5
-            if self.debugger.listening:
-                return interval  # a restarted daemon may re-attach at any time
-            return None if self._keeper_may_end() else 0.0
-        if _same(self._settled, session) and time.monotonic() < self._settled_until:
-            return interval
-        return self._detach_stray(session)
-
-    def _detach_stray(self, session: Any) -> float:
-        """A DAP client is attached while we sleep: if it is a daemon we registered
-        with (one that restarted and re-attached, or a registration that timed out
-        here and completed there), ask it to detach; leave any other debugger be.
-        """
-        interval = self.settings.liveness_interval
-        self._release_past()
-        held: list[tuple[Any, str, str | None]] = []
-        failed = False
-        for daemon, cid, token in list(self._links):
-            try:
-                row = daemon.connection(cid, token, self.settings.health_check_timeout)
-            except DaemonError:
-                failed = True
-                continue
-            if isinstance(row, dict) and row.get("status") in _HELD:
-                held.append((daemon, cid, token))
-        detached: list[str] = []
-        if held:
-            with self._op_lock:
-                if self.cell.current.state is not State.SLEEPING or self._want_awake:
-                    return 0.0  # a wake started meanwhile: that session may be its own
-                for daemon, cid, token in held:
-                    try:
-                        daemon.unregister(cid, token, self.settings.unregister_timeout)
-                    except DaemonError:
-                        failed = True
-                    else:
-                        detached.append(cid)
-                        self._pending_cleanup = [
-                            p for p in self._pending_cleanup if p[1] != cid or p[0] is not daemon
-                        ]
-                if detached:
-                    self.cell.update(
-                        last_error=(
-                            f"asked the daemon to detach {', '.join(detached)}: it was attached "
-                            "while this process slept (it restarted and re-attached, a "
-                            "registration that timed out here completed there, or an "
-                            "unregister had failed)"
-                        )
-                    )
-        if detached:
-            _log.info("keeper: detached %s, attached while asleep", ", ".join(detached))
-        if failed:
-            return self._back_off()
-        self._backoff = 0.5
-        self._settle(session, foreign=not detached)
-        return interval
-
-    def _release_past(self) -> None:
-        """Close the sockets of ended sessions of ours (see :func:`release_ended`)."""
-        with self._past_lock:
-            ended = [ref for ref in self._past if not _still_running(ref)]
-            self._past = [ref for ref in self._past if ref not in ended][-_MAX_LINKS:]
-        for ref in ended:
-            release_ended(ref)
-
-    def _settle(self, session: Any, *, foreign: bool) -> None:
-        """Leave ``session`` alone for a while: briefly if a daemon of ours was asked
-        to close it (it should), ten times longer if none of ours holds it (another
-        debugger; looked at again in case one of ours was only slow to say so)."""
-        self._settled = ref = _weak(session)
-        if not foreign and ref is not None:
-            with self._past_lock:
-                if not any(r() is session for r in self._past):
-                    self._past.append(ref)
-        grace = max(1.0, self.settings.liveness_interval) * (10 if foreign else 1)
-        self._settled_until = time.monotonic() + grace
-
-    def _cleanup_blind(self) -> None:
-        """Retry owed unregistrations when the DAP session cannot be observed."""
-        if not self._op_lock.acquire(blocking=False):
-            return
-        try:
-            current = self.cell.current.connection_id
-            remaining = []
-            for daemon, cid, token in self._pending_cleanup:
-                if cid == current:
-                    continue  # re-registered since: that registration is ours again
-                try:
-                    daemon.unregister(cid, token, self.settings.unregister_timeout)
-                except DaemonError:
-                    remaining.append((daemon, cid, token))
-            self._pending_cleanup = remaining
-        finally:
-            self._op_lock.release()

@@ -32,6 +32,12 @@ class Snapshot:
     debug_port: int = 0
     debug_port_active: bool = False
     daemon_url: str = ""
+    #: How the last wake chose ``daemon_url`` (or, before any wake, how the next one
+    #: will): ``configured``; ``daemon.pid`` or ``default`` (nothing configured: the
+    #: running daemon's pid file, else 127.0.0.1:8090, looked up anew at every wake);
+    #: ``override`` (given in that wake's request only: the next wake without one
+    #: goes elsewhere); ``discover`` (nothing configured and no wake yet).
+    daemon_url_source: str = "configured"
     connection_id: str | None = None
     #: Last failure of a wake or of the liveness check, for a truthful status.
     last_error: str | None = None

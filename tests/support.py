@@ -161,3 +161,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def quiet_port() -> int:
+    """A free loopback port below the ephemeral range, which neither ``bind(0)`` nor
+    ``connect()`` ever hands out: nobody else takes it between our choice and its use,
+    so a test that tells a program to listen on it knows who listens there."""
+    import random
+
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no quiet port found")

@@ -22,7 +22,7 @@ import time
 
 import pytest
 from sechelpers import FaultDaemon, spawn_as_other_user
-from support import free_port, wait_until
+from support import quiet_port, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets")
 
@@ -95,17 +95,26 @@ def cpu_load():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60 + 10 * RACE_RUNS)
 def test_the_first_connection_after_listen_is_gated(spawn, daemon, other_user, cpu_load):
     for attempt in range(RACE_RUNS):
-        port = free_port()
+        port = quiet_port()  # nobody but this app ever listens there
         app = spawn(env={"DETRIX_DEBUG_PORT": str(port), "DETRIX_LOG_LEVEL": "info"})
         attacker = _attacker(other_user, port, seconds=60)
-        code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
+        try:
+            code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
+        except OSError as exc:
+            attacker.kill()
+            out, err = app.stop()
+            raise AssertionError(f"run {attempt}: wake failed ({exc!r}): {out}\n{err}") from None
         result = _result(attacker)
         assert result["connected"], f"run {attempt}: the attacker never reached the port"
-        assert result["received"] == 0, f"run {attempt}: the attacker got a DAP session: {result}"
-        # The owner's wake is unharmed.
+        if result["received"]:
+            _, err = app.stop()
+            raise AssertionError(f"run {attempt}: the attacker got a DAP session: {result}\n{err}")
+        # The owner's wake is unharmed, on the port the attacker raced for.
         assert code == 200, body
+        assert body["debug_port"] == port
         assert app.status()["state"] == "awake"
         assert app.request("POST", "/detrix/sleep")[0] == 200
         _, err = app.stop()
