@@ -27,9 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import App
 
 from detrix_auto.devdaemon import MetricSpec
+
+pytestmark = pytest.mark.debugpy_contract
 
 #: The app: blocks of work in the main thread, a cold function called once a
 #: block (the logpoint's line), a short-lived thread now and then, and a stop

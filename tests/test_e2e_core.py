@@ -22,6 +22,7 @@ def _metric(app, name="value", expressions=("value",), line=SAMPLE_LINE):
     return MetricSpec(name=name, path=str(app.script), line=line, expressions=tuple(expressions))
 
 
+@pytest.mark.debugpy_contract
 def test_logpoint_value_travels_from_debugpy_to_the_daemon(spawn, daemon):
     app = spawn()
     assert app.status()["state"] == "sleeping"
@@ -52,6 +53,7 @@ def test_logpoint_value_travels_from_debugpy_to_the_daemon(spawn, daemon):
     assert "DETRICS" not in out  # logpoint output never reaches the app's stdout
 
 
+@pytest.mark.debugpy_contract
 def test_wake_sleep_wake_reattaches_on_the_same_port(spawn, daemon):
     app = spawn()
     daemon.add_metric(_metric(app))

@@ -11,7 +11,10 @@ import pytest
 
 from .sechelpers import as_other_user
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc"),
+    pytest.mark.debugpy_contract,
+]
 
 INITIALIZE = {
     "seq": 1,

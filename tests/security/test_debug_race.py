@@ -24,7 +24,10 @@ import pytest
 from sechelpers import FaultDaemon, spawn_as_other_user
 from support import quiet_port, wait_until
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets"),
+    pytest.mark.debugpy_contract,
+]
 
 #: How many races one test run; DETRIX_TEST_RACE_RUNS=50 for the full evidence run.
 RACE_RUNS = int(os.environ.get("DETRIX_TEST_RACE_RUNS", "8"))
