@@ -41,7 +41,7 @@ def _peer_allowed(conn: Any, addr: Any) -> tuple[bool, str]:
         return False, "the client is asleep"
     if not sys.platform.startswith("linux"):
         return True, ""
-    from .control.auth import peer_uid
+    from .netowner import peer_uid
 
     try:
         uid = peer_uid(addr, conn.getsockname())
