@@ -207,27 +207,38 @@ def parse_url(value: object, label: str) -> str:
     accepted = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090"
     if not isinstance(value, str):
         raise _fail(label, value, accepted)
+    shown = _without_credentials(value)  # what a message may echo
     text = value.strip()
     scheme, sep, rest = text.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise _fail(label, value, accepted)
+        raise _fail(label, shown, accepted)
     authority = rest.split("/", 1)[0]
     if any(c in text for c in "?#") or "@" in authority:
-        raise _fail(label, value, accepted + " (no credentials, query or fragment)")
+        raise _fail(label, shown, accepted + " (no credentials, query or fragment)")
     if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
-        raise _fail(label, value, accepted)
+        raise _fail(label, shown, accepted)
     if authority.startswith("["):
         host, bracket, port = authority[1:].partition("]")
         if not bracket or (port and not port.startswith(":")):
-            raise _fail(label, value, accepted)
+            raise _fail(label, shown, accepted)
         port = port[1:]
     else:
         host, _, port = authority.partition(":")
     if not host:
-        raise _fail(label, value, accepted)
+        raise _fail(label, shown, accepted)
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise _fail(label, value, accepted + " and a port from 1 to 65535")
+        raise _fail(label, shown, accepted + " and a port from 1 to 65535")
     return text.rstrip("/")
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with whatever precedes its last ``@`` replaced: a password is never echoed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return scheme + sep + "<credentials>@" + rest.rsplit("@", 1)[1]
 
 
 def parse_host(value: object, label: str) -> str:
@@ -428,14 +439,21 @@ def is_loopback(host: str) -> bool:
 
 
 def split_host_port(value: str) -> tuple[str, str | None]:
-    """Split a ``Host`` header value into host and port text (port may be None)."""
+    """Split a ``Host`` header value into host and port text (port may be None).
+
+    After ``[address]`` only ``:port`` may follow; anything else there comes
+    back as the port text (``[::1]evil.example`` gives ``evil.example``), so
+    a caller that checks the port is numeric refuses it.
+    """
     value = value.strip()
     if value.startswith("["):
         end = value.find("]")
         if end < 0:
             return value, None
         host, rest = value[1:end], value[end + 1 :]
-        return host, rest[1:] if rest.startswith(":") else None
+        if not rest:
+            return host, None
+        return host, rest[1:] if rest.startswith(":") else rest
     if value.count(":") == 1:
         host, port = value.split(":", 1)
         return host, port

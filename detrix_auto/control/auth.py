@@ -52,9 +52,17 @@ PROXY_HEADERS = (
     "fastly-client-ip",
     "x-original-forwarded-for",
     "x-proxyuser-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-host",
+    "x-original-host",
+    "x-envoy-external-address",
 )
-#: Any header starting with one of these also marks a proxy (``X-Forwarded-Port``...).
-PROXY_PREFIXES = ("x-forwarded-",)
+#: Any header starting with one of these also marks a proxy: ``X-Forwarded-Port``...,
+#: and Envoy's ``x-envoy-*`` (``x-envoy-original-path``, ``x-envoy-internal``...),
+#: which only a proxy writes.
+PROXY_PREFIXES = ("x-forwarded-", "x-envoy-")
 BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user")
 #: Any header starting with one of these was written by a browser.
 BROWSER_PREFIXES = ("sec-fetch-",)
@@ -154,6 +162,8 @@ def _bearer(value: str | None) -> str | None:
 def _host_is_loopback(host_header: str | None) -> bool:
     if host_header is None:
         return True  # HTTP/1.0 clients may omit it; browsers always send it
+    if "%" in host_header:
+        return False  # a zone id (or its encoding) never belongs in a Host header
     host, port = split_host_port(host_header)
     if port is not None and not (port.isdigit() and port.isascii()):
         return False
