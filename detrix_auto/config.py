@@ -47,6 +47,7 @@ _DEFAULTS: dict[str, Any] = {
     "debug_host": "127.0.0.1",
     "debug_port": 0,
     "daemon_url": None,
+    "daemon_uid": None,
     "token": None,
     "detrix_home": "",
     "health_check_timeout": 2.0,
@@ -81,6 +82,9 @@ class Settings:
     debug_host: str
     debug_port: int
     daemon_url: str | None
+    #: The one other account whose loopback daemon gets the token and the debug
+    #: port (``DETRIX_DAEMON_USER``); ours and root's always do.
+    daemon_uid: int | None
     token: str | None
     detrix_home: str
     health_check_timeout: float
@@ -277,6 +281,29 @@ def parse_token(value: object, label: str) -> str | None:
     return token
 
 
+def parse_user(value: object, label: str) -> int:
+    """A user of this machine, by name or numeric uid: the uid."""
+    accepted = "a user name of this machine or a numeric uid"
+    if isinstance(value, bool):
+        raise _fail(label, value, accepted)
+    if isinstance(value, int):
+        uid = value
+    elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        uid = int(value.strip())
+    elif isinstance(value, str) and value.strip():
+        try:
+            import pwd  # only when the setting is used: not every start-up pays for it
+
+            uid = pwd.getpwnam(value.strip()).pw_uid
+        except (ImportError, KeyError):
+            raise _fail(label, value, accepted) from None
+    else:
+        raise _fail(label, value, accepted)
+    if not 0 <= uid < 0xFFFFFFFF:
+        raise _fail(label, value, accepted)
+    return uid
+
+
 def parse_path(value: object, label: str) -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise _fail(label, value, "a file system path")
@@ -311,6 +338,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "debug_host": ("DETRIX_DEBUG_HOST", parse_host),
     "debug_port": ("DETRIX_DEBUG_PORT", parse_port),
     "daemon_url": ("DETRIX_DAEMON_URL", parse_url),
+    "daemon_user": ("DETRIX_DAEMON_USER", parse_user),
     "token": ("DETRIX_TOKEN", parse_token),
     "detrix_home": ("DETRIX_HOME", parse_path),
     "health_check_timeout": ("DETRIX_HEALTH_CHECK_TIMEOUT", parse_timeout),
@@ -399,6 +427,8 @@ def resolve(
             if raw is not None and raw.strip() != "":
                 values[option] = parse(raw, env_name)
     name = values.pop("name", None) or default_name_base()
+    if "daemon_user" in values:
+        values["daemon_uid"] = values.pop("daemon_user")
     if values.get("verify_ssl") is False and "ca_bundle" in values:
         raise ConfigError(
             "DETRIX_CA_BUNDLE is set but TLS verification is off (DETRIX_VERIFY_SSL=false): "

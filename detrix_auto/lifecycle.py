@@ -197,7 +197,12 @@ def _default_daemon_factory(url: str, settings: Settings) -> Any:
             f"cannot load the daemon client ({exc}); install it in this environment: "
             "pip install urllib3"
         ) from None
-    return client_for(url, verify_ssl=settings.verify_ssl, ca_bundle=settings.ca_bundle)
+    return client_for(
+        url,
+        verify_ssl=settings.verify_ssl,
+        ca_bundle=settings.ca_bundle,
+        daemon_uid=settings.daemon_uid,
+    )
 
 
 class Client:

@@ -388,7 +388,19 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
             return []  # reported with the settings
         source = "DETRIX_DAEMON_URL"
     else:
-        info = read_daemon_pid(pid_file)
+        problems: list[str] = []
+        info = read_daemon_pid(pid_file, problems=problems)
+        if problems:
+            return [
+                Finding(
+                    "daemon",
+                    "warn",
+                    f"{problems[0]} (another user could have written it); `wake` goes to "
+                    "http://127.0.0.1:8090 instead",
+                    "make ~/detrix and daemon.pid yours and not writable by others "
+                    "(chmod go-w), or set DETRIX_DAEMON_URL",
+                )
+            ]
         if info is None:
             exists = os.path.exists(pid_file)
             state = "names no live daemon" if exists else "does not exist"
