@@ -53,7 +53,13 @@ __all__ = [
 SUPPORTED = sys.platform.startswith("linux")
 
 TCP_ESTABLISHED = 1
+TCP_FIN_WAIT1 = 4
+TCP_FIN_WAIT2 = 5
 TCP_LISTEN = 10
+#: A client's socket while its request is being read: connected, or half-closed by a
+#: client that shut down its sending side after the request (``nc -N``, some
+#: HTTP/1.0 clients). It still has an owner; once closed it has inode 0.
+_CLIENT_STATES = (TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2)
 
 _V4_PREFIX = bytes(10) + b"\xff\xff"
 _ANY_V6 = bytes(16)
@@ -80,15 +86,16 @@ def peer_uid(peer: Any, local_addr: Any) -> int | None:
 
     ``peer`` is what ``accept()`` returned as the address and ``local_addr``
     is our end (``conn.getsockname()``). The answer is the owner of the
-    ESTABLISHED socket whose local end is ``peer`` and whose remote end is
-    ``local_addr``, exactly; anything else (no such socket, a listener, a
-    socket in TIME_WAIT or closed by its owner) is ``None``: unknown, which
-    callers treat as "refuse".
+    connected socket (ESTABLISHED, or half-closed by its owner after sending:
+    FIN_WAIT1/2) whose local end is ``peer`` and whose remote end is
+    ``local_addr``, exactly, and that a process still holds; anything else (no
+    such socket, a listener, a socket in TIME_WAIT or closed by its owner) is
+    ``None``: unknown, which callers treat as "refuse".
     """
     if not SUPPORTED:
         return None
     try:
-        found = find_established(_address(peer), _address(local_addr))
+        found = find_established(_address(peer), _address(local_addr), states=_CLIENT_STATES)
     except (OSError, ValueError, TypeError, struct.error):
         return None
     if found is None or not found.inode:
@@ -96,16 +103,24 @@ def peer_uid(peer: Any, local_addr: Any) -> int | None:
     return found.uid
 
 
-def find_established(local: tuple[str, int], remote: tuple[str, int]) -> TcpSocket | None:
-    """The ESTABLISHED socket whose own end is ``local`` and other end ``remote``, or None."""
+def find_established(
+    local: tuple[str, int],
+    remote: tuple[str, int],
+    *,
+    states: tuple[int, ...] = (TCP_ESTABLISHED,),
+) -> TcpSocket | None:
+    """The connected socket whose own end is ``local`` and other end ``remote``, or None.
+
+    Only a socket in one of ``states`` (ESTABLISHED unless told otherwise) counts.
+    """
     if not SUPPORTED:
         return None
     want_local, want_remote = _endpoint(*local), _endpoint(*remote)
     try:
         found = _diag_lookup(local, remote)
     except _Unavailable:
-        return _proc_established(want_local, want_remote)
-    if found is None or found.state != TCP_ESTABLISHED:
+        return _proc_established(want_local, want_remote, states)
+    if found is None or found.state not in states:
         return None
     if _endpoint(*found.local) != want_local or _endpoint(*found.remote) != want_remote:
         return None
@@ -363,11 +378,11 @@ def _proc_endpoint(text: bytes) -> tuple[bytes, int]:
 
 
 def _proc_established(
-    want_local: tuple[bytes, int], want_remote: tuple[bytes, int]
+    want_local: tuple[bytes, int], want_remote: tuple[bytes, int], states: tuple[int, ...]
 ) -> TcpSocket | None:
     for row in _proc_rows():
         if (
-            row.state == TCP_ESTABLISHED
+            row.state in states
             and _endpoint(*row.local) == want_local
             and _endpoint(*row.remote) == want_remote
         ):

@@ -167,3 +167,28 @@ def test_our_own_server_end_is_ours(lookup):
 def test_describe_uid_names_the_user(other_user):
     assert netowner.describe_uid(other_user[0]) == f"uid {other_user[0]} (detrixsec)"
     assert netowner.describe_uid(4_000_000_000) == "uid 4000000000"
+
+
+HALF_CLOSE = """\
+sock = connect(job["address"])
+sock.shutdown(socket.SHUT_WR)  # request sent, waiting for the answer
+print(sock.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_half_closed_client_is_still_its_owners(lookup, other_user):
+    """A client that shut down its sending side (FIN_WAIT2) still holds its socket."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(15)
+        proc = spawn_as_other_user(other_user, HALF_CLOSE, address=list(server.getsockname()))
+        try:
+            assert proc.stdout is not None
+            conn, peer = server.accept()
+            with conn:
+                assert int(proc.stdout.readline()) == peer[1]
+                assert conn.recv(1) == b""  # the FIN arrived: the peer is half-closed
+                assert netowner.peer_uid(peer, conn.getsockname()) == other_user[0]
+        finally:
+            proc.kill()
+            proc.communicate(timeout=10)
