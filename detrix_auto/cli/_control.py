@@ -74,7 +74,10 @@ def probe_status(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    records = live_records()
+    skipped: list[str] = []
+    records = live_records(skipped=skipped)
+    for line in skipped:  # on stderr: --json stays a clean document
+        print(f"detrix-auto: {line}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     if records:
         workers = min(16, len(records))

@@ -104,6 +104,8 @@ class RunningApp:
     home: Path
     stderr_path: Path
     record: dict[str, Any]
+    #: Where the record is expected, when not under ``home`` (a fallback directory).
+    record_dir: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -115,7 +117,7 @@ class RunningApp:
 
     @property
     def record_path(self) -> Path:
-        return self.home / "clients" / f"{self.pid}.json"
+        return (self.record_dir or self.home / "clients") / f"{self.pid}.json"
 
     def stderr(self) -> str:
         try:
@@ -135,8 +137,13 @@ class RunningApp:
             self.proc.stdout.close()
 
 
-def start_app(workdir: Path, *, allow: Sequence[str] = (), **env: str) -> RunningApp:
-    """Start :data:`APP_SOURCE` with ``DETRIX_ENABLE=1`` and wait until it is guarded."""
+def start_app(
+    workdir: Path, *, allow: Sequence[str] = (), record_dir: Path | None = None, **env: str
+) -> RunningApp:
+    """Start :data:`APP_SOURCE` with ``DETRIX_ENABLE=1`` and wait until it is guarded.
+
+    ``record_dir``: where its discovery record will be (default ``home/clients``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     home.mkdir(mode=0o700, exist_ok=True)
@@ -155,7 +162,9 @@ def start_app(workdir: Path, *, allow: Sequence[str] = (), **env: str) -> Runnin
             stderr=err,
             text=True,
         )
-    app = RunningApp(proc=proc, home=home, stderr_path=stderr_path, record={})
+    app = RunningApp(
+        proc=proc, home=home, stderr_path=stderr_path, record={}, record_dir=record_dir
+    )
     try:
         line = _readline(proc, 30.0)
         if line.strip() != "ready":

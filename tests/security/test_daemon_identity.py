@@ -325,3 +325,24 @@ def test_doctor_says_the_pid_file_is_ignored_and_why(tmp_path, other_user):
     out = proc.stdout + proc.stderr
     assert f"{home}/detrix/daemon.pid is ignored: directory {home}/detrix is writable" in out
     assert impostor.connections == 0
+
+
+def test_doctor_says_whose_daemon_answers(tmp_path, other_user):
+    with ImpostorDaemon(other_user) as impostor:
+        for user, level in (("", "error"), ("detrixsec", "ok")):
+            env = clean_env(tmp_path, DETRIX_DAEMON_URL=impostor.url, DETRIX_TOKEN=TOKEN)
+            if user:
+                env["DETRIX_DAEMON_USER"] = user
+            proc = subprocess.run(
+                [sys.executable, "-m", "detrix_auto", "doctor", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            found = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "daemon"]
+            assert [f["level"] for f in found] == [level], found
+            if level == "error":
+                assert _held_by(impostor.port, other_user) in found[0]["text"]
+        assert impostor.tokens() == []
