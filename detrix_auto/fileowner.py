@@ -61,13 +61,18 @@ def untrusted_dir(path: str) -> str | None:
     Also a reason when ``path`` does not exist. Outside POSIX nothing is
     checked (None).
     """
-    owners = trusted_owners()
-    if not owners:
+    if not trusted_owners():
         return None
     try:
         real = os.path.realpath(path)
     except (OSError, ValueError):
         return f"cannot resolve {path}"
+    return _chain_problem(real)
+
+
+def _chain_problem(real: str) -> str | None:
+    """:func:`untrusted_dir` for a path whose links are already resolved."""
+    owners = trusted_owners()
     parts = [p for p in real.split(os.sep) if p]
     current = os.sep
     for index in range(len(parts) + 1):
@@ -147,10 +152,13 @@ def make_private_dirs(root: str, levels: tuple[str, ...]) -> str | None:
     others (a group/other bit on a directory of ours is removed). Returns the
     path, or None when that cannot be had.
     """
-    if untrusted_dir(root) is not None:
+    try:
+        path = os.path.realpath(root)
+    except (OSError, ValueError):
+        return None
+    if trusted_owners() and _chain_problem(path) is not None:
         return None
     me = os.geteuid() if hasattr(os, "geteuid") else None
-    path = os.path.realpath(root)
     for level in levels:
         path = os.path.join(path, level)
         try:
