@@ -129,7 +129,8 @@ def _verify_server(sock: socket.socket) -> None:
         if is_loopback(host):
             raise DaemonError(
                 f"cannot tell which user holds port {port} on {host}, so neither the token nor "
-                "the debug port is sent there; check that the daemon runs on this machine"
+                "the debug port is sent there; if the daemon is reached through NAT (a "
+                "container's published port), point DETRIX_DAEMON_URL at its own address"
             )
         return  # a daemon on another machine: trusted as configured
     extra: int | None = getattr(_call, "daemon_uid", None)

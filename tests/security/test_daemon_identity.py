@@ -346,3 +346,23 @@ def test_doctor_says_whose_daemon_answers(tmp_path, other_user):
             if level == "error":
                 assert _held_by(impostor.port, other_user) in found[0]["text"]
         assert impostor.tokens() == []
+
+
+def test_a_loopback_daemon_whose_owner_cannot_be_read_gets_nothing(monkeypatch):
+    """Fail closed: when the kernel names no owner (netlink and /proc both silent, as
+    for a port NAT forwards elsewhere), a loopback daemon is refused, not trusted."""
+    from detrix_auto import daemon as daemon_module
+    from detrix_auto import netowner
+    from detrix_auto.errors import DaemonError
+
+    def unavailable(*args: object) -> None:
+        raise netowner._Unavailable
+
+    monkeypatch.setattr(netowner, "_diag_lookup", unavailable)
+    monkeypatch.setattr(netowner, "_proc_rows", list)
+    with FaultDaemon() as honest:
+        client = daemon_module.HttpDaemonClient(honest.url)
+        with pytest.raises(DaemonError, match="cannot tell which user holds port"):
+            client.health(5)
+        client.close()
+        assert honest.calls == []
