@@ -345,7 +345,7 @@ def control_url_problem(url: str, pid: int) -> str | None:
         _, host, port, _ = _split_base(url)
         address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
     except (CliError, OSError, IndexError, UnicodeError):
-        return f"its control URL {url!r} is not an address of this machine"
+        return f"its control URL {url!r} cannot be resolved to an address"
     found = listener(str(address), port)
     if found is None:
         return None  # nothing listens: calls will say it does not answer

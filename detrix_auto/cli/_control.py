@@ -31,7 +31,10 @@ __all__ = ["cmd_ps", "cmd_sleep", "cmd_status", "cmd_wake", "probe_status"]
 def probe_status(record: dict[str, Any]) -> dict[str, Any]:
     """One ``ps`` row: the record joined with the process's own status (short timeout)."""
     target = Target(
-        url=str(record["control_url"]), pid=int(record["pid"]), name=str(record.get("name"))
+        url=str(record["control_url"]),
+        pid=int(record["pid"]),
+        name=str(record.get("name")),
+        record=record,  # so that only the record's own process gets the request
     )
     row: dict[str, Any] = {
         "pid": target.pid,
