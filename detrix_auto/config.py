@@ -295,7 +295,7 @@ def parse_user(value: object, label: str) -> int:
             import pwd  # only when the setting is used: not every start-up pays for it
 
             uid = pwd.getpwnam(value.strip()).pw_uid
-        except (ImportError, KeyError):
+        except (ImportError, KeyError, ValueError):  # ValueError: an embedded NUL
             raise _fail(label, value, accepted) from None
     else:
         raise _fail(label, value, accepted)

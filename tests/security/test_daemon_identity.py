@@ -307,6 +307,9 @@ def test_daemon_user_is_a_name_or_a_uid(other_user):
     assert resolve({}, {}).daemon_uid is None
     with pytest.raises(ConfigError, match="DETRIX_DAEMON_USER='no-such-user-here' is not valid"):
         resolve({}, {"DETRIX_DAEMON_USER": "no-such-user-here"})
+    for bad in ("a\x00b", "-1", "4294967295", True):
+        with pytest.raises(ConfigError, match="a user name of this machine or a numeric uid"):
+            resolve({"daemon_user": bad}, {})
 
 
 def test_doctor_says_the_pid_file_is_ignored_and_why(tmp_path, other_user):
