@@ -47,7 +47,7 @@ def init(**options: Any) -> None:
 
     Options (each beats its ``DETRIX_*`` variable whenever passed): ``name``,
     ``control_host``, ``control_port``, ``debug_host``, ``debug_port``,
-    ``daemon_url``, ``token``, ``detrix_home``, ``health_check_timeout``,
+    ``daemon_url``, ``daemon_user``, ``token``, ``detrix_home``, ``health_check_timeout``,
     ``register_timeout``, ``unregister_timeout``, ``verify_ssl``,
     ``ca_bundle``, ``safe_mode``, ``start_state`` (``sleeping``, ``warm`` or
     ``awake``), ``require_token``, ``liveness_interval``, ``log_level``.

@@ -70,7 +70,7 @@ class AttachPolicy:
             return f"{address} is not this wake's daemon", "?"
         if not sys.platform.startswith("linux"):
             return None, "?"  # no way to ask who owns a loopback socket: SECURITY.md says so
-        from .control.auth import peer_uid
+        from .netowner import peer_uid
 
         try:
             uid = peer_uid(peer, conn.getsockname())

@@ -140,7 +140,7 @@ def _discovery_record() -> str | None:
     import time
 
     from . import __version__
-    from .discovery import process_start_ticks, write_record
+    from .discovery import process_identity, write_record
 
     record = {
         "pid": os.getpid(),
@@ -149,7 +149,7 @@ def _discovery_record() -> str | None:
         "control_host": server.host,
         "control_port": server.port,
         "started_at": time.time(),
-        "proc_start": process_start_ticks(),
+        **process_identity(),  # proc_start, pid_ns, host_pid
         "python": sys.executable,
         "python_version": sys.version.split()[0],
         "argv": list(getattr(sys, "orig_argv", sys.argv)),

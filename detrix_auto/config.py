@@ -48,6 +48,7 @@ _DEFAULTS: dict[str, Any] = {
     "debug_host": "127.0.0.1",
     "debug_port": 0,
     "daemon_url": None,
+    "daemon_uid": None,
     "token": None,
     "detrix_home": "",
     "health_check_timeout": 2.0,
@@ -82,6 +83,9 @@ class Settings:
     debug_host: str
     debug_port: int
     daemon_url: str | None
+    #: The one other account whose loopback daemon gets the token and the debug
+    #: port (``DETRIX_DAEMON_USER``); ours and root's always do.
+    daemon_uid: int | None
     token: str | None
     detrix_home: str
     health_check_timeout: float
@@ -208,27 +212,38 @@ def parse_url(value: object, label: str) -> str:
     accepted = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090"
     if not isinstance(value, str):
         raise _fail(label, value, accepted)
+    shown = _without_credentials(value)  # what a message may echo
     text = value.strip()
     scheme, sep, rest = text.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise _fail(label, value, accepted)
+        raise _fail(label, shown, accepted)
     authority = rest.split("/", 1)[0]
     if any(c in text for c in "?#") or "@" in authority:
-        raise _fail(label, value, accepted + " (no credentials, query or fragment)")
+        raise _fail(label, shown, accepted + " (no credentials, query or fragment)")
     if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
-        raise _fail(label, value, accepted)
+        raise _fail(label, shown, accepted)
     if authority.startswith("["):
         host, bracket, port = authority[1:].partition("]")
         if not bracket or (port and not port.startswith(":")):
-            raise _fail(label, value, accepted)
+            raise _fail(label, shown, accepted)
         port = port[1:]
     else:
         host, _, port = authority.partition(":")
     if not host:
-        raise _fail(label, value, accepted)
+        raise _fail(label, shown, accepted)
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise _fail(label, value, accepted + " and a port from 1 to 65535")
+        raise _fail(label, shown, accepted + " and a port from 1 to 65535")
     return text.rstrip("/")
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with whatever precedes its last ``@`` replaced: a password is never echoed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return scheme + sep + "<credentials>@" + rest.rsplit("@", 1)[1]
 
 
 def parse_host(value: object, label: str) -> str:
@@ -275,6 +290,29 @@ def parse_token(value: object, label: str) -> str | None:
     return token
 
 
+def parse_user(value: object, label: str) -> int:
+    """A user of this machine, by name or numeric uid: the uid."""
+    accepted = "a user name of this machine or a numeric uid"
+    if isinstance(value, bool):
+        raise _fail(label, value, accepted)
+    if isinstance(value, int):
+        uid = value
+    elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        uid = int(value.strip())
+    elif isinstance(value, str) and value.strip():
+        try:
+            import pwd  # only when the setting is used: not every start-up pays for it
+
+            uid = pwd.getpwnam(value.strip()).pw_uid
+        except (ImportError, KeyError, ValueError):  # ValueError: an embedded NUL
+            raise _fail(label, value, accepted) from None
+    else:
+        raise _fail(label, value, accepted)
+    if not 0 <= uid < 0xFFFFFFFF:
+        raise _fail(label, value, accepted)
+    return uid
+
+
 def parse_path(value: object, label: str) -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise _fail(label, value, "a file system path")
@@ -309,6 +347,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "debug_host": ("DETRIX_DEBUG_HOST", parse_debug_host),
     "debug_port": ("DETRIX_DEBUG_PORT", parse_port),
     "daemon_url": ("DETRIX_DAEMON_URL", parse_url),
+    "daemon_user": ("DETRIX_DAEMON_USER", parse_user),
     "token": ("DETRIX_TOKEN", parse_token),
     "detrix_home": ("DETRIX_HOME", parse_path),
     "health_check_timeout": ("DETRIX_HEALTH_CHECK_TIMEOUT", parse_timeout),
@@ -397,6 +436,8 @@ def resolve(
             if raw is not None and raw.strip() != "":
                 values[option] = parse(raw, env_name)
     name = values.pop("name", None) or default_name_base()
+    if "daemon_user" in values:
+        values["daemon_uid"] = values.pop("daemon_user")
     if values.get("verify_ssl") is False and "ca_bundle" in values:
         raise ConfigError(
             "DETRIX_CA_BUNDLE is set but TLS verification is off (DETRIX_VERIFY_SSL=false): "
@@ -445,14 +486,21 @@ def is_ipv4_literal(host: str) -> bool:
 
 
 def split_host_port(value: str) -> tuple[str, str | None]:
-    """Split a ``Host`` header value into host and port text (port may be None)."""
+    """Split a ``Host`` header value into host and port text (port may be None).
+
+    After ``[address]`` only ``:port`` may follow; anything else there comes
+    back as the port text (``[::1]evil.example`` gives ``evil.example``), so
+    a caller that checks the port is numeric refuses it.
+    """
     value = value.strip()
     if value.startswith("["):
         end = value.find("]")
         if end < 0:
             return value, None
         host, rest = value[1:end], value[end + 1 :]
-        return host, rest[1:] if rest.startswith(":") else None
+        if not rest:
+            return host, None
+        return host, rest[1:] if rest.startswith(":") else rest
     if value.count(":") == 1:
         host, port = value.split(":", 1)
         return host, port

@@ -14,6 +14,19 @@ the call's deadline and waits at most until it.
 Every failure becomes a :class:`DaemonError` whose message a person can act
 on; no urllib3, ``ssl`` or ``json`` exception escapes.
 
+**The daemon proves who it is before it gets anything.** Port 8090 is an
+unprivileged port: another local user can bind it first and wait for our
+``Authorization: Bearer <token>`` and our debug port. So every connection,
+once connected and before its first byte is sent, is checked: when its
+server end is on this host (always so for loopback), that socket must belong
+to our own user, to root, or to the one account ``DETRIX_DAEMON_USER``
+names (``netowner.server_end``: the socket the daemon accepted, or the
+listener our connection waits on). Otherwise the call fails with a
+:class:`DaemonError` naming the owner, and nothing was sent. Checking the
+very connection that will carry the token leaves no window between a check
+and a connect. A server elsewhere on the network is not checked (on Linux;
+elsewhere no owner can be read, and nothing is checked).
+
 This module imports urllib3 at import time; the lifecycle imports it only when
 a wake needs it.
 """
@@ -45,6 +58,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
+from .config import is_loopback
 from .errors import DaemonError
 
 __all__ = ["DaemonClient", "HttpDaemonClient", "Registration", "client_for"]
@@ -98,6 +112,37 @@ class DaemonClient(Protocol):
 # -- a deadline for the whole call ---------------------------------------------
 
 _call = threading.local()
+
+
+def _verify_server(sock: socket.socket) -> None:
+    """Before anything is sent: the server end of ``sock``, if on this host, must be trusted."""
+    from . import netowner
+
+    if not netowner.SUPPORTED:
+        return
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return  # not connected after all: the send fails and says so
+    found = netowner.server_end(sock)
+    if found is None:
+        if is_loopback(host):
+            raise DaemonError(
+                f"cannot tell which user holds port {port} on {host}, so neither the token nor "
+                "the debug port is sent there; if the daemon is reached through NAT (a "
+                "container's published port), point DETRIX_DAEMON_URL at its own address"
+            )
+        return  # a daemon on another machine: trusted as configured
+    extra: int | None = getattr(_call, "daemon_uid", None)
+    if found.uid in (os.geteuid(), 0) or found.uid == extra:
+        return
+    who = netowner.describe_uid(found.uid)
+    name = who.partition("(")[2].rstrip(")") or str(found.uid)
+    raise DaemonError(
+        f"port {port} on {host} is held by {who}, not by you; refusing to send it the token "
+        "or the debug port. Stop that process or point DETRIX_DAEMON_URL at your own daemon; "
+        f"if it is a daemon you trust (a system service), set DETRIX_DAEMON_USER={name}"
+    )
 
 
 def _arm(sock: socket.socket) -> None:
@@ -160,14 +205,25 @@ def _deadline_socket(sock: socket.socket) -> socket.socket:
 
 class _HTTPConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
-        return _deadline_socket(super()._new_conn())
+        sock = _deadline_socket(super()._new_conn())
+        _checked(sock)
+        return sock
 
 
 class _HTTPSConnection(HTTPSConnection):
     def _new_conn(self) -> socket.socket:
         sock = _deadline_socket(super()._new_conn())
+        _checked(sock)  # before the TLS handshake: nothing at all goes to a squatter
         _arm(sock)  # bounds the TLS handshake too
         return sock
+
+
+def _checked(sock: socket.socket) -> None:
+    try:
+        _verify_server(sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class _HTTPPool(HTTPConnectionPool):
@@ -193,8 +249,17 @@ def _tls_context(verify_ssl: bool, ca_bundle: str | None) -> ssl.SSLContext:
 class HttpDaemonClient:
     """The daemon over HTTP(S), pooled, with a hard time limit per call."""
 
-    def __init__(self, url: str, *, verify_ssl: bool = True, ca_bundle: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        verify_ssl: bool = True,
+        ca_bundle: str | None = None,
+        daemon_uid: int | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
+        #: Besides ours and root's, the one uid whose daemon on this host we trust.
+        self.daemon_uid = daemon_uid
         kwargs: dict[str, Any] = {"maxsize": 4, "retries": False, "block": False}
         if self.url.startswith("https:"):
             kwargs["cert_reqs"] = "CERT_REQUIRED" if verify_ssl else "CERT_NONE"
@@ -226,6 +291,7 @@ class HttpDaemonClient:
             headers["Authorization"] = f"Bearer {token}"
         url = self.url + path
         _call.deadline = time.monotonic() + timeout
+        _call.daemon_uid = self.daemon_uid
         try:
             response = self._pool.request(
                 method,
@@ -243,7 +309,7 @@ class HttpDaemonClient:
         except (OSError, ValueError) as exc:
             raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
         finally:
-            _call.deadline = None
+            _call.deadline = _call.daemon_uid = None
         reply: bytes = response.data or b""
         if token and token.encode() in reply:
             # A daemon (or whatever answers at its URL) that echoes the request
@@ -380,12 +446,16 @@ def _short(text: str, limit: int = 200) -> str:
 #: idle keep-alive sockets, for the life of the process.
 MAX_CLIENTS = 4
 
-_clients: dict[tuple[str, bool, str | None], HttpDaemonClient] = {}
+_clients: dict[tuple[str, bool, str | None, int | None], HttpDaemonClient] = {}
 _clients_lock = threading.Lock()
 
 
 def client_for(
-    url: str, *, verify_ssl: bool = True, ca_bundle: str | None = None
+    url: str,
+    *,
+    verify_ssl: bool = True,
+    ca_bundle: str | None = None,
+    daemon_uid: int | None = None,
 ) -> HttpDaemonClient:
     """One pooled client per daemon URL and TLS setting, shared by every caller.
 
@@ -393,12 +463,14 @@ def client_for(
     (its idle connections released). A caller still holding it can go on using
     it: the pool reopens connections on demand.
     """
-    key = (url.rstrip("/"), verify_ssl, ca_bundle)
+    key = (url.rstrip("/"), verify_ssl, ca_bundle, daemon_uid)
     evicted: list[HttpDaemonClient] = []
     with _clients_lock:
         client = _clients.pop(key, None)
         if client is None:
-            client = HttpDaemonClient(url, verify_ssl=verify_ssl, ca_bundle=ca_bundle)
+            client = HttpDaemonClient(
+                url, verify_ssl=verify_ssl, ca_bundle=ca_bundle, daemon_uid=daemon_uid
+            )
         _clients[key] = client  # re-inserted: dicts keep insertion order, newest last
         while len(_clients) > MAX_CLIENTS:
             evicted.append(_clients.pop(next(iter(_clients))))

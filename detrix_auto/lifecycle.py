@@ -71,7 +71,12 @@ def _default_daemon_factory(url: str, settings: Settings) -> DaemonClient:
             f"cannot load the daemon client ({exc}); install it in this environment: "
             "pip install urllib3"
         ) from None
-    return client_for(url, verify_ssl=settings.verify_ssl, ca_bundle=settings.ca_bundle)
+    return client_for(
+        url,
+        verify_ssl=settings.verify_ssl,
+        ca_bundle=settings.ca_bundle,
+        daemon_uid=settings.daemon_uid,
+    )
 
 
 class Client:
@@ -110,10 +115,13 @@ class Client:
         self._wake_override: tuple[str, bool] | None = None
         self._closed = False
         self.control: Any = None  # the control server, set by the runtime
+        # The daemon's DAP attach comes from our own user, root, or the daemon
+        # account the user named (DETRIX_DAEMON_USER).
+        daemon_uid = settings.daemon_uid
         _debug_gate.set_policy(
             _debug_gate.AttachPolicy(
                 self._attach_expected,
-                extra_uids=frozenset(),
+                extra_uids=frozenset() if daemon_uid is None else frozenset({daemon_uid}),
             )
         )
 

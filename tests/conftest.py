@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SAMPLE_APP, App, clean_env, wait_for_record
+from support import SAMPLE_APP, App, clean_env, private_tmp, wait_for_record
 
 LINUX = sys.platform.startswith("linux")
 #: The second, unprivileged local user every attacker test runs as.
@@ -31,6 +31,15 @@ def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
     path.mkdir(mode=0o700)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test's own $TMPDIR (and no XDG_RUNTIME_DIR), for in-process record lookups
+    and every subprocess alike: the records' last fallback directory lives there, and
+    the machine's /tmp is shared with every other test run."""
+    monkeypatch.setenv("TMPDIR", private_tmp(tmp_path / "home"))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
 
 
 @pytest.fixture

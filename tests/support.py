@@ -45,10 +45,22 @@ SAMPLE_APP = textwrap.dedent(
 SAMPLE_LINE = 8  # `time.sleep(0.02)`, just after `value = counter * 10`
 
 
+def private_tmp(home: Path) -> str:
+    """The TMPDIR of the test that owns ``home``: beside it, private to this user."""
+    path = Path(home).parent / ".tmpdir"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The test process's environment without any DETRIX_* leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env.pop("PYTHONPATH", None)
+    env.pop("XDG_RUNTIME_DIR", None)
+    # The record fallback under $TMPDIR is per test too: the machine's /tmp is shared
+    # with every other test run (tox runs two Pythons at once).
+    if "TMPDIR" not in extra:
+        env["TMPDIR"] = private_tmp(home)
     env["DETRIX_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

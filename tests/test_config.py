@@ -109,6 +109,7 @@ def test_empty_variable_counts_as_unset():
         ("DETRIX_DAEMON_URL", "http://", "http://"),
         ("DETRIX_DAEMON_URL", "ftp://host", "http://"),
         ("DETRIX_DAEMON_URL", "http://u:p@host", "no credentials"),
+        ("DETRIX_DAEMON_USER", "no-such-user-anywhere", "a user name of this machine"),
         ("DETRIX_DAEMON_URL", "http://host:99999", "port"),
         ("DETRIX_CA_BUNDLE", "/no/such/bundle.pem", "existing PEM"),
         ("DETRIX_START_STATE", "running", "sleeping, warm, awake"),
@@ -122,7 +123,10 @@ def test_bad_value_names_variable_value_and_what_is_accepted(variable, value, ac
         resolve({}, {variable: value})
     message = str(info.value)
     assert variable in message
-    assert repr(value) in message
+    # Credentials are never echoed, the rest of the value is.
+    shown = value.replace("u:p@", "<credentials>@")
+    assert repr(shown) in message
+    assert "u:p@" not in message
     assert accepted in message
     assert isinstance(info.value, DetrixError)
 

@@ -6,13 +6,16 @@ standard library is imported freely.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
 import shlex
+import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
@@ -28,10 +31,13 @@ __all__ = [
     "Target",
     "Unauthorized",
     "Unreachable",
+    "Untrusted",
     "detrix_home",
     "die",
     "format_duration",
     "http_call",
+    "control_url_problem",
+    "daemon_owner_problem",
     "live_records",
     "print_json",
     "print_table",
@@ -39,6 +45,7 @@ __all__ = [
     "running",
     "shell_join",
     "token_source",
+    "verify_holder",
 ]
 
 #: Seconds allowed for a quick control-plane read (status, info, health).
@@ -126,6 +133,14 @@ class Unauthorized(CliError):
     """The control plane answered 401."""
 
 
+class Untrusted(CliError):
+    """The server behind a record's control URL is not the record's process: nothing was sent."""
+
+
+#: Called with the connected socket before the request is sent; raises to stop it.
+Verifier = Callable[[socket.socket], None]
+
+
 def _split_base(url: str) -> tuple[str, str, int, str]:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -145,14 +160,32 @@ def http_call(
     headers: dict[str, str] | None = None,
     timeout: float = QUICK_TIMEOUT,
     context: ssl.SSLContext | None = None,
+    verify: Verifier | None = None,
 ) -> ControlReply:
-    """One HTTP request; raises :class:`Unreachable` when nothing answers."""
+    """One HTTP request; raises :class:`Unreachable` when nothing answers.
+
+    ``verify`` sees the connected socket before anything is sent (before the
+    TLS handshake too) and may refuse it by raising.
+    """
     scheme, host, port, prefix = _split_base(base_url)
     conn: http.client.HTTPConnection
     if scheme == "https":
         conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    if verify is not None:
+        connect = conn._create_connection  # type: ignore[attr-defined]
+
+        def checked_connection(*args: Any, **kwargs: Any) -> socket.socket:
+            sock: socket.socket = connect(*args, **kwargs)
+            try:
+                verify(sock)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        conn._create_connection = checked_connection  # type: ignore[attr-defined]
     send_headers = dict(headers or {})
     data = None
     if body is not None:
@@ -209,8 +242,14 @@ class Target:
         headers: dict[str, str] = {}
         if self.token.token:
             headers["Authorization"] = f"Bearer {self.token.token}"
+        verify = None
+        if self.record is not None and self.pid is not None:
+            # Found through a record: only the record's own process gets a request.
+            verify = functools.partial(verify_holder, pid=self.pid, url=self.url)
         try:
-            reply = http_call(self.url, method, path, body, headers=headers, timeout=timeout)
+            reply = http_call(
+                self.url, method, path, body, headers=headers, timeout=timeout, verify=verify
+            )
         except Unreachable as exc:
             raise Unreachable(self._gone_message(str(exc))) from None
         if reply.status == 401 and headers and "invalid token" in reply.error:
@@ -251,12 +290,106 @@ def running(pid: int) -> bool:
     return data[data.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
-def live_records(home: str | None = None) -> list[dict[str, Any]]:
-    """Discovery records of live processes (stale ones are pruned), minus our own."""
+def live_records(
+    home: str | None = None, *, skipped: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Trusted discovery records of live processes (stale ones are pruned), minus our own.
+
+    A record counts only when nobody else could have written it (see
+    :mod:`detrix_auto.discovery`) and its control URL is not held by some
+    other process than the record's (a record may outlive its control plane,
+    and another user may bind the port). Each record passed over adds one
+    line saying why to ``skipped``.
+    """
     me = os.getpid()
-    records = [r for r in iter_records(home or detrix_home()) if int(r["pid"]) != me]
+    records = []
+    for record in iter_records(home or detrix_home(), skipped=skipped):
+        pid = int(record["pid"])
+        if pid == me:
+            continue
+        problem = control_url_problem(str(record.get("control_url") or ""), pid)
+        if problem is not None:
+            if skipped is not None:
+                skipped.append(f"{record.get('record_path')} is ignored: {problem}")
+            continue
+        records.append(record)
     records.sort(key=lambda r: int(r["pid"]))
     return records
+
+
+def _trusted_uids() -> tuple[int, ...]:
+    return (os.geteuid(), 0) if hasattr(os, "geteuid") else ()
+
+
+def _holder_problem(found: Any, pid: int, url: str) -> str | None:
+    """Why the socket ``found`` is not process ``pid``'s, or None when it is."""
+    from ..netowner import describe_uid, process_holds
+
+    held = process_holds(pid, found.inode) if found.inode else None
+    if held:
+        return None
+    if found.uid not in _trusted_uids():
+        return f"{url} is held by {describe_uid(found.uid)}, not by pid {pid}"
+    if held is None:
+        return None  # ours or root's, and pid's descriptors cannot be read: as good as we get
+    return f"{url} is held by another process than pid {pid}"
+
+
+def control_url_problem(url: str, pid: int) -> str | None:
+    """Why ``url``'s listener is not process ``pid``'s (None: it is, or nothing listens)."""
+    from ..netowner import SUPPORTED, listener
+
+    if not SUPPORTED:
+        return None
+    try:
+        _, host, port, _ = _split_base(url)
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except (CliError, OSError, IndexError, UnicodeError):
+        return f"its control URL {url!r} cannot be resolved to an address"
+    found = listener(str(address), port)
+    if found is None:
+        return None  # nothing listens: calls will say it does not answer
+    return _holder_problem(found, pid, url)
+
+
+def daemon_owner_problem(url: str, daemon_uid: int | None) -> str | None:
+    """Why a wake would refuse the daemon at ``url``: its port on this machine is held by
+    a user other than us, root and ``daemon_uid``. None when it is not (or not local)."""
+    from ..netowner import SUPPORTED, describe_uid, listener
+
+    if not SUPPORTED:
+        return None
+    try:
+        _, host, port, _ = _split_base(url)
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except (CliError, OSError, IndexError, UnicodeError):
+        return None
+    found = listener(str(address), port)
+    if found is None or found.uid in (*_trusted_uids(), daemon_uid):
+        return None
+    who = describe_uid(found.uid)
+    return f"port {port} on {address} is held by {who}, not by you"
+
+
+def verify_holder(sock: socket.socket, *, pid: int, url: str) -> None:
+    """Before a request goes out: the server end of ``sock`` must be process ``pid``'s."""
+    from ..config import is_loopback
+    from ..netowner import SUPPORTED, server_end
+
+    if not SUPPORTED:
+        return
+    found = server_end(sock)
+    if found is None:
+        try:
+            host = str(sock.getpeername()[0])
+        except OSError:
+            return
+        if is_loopback(host):
+            raise Untrusted(f"cannot tell which process holds {url}; nothing was sent to it")
+        return
+    problem = _holder_problem(found, pid, url)
+    if problem is not None:
+        raise Untrusted(f"{problem}; nothing was sent to it")
 
 
 def _base_name(record: dict[str, Any]) -> str:
@@ -287,12 +420,16 @@ def resolve_target(text: str) -> Target:
             if str(record.get("control_url", "")).rstrip("/") == url:
                 return _from_record(record)
         return Target(url=url)
-    records = live_records(home)
+    skipped: list[str] = []
+    records = live_records(home, skipped=skipped)
     if text.isdigit():
         pid = int(text)
         for record in records:
             if int(record["pid"]) == pid:
                 return _from_record(record)
+        for line in skipped:
+            if f"/{pid}.json " in line:
+                die(f"process {pid} cannot be trusted: {line}")
         if not pid_alive(pid):
             die(f"no process with pid {pid}")
         die(

@@ -31,7 +31,10 @@ __all__ = ["cmd_ps", "cmd_sleep", "cmd_status", "cmd_wake", "probe_status"]
 def probe_status(record: dict[str, Any]) -> dict[str, Any]:
     """One ``ps`` row: the record joined with the process's own status (short timeout)."""
     target = Target(
-        url=str(record["control_url"]), pid=int(record["pid"]), name=str(record.get("name"))
+        url=str(record["control_url"]),
+        pid=int(record["pid"]),
+        name=str(record.get("name")),
+        record=record,  # so that only the record's own process gets the request
     )
     row: dict[str, Any] = {
         "pid": target.pid,
@@ -74,7 +77,10 @@ def probe_status(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    records = live_records()
+    skipped: list[str] = []
+    records = live_records(skipped=skipped)
+    for line in skipped:  # on stderr: --json stays a clean document
+        print(f"detrix-auto: {line}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     if records:
         workers = min(16, len(records))

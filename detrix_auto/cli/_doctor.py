@@ -32,6 +32,7 @@ from ._common import (
     Target,
     Unauthorized,
     Unreachable,
+    daemon_owner_problem,
     detrix_home,
     http_call,
     live_records,
@@ -378,6 +379,13 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
 # -- daemon and token ------------------------------------------------------------------
 
 
+def _daemon_uid(env: Mapping[str, str]) -> int | None:
+    try:
+        return resolve({}, {k: v for k, v in env.items() if k == "DETRIX_DAEMON_USER"}).daemon_uid
+    except ConfigError:
+        return None  # reported with the settings
+
+
 def check_daemon(env: Mapping[str, str]) -> list[Finding]:
     configured = env.get("DETRIX_DAEMON_URL", "").strip()
     pid_file = daemon_pid_path()
@@ -388,7 +396,19 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
             return []  # reported with the settings
         source = "DETRIX_DAEMON_URL"
     else:
-        info = read_daemon_pid(pid_file)
+        problems: list[str] = []
+        info = read_daemon_pid(pid_file, problems=problems)
+        if problems:
+            return [
+                Finding(
+                    "daemon",
+                    "warn",
+                    f"{problems[0]} (another user could have written it); `wake` goes to "
+                    "http://127.0.0.1:8090 instead",
+                    "make ~/detrix and daemon.pid yours and not writable by others "
+                    "(chmod go-w), or set DETRIX_DAEMON_URL",
+                )
+            ]
         if info is None:
             exists = os.path.exists(pid_file)
             state = "names no live daemon" if exists else "does not exist"
@@ -427,6 +447,18 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
         ]
     body = reply.body if isinstance(reply.body, dict) else {}
     if reply.status == 200 and body.get("service") == "detrix":
+        owner = daemon_owner_problem(url, _daemon_uid(env))
+        if owner is not None:
+            return [
+                Finding(
+                    "daemon",
+                    "error",
+                    f"{url} (from {source}) answers as a Detrix daemon, but {owner}: "
+                    "`wake` refuses to send it the token or the debug port",
+                    "stop that process and start your own daemon, or set DETRIX_DAEMON_USER "
+                    "to the account of a daemon you trust",
+                )
+            ]
         return [Finding("daemon", "ok", f"the Detrix daemon answers at {url} (from {source})")]
     what = f"service={body.get('service')!r}" if body else f"HTTP {reply.status}"
     return [
@@ -509,7 +541,8 @@ def check_token(env: Mapping[str, str]) -> list[Finding]:
 
 def check_discovery() -> list[Finding]:
     home = detrix_home()
-    count = len(live_records(home))
+    skipped: list[str] = []
+    count = len(live_records(home, skipped=skipped))
     return [
         Finding(
             "discovery",
@@ -517,6 +550,15 @@ def check_discovery() -> list[Finding]:
             f"discovery records are read from {candidate_dirs(home)[0]} (and fallbacks); "
             f"{count} live instrumented process(es)",
         )
+    ] + [
+        Finding(
+            "discovery-skipped",
+            "warn",
+            line,
+            "remove what another user could have planted, or make the directory yours and "
+            "not writable by others (chmod go-w)",
+        )
+        for line in skipped
     ]
 
 

@@ -10,10 +10,12 @@ holds, because each alone is bypassable (SECURITY.md has the threat model):
   browser send ``Host: attacker.example`` to 127.0.0.1;
 * no ``Origin`` or ``Sec-Fetch-*`` header: a browser sent it (CSRF);
 * on Linux, the peer socket belongs to our own uid or to root, asked of the
-  kernel (``sock_diag``, else ``/proc/net/tcp{,6}``): another local user is
-  not us. A socket its owner has already closed is reported with uid 0 and
-  inode 0 (the kernel forgets the owner), so it proves nothing and is never
-  taken for root.
+  kernel (``netowner.peer_uid``: ``sock_diag``, else ``/proc/net/tcp{,6}``):
+  another local user is not us. Only the ESTABLISHED socket with exactly this
+  connection's 4-tuple counts: the kernel's lookup falls back to a listener
+  (ours, on a wildcard address) when the peer has reset its connection, and a
+  socket its owner has already closed is reported with uid 0 and inode 0; both
+  are "unknown", never us and never root.
 
 Everyone else needs ``Authorization: Bearer <token>``, compared in constant
 time. ``DETRIX_REQUIRE_TOKEN=1`` makes the token mandatory for every caller.
@@ -21,16 +23,14 @@ time. ``DETRIX_REQUIRE_TOKEN=1`` makes the token mandatory for every caller.
 
 from __future__ import annotations
 
-import errno
 import hmac
 import os
-import socket
-import struct
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import is_loopback, split_host_port
+from ..netowner import peer_uid
 from .http import Request
 
 __all__ = ["Caller", "classify", "peer_uid"]
@@ -52,9 +52,17 @@ PROXY_HEADERS = (
     "fastly-client-ip",
     "x-original-forwarded-for",
     "x-proxyuser-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-host",
+    "x-original-host",
+    "x-envoy-external-address",
 )
-#: Any header starting with one of these also marks a proxy (``X-Forwarded-Port``...).
-PROXY_PREFIXES = ("x-forwarded-",)
+#: Any header starting with one of these also marks a proxy: ``X-Forwarded-Port``...,
+#: and Envoy's ``x-envoy-*`` (``x-envoy-original-path``, ``x-envoy-internal``...),
+#: which only a proxy writes.
+PROXY_PREFIXES = ("x-forwarded-", "x-envoy-")
 BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user")
 #: Any header starting with one of these was written by a browser.
 BROWSER_PREFIXES = ("sec-fetch-",)
@@ -154,142 +162,9 @@ def _bearer(value: str | None) -> str | None:
 def _host_is_loopback(host_header: str | None) -> bool:
     if host_header is None:
         return True  # HTTP/1.0 clients may omit it; browsers always send it
+    if "%" in host_header:
+        return False  # a zone id (or its encoding) never belongs in a Host header
     host, port = split_host_port(host_header)
     if port is not None and not (port.isdigit() and port.isascii()):
         return False
     return is_loopback(host)
-
-
-def _proc_address(address: str, port: int, v6: bool) -> str:
-    """An address as ``/proc/net/tcp{,6}`` prints it (host byte order words)."""
-    if v6:
-        packed = socket.inet_pton(socket.AF_INET6, address.split("%", 1)[0])
-        words = [int.from_bytes(packed[i : i + 4], sys.byteorder) for i in range(0, 16, 4)]
-        return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
-    packed = socket.inet_aton(address)
-    return f"{int.from_bytes(packed, sys.byteorder):08X}:{port:04X}"
-
-
-def peer_uid(peer: Any, local_addr: Any) -> int | None:
-    """The uid owning the other end of a loopback TCP connection (Linux only).
-
-    The kernel is asked for exactly one socket, the one whose local end is the
-    peer's address and whose remote end is ours (``sock_diag`` over netlink,
-    what ``ss`` uses: a hash lookup, however many sockets the host has). Where
-    netlink is unavailable, ``/proc/net/tcp{,6}`` is read instead.
-
-    Returns None when the socket cannot be found, and when it has no inode:
-    the peer closed it already (an orphaned or TIME_WAIT socket), and the
-    kernel then reports uid 0 whoever owned it, which must not pass for
-    root. A client that waits for its answer always has a live socket.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        peer_host, peer_port = _peer_address(peer)
-        our_host, our_port = _peer_address(local_addr)
-        owner = _diag_owner(peer_host, peer_port, our_host, our_port)
-    except _Unavailable:
-        owner = _proc_owner(peer_host, peer_port, our_host, our_port)
-    except (OSError, ValueError, TypeError, struct.error):
-        return None
-    if owner is None:
-        return None
-    uid, inode = owner
-    return uid if inode else None
-
-
-class _Unavailable(Exception):
-    """This kernel or sandbox does not answer sock_diag requests."""
-
-
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
-_NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
-_NO_COOKIE = 0xFFFFFFFF
-
-
-def _packed(host: str, v6: bool) -> bytes:
-    if v6:
-        return socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
-    return socket.inet_aton(host) + bytes(12)
-
-
-def _diag_owner(
-    peer_host: str, peer_port: int, our_host: str, our_port: int
-) -> tuple[int, int] | None:
-    """(uid, inode) of the socket ``peer_host:peer_port`` -> ``our_host:our_port``."""
-    v6 = ":" in peer_host
-    # struct inet_diag_req_v2 with an exact struct inet_diag_sockid (see linux/inet_diag.h).
-    sockid = (
-        struct.pack("!HH", peer_port, our_port)
-        + _packed(peer_host, v6)
-        + _packed(our_host, v6)
-        + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
-    )
-    family = socket.AF_INET6 if v6 else socket.AF_INET
-    body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
-    message = struct.pack("=IHHII", 16 + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
-    try:
-        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
-    except (OSError, AttributeError):
-        raise _Unavailable from None
-    try:
-        nl.settimeout(1.0)
-        nl.sendto(message + body, (0, 0))
-        reply = nl.recv(8192)
-    except OSError:
-        raise _Unavailable from None
-    finally:
-        nl.close()
-    length, kind = struct.unpack_from("=IH", reply)
-    if kind == _NLMSG_ERROR:
-        (error,) = struct.unpack_from("=i", reply, 16)
-        if error in (-errno.ENOENT, 0):
-            return None  # no such socket (any more)
-        raise _Unavailable  # EPERM, EINVAL...: let /proc decide
-    if kind != _SOCK_DIAG_BY_FAMILY or length < 16 + 72:
-        return None
-    # struct inet_diag_msg: 4 bytes, the sockid (48), expires, rqueue, wqueue, uid, inode.
-    uid, inode = struct.unpack_from("=II", reply, 16 + 4 + 48 + 12)
-    return uid, inode
-
-
-def _proc_owner(
-    peer_host: str, peer_port: int, our_host: str, our_port: int
-) -> tuple[int, int] | None:
-    """The same from ``/proc/net/tcp{,6}``: the peer socket's uid and inode columns."""
-    try:
-        candidates: list[tuple[str, str, str]] = []
-        for table, v6 in (("/proc/net/tcp6", True), ("/proc/net/tcp", False)):
-            hosts = [(peer_host, our_host)]
-            if peer_host.startswith("::ffff:") and our_host.startswith("::ffff:"):
-                hosts.append((peer_host[7:], our_host[7:]))
-            for p_host, o_host in hosts:
-                if v6 == (":" in p_host):
-                    candidates.append(
-                        (
-                            table,
-                            _proc_address(p_host, peer_port, v6),
-                            _proc_address(o_host, our_port, v6),
-                        )
-                    )
-    except (OSError, ValueError):
-        return None
-    for table, want_local, want_remote in candidates:
-        needle = f": {want_local} {want_remote} ".encode()
-        try:
-            with open(table, "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        at = data.find(needle)
-        if at < 0:
-            continue
-        fields = data[at : data.find(b"\n", at)].split()
-        try:
-            return int(fields[7]), int(fields[9])  # fields[0] is the ":" after "sl"
-        except (IndexError, ValueError):
-            return None
-    return None

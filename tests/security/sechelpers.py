@@ -47,6 +47,7 @@ __all__ = [
     "TOKEN",
     "Fault",
     "FaultDaemon",
+    "ImpostorDaemon",
     "NaiveServer",
     "Response",
     "RunningApp",
@@ -103,6 +104,8 @@ class RunningApp:
     home: Path
     stderr_path: Path
     record: dict[str, Any]
+    #: Where the record is expected, when not under ``home`` (a fallback directory).
+    record_dir: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -114,7 +117,7 @@ class RunningApp:
 
     @property
     def record_path(self) -> Path:
-        return self.home / "clients" / f"{self.pid}.json"
+        return (self.record_dir or self.home / "clients") / f"{self.pid}.json"
 
     def stderr(self) -> str:
         try:
@@ -134,8 +137,13 @@ class RunningApp:
             self.proc.stdout.close()
 
 
-def start_app(workdir: Path, *, allow: Sequence[str] = (), **env: str) -> RunningApp:
-    """Start :data:`APP_SOURCE` with ``DETRIX_ENABLE=1`` and wait until it is guarded."""
+def start_app(
+    workdir: Path, *, allow: Sequence[str] = (), record_dir: Path | None = None, **env: str
+) -> RunningApp:
+    """Start :data:`APP_SOURCE` with ``DETRIX_ENABLE=1`` and wait until it is guarded.
+
+    ``record_dir``: where its discovery record will be (default ``home/clients``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     home.mkdir(mode=0o700, exist_ok=True)
@@ -154,7 +162,9 @@ def start_app(workdir: Path, *, allow: Sequence[str] = (), **env: str) -> Runnin
             stderr=err,
             text=True,
         )
-    app = RunningApp(proc=proc, home=home, stderr_path=stderr_path, record={})
+    app = RunningApp(
+        proc=proc, home=home, stderr_path=stderr_path, record={}, record_dir=record_dir
+    )
     try:
         line = _readline(proc, 30.0)
         if line.strip() != "ready":
@@ -391,6 +401,116 @@ def as_other_user(user: tuple[int, int], code: str, **job: Any) -> Any:
     if proc.returncode != 0:
         raise AssertionError(f"attacker process failed ({proc.returncode}): {proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- a daemon impostor run by the other user ---------------------------------------------
+
+#: A "Detrix daemon" the attacker runs: it answers the health check as the real
+#: one would, accepts any registration, and prints one JSON line per event: each
+#: connection (``{"connection": n}``) and each request with its Authorization
+#: header and body. Raw sockets only (the other user cannot import more modules).
+FAKE_DAEMON = """\
+srv = socket.socket(socket.AF_INET6 if ":" in job["host"] else socket.AF_INET)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((job["host"], job["port"]))
+srv.listen(16)
+print(json.dumps({"port": srv.getsockname()[1]}), flush=True)
+count = 0
+while True:
+    conn, _ = srv.accept()
+    count += 1
+    print(json.dumps({"connection": count}), flush=True)
+    conn.settimeout(10)
+    buf = b""
+    try:
+        while True:
+            while b"\\r\\n\\r\\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise EOFError
+                buf += chunk
+            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+            lines = head.decode("latin-1").split("\\r\\n")
+            method, path = lines[0].split(" ")[:2]
+            headers = {}
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+            length = int(headers.get("content-length") or 0)
+            while len(buf) < length:
+                buf += conn.recv(65536)
+            body, buf = buf[:length], buf[length:]
+            print(json.dumps({
+                "method": method, "path": path,
+                "authorization": headers.get("authorization"),
+                "body": body.decode("latin-1"),
+            }), flush=True)
+            if path.endswith("/health"):
+                code, reply = "200 OK", {"status": "ok", "service": "detrix"}
+            elif method == "POST":
+                code, reply = "201 Created", {"connectionId": "stolen"}
+            else:
+                code, reply = "404 Not Found", {"error": "no such connection"}
+            data = json.dumps(reply).encode()
+            conn.sendall(
+                f"HTTP/1.1 {code}\\r\\nContent-Type: application/json\\r\\n"
+                f"Content-Length: {len(data)}\\r\\n\\r\\n".encode() + data
+            )
+    except (EOFError, OSError, ValueError):
+        conn.close()
+"""
+
+
+class ImpostorDaemon:
+    """:data:`FAKE_DAEMON` running as another user; what it received, read at any time."""
+
+    def __init__(self, user: tuple[int, int], host: str = "127.0.0.1", port: int = 0) -> None:
+        self.proc = spawn_as_other_user(user, FAKE_DAEMON, host=host, port=port)
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if not first:
+            self.proc.kill()
+            raise AssertionError(f"the impostor could not listen on {host}:{port}")
+        self.port = int(json.loads(first)["port"])
+        self.host = host
+        self.events: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if "method" in e]
+
+    @property
+    def connections(self) -> int:
+        return sum(1 for e in self.events if "connection" in e)
+
+    def tokens(self) -> list[str]:
+        return [str(r["authorization"]) for r in self.requests if r.get("authorization")]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=10)
+        self._reader.join(5)
+
+    def __enter__(self) -> ImpostorDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # -- the naive server ----------------------------------------------------------------
