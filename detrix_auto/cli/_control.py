@@ -181,9 +181,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
             if hidden
             else "no instrumented processes of this user are running."
         )
+        python = shlex.quote(sys.executable)  # this interpreter has the hook; any `python` may not
         print(
-            f"start one with:  DETRIX_ENABLE=1 {shlex.quote(sys.executable)} app.py"
-            "   (or: detrix-auto run -- python app.py)"
+            f"start one with:  DETRIX_ENABLE=1 {python} app.py"
+            f"   (or: detrix-auto run -- {python} app.py)"
         )
         _report_hidden(hidden)
         return 0

@@ -168,6 +168,15 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
                     f"install it into the environment itself: {python} -m pip install detrix-auto",
                 )
             )
+        elif facts["user_site"] == where:
+            found.append(
+                Finding(
+                    "hook",
+                    "ok",
+                    f"detrix_auto.pth is installed in the user site-packages {where}; programs "
+                    "started with -I or -s, or with PYTHONNOUSERSITE=1, skip it",
+                )
+            )
         else:
             found.append(Finding("hook", "ok", f"detrix_auto.pth is installed in {where}"))
     elif not foreign:

@@ -224,6 +224,25 @@ def test_doctor_names_the_flag_that_skipped_the_hook(
         assert "pip install detrix-auto" in hook["fix"]
 
 
+def test_doctor_in_a_user_site_install_says_which_flags_skip_it(interpreters, home):
+    env = base_env(home, HOME=str(interpreters["home"]))
+    env.pop("PYTHONUSERBASE", None)
+    done = subprocess.run(
+        [str(interpreters["user"]), "-m", "detrix_auto", "doctor", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+    )
+    report = json.loads(done.stdout)
+    (hook,) = [f for f in report["findings"] if f["check"] == "hook"]
+    assert hook["level"] == "ok"
+    assert "in the user site-packages" in hook["text"]
+    assert "-I or -s, or with PYTHONNOUSERSITE=1, skip it" in hook["text"]
+
+
 def _leftovers(site: Path) -> list[str]:
     return sorted(p.name for p in site.iterdir() if p.name.startswith(("detrix_auto", "_detrix")))
 
