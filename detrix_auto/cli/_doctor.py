@@ -649,24 +649,31 @@ def check_process(pid: int) -> list[Finding]:
             )
         ]
     env = _proc_env(pid)
-    found = find_control_plane(pid, env)
+    found, unsearched = find_control_plane(pid, env)
     if found is not None:
         return _check_unrecorded(pid, *found, env)
-    return _check_uninstrumented(pid, env)
+    return _check_uninstrumented(pid, env, unsearched)
 
 
-def find_control_plane(pid: int, env: Mapping[str, str] | None) -> tuple[Target, Listener] | None:
+def find_control_plane(
+    pid: int, env: Mapping[str, str] | None
+) -> tuple[tuple[Target, Listener] | None, str]:
     """The detrix-auto control plane among ``pid``'s listening sockets, if there is one.
 
-    Sockets shared with its parent (inherited listeners, a parent's debugger)
-    are not asked; the others are asked ``GET /detrix/health`` (which needs no
-    token and changes nothing), the configured control address first, then by
-    fd number: the control plane opens its socket before the program runs, so
-    it has the lowest fd of the sockets detrix-auto opens.
+    Returns what was found, and why the sockets could not be searched ("" when
+    they were). Sockets shared with its parent (inherited listeners, a
+    parent's debugger) are not asked; the others are asked ``GET
+    /detrix/health`` (which needs no token and changes nothing), the configured
+    control address first, then by fd number: the control plane opens its
+    socket before the program runs, so it has the lowest fd of the sockets
+    detrix-auto opens. One that answers must also say it is that process (its
+    pid in its own PID namespace) when ``/detrix/info`` answers.
     """
+    if _namespace(pid, "net") != _namespace("self", "net"):
+        return None, "it runs in another network namespace, whose sockets are not reachable here"
     listeners = listening_sockets(pid)
-    if not listeners:
-        return None
+    if listeners is None:
+        return None, "its open files cannot be read"
     parent = _parent_pid(pid)
     shared = set(socket_inodes(parent) or {}) if parent and parent > 1 else set()
     host, port = _configured_control(env or {})
@@ -682,9 +689,41 @@ def find_control_plane(pid: int, env: Mapping[str, str] | None) -> tuple[Target,
         except CliError:
             continue
         body = reply.body if isinstance(reply.body, dict) else {}
-        if reply.status == 200 and body.get("service") == "detrix-client":
-            return Target(url=listener.url, pid=pid), listener
-    return None
+        if reply.status != 200 or body.get("service") != "detrix-client":
+            continue
+        if _answers_as(listener.url, _pid_in_own_namespace(pid)):
+            return (Target(url=listener.url, pid=pid), listener), ""
+    return None, ""
+
+
+def _namespace(pid: int | str, kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return ""
+
+
+def _pid_in_own_namespace(pid: int) -> int:
+    """The pid the process sees for itself (the last ``NSpid`` field), else ``pid``."""
+    raw = _proc_read(pid, "status") or b""
+    for line in raw.splitlines():
+        if line.startswith(b"NSpid:"):
+            try:
+                return int(line.split()[-1])
+            except (ValueError, IndexError):
+                break
+    return pid
+
+
+def _answers_as(url: str, pid: int) -> bool:
+    """False only when ``/detrix/info`` names another pid (a socket shared by reuse-port)."""
+    try:
+        reply = http_call(url, "GET", "/detrix/info", timeout=1.0)
+    except CliError:
+        return True
+    if reply.status != 200 or not isinstance(reply.body, dict):
+        return True  # it may require a token for info: the socket is the process's own
+    return reply.body.get("pid") == pid
 
 
 def _configured_control(env: Mapping[str, str]) -> tuple[str, int]:
@@ -877,7 +916,14 @@ def _fork_findings(target: Target, status: dict[str, Any] | None) -> list[Findin
     ]
 
 
-def _check_uninstrumented(pid: int, env: dict[str, str] | None) -> list[Finding]:
+def _check_uninstrumented(
+    pid: int, env: dict[str, str] | None, unsearched: str = ""
+) -> list[Finding]:
+    """Why a process with neither record nor control plane did not activate.
+
+    ``unsearched`` says why its sockets could not be searched; then nothing
+    is claimed about them.
+    """
     found: list[Finding] = []
     raw_cmd = _proc_read(pid, "cmdline")
     argv = [a.decode("utf-8", "replace") for a in (raw_cmd or b"").split(b"\0") if a]
@@ -907,15 +953,27 @@ def _check_uninstrumented(pid: int, env: dict[str, str] | None) -> list[Finding]
                 "give the pid of the Python process itself",
             )
         ]
-    found.append(
-        Finding(
-            "process",
-            "error",
-            f"{label} has no discovery record and no detrix-auto control plane among its "
-            "listening sockets: it is not instrumented",
-            "see the findings below for why",
+    if unsearched:
+        found.append(
+            Finding(
+                "process",
+                "warn",
+                f"{label} has no discovery record, and its sockets could not be searched for a "
+                f"control plane ({unsearched}); if it is not instrumented, the findings below "
+                "say why",
+                "run doctor where the process runs (its namespace), or reach it by its control URL",
+            )
         )
-    )
+    else:
+        found.append(
+            Finding(
+                "process",
+                "error",
+                f"{label} has no discovery record and no detrix-auto control plane among its "
+                "listening sockets: it is not instrumented",
+                "see the findings below for why",
+            )
+        )
     enabled = parse_enable(env.get("DETRIX_ENABLE"))
     if not enabled:
         why = (
@@ -981,6 +1039,18 @@ def _check_uninstrumented(pid: int, env: dict[str, str] | None) -> list[Finding]
     hook = _hook_finding(python, facts, flags, env)
     if hook is not None:
         found.append(hook)
+        return found
+    if unsearched:
+        found.append(
+            Finding(
+                "process-start",
+                "warn",
+                "everything needed looks present: it is instrumented with a control plane that "
+                "cannot be searched from here, or its start-up failed, and then its stderr has a "
+                "line starting with `detrix-auto:`",
+                "look at its stderr; if it is instrumented, reach it by its control URL",
+            )
+        )
         return found
     found.append(
         Finding(

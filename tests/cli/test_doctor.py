@@ -458,3 +458,42 @@ def test_read_only_home_one_stderr_line_and_doctor_finds_it(home, tmp_path, spaw
     app = spawn(APP)
     _, err = app.stop()
     assert "detrix-auto" not in err
+
+
+def test_a_process_in_another_network_namespace_is_not_declared_uninstrumented(home, tmp_path):
+    """Its sockets cannot be reached from here: doctor says so instead of guessing."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip to start a process in its own network namespace")
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            'ip link set lo up || exit 97; exec "$@"',
+            "sh",
+            sys.executable,
+            str(script),
+        ],
+        env=base_env(home, DETRIX_ENABLE="1", DETRIX_DISCOVERY="0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        try:
+            wait_for(lambda: proc.poll() is not None or _listening(proc.pid), timeout=20)
+        except AssertionError:
+            pass
+        if proc.poll() is not None:
+            pytest.skip(f"cannot make a network namespace here: {proc.stderr.read().strip()}")
+        report, found = doctor(home, str(proc.pid))
+        assert level(found, "process") == ["warn"]
+        assert "another network namespace" in found["process"][0]["text"]
+        assert ": it is not instrumented" not in found["process"][0]["text"]
+        assert "start-up failed inside it" not in json.dumps(report)
+    finally:
+        proc.kill()
+        proc.wait()
