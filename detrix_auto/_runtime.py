@@ -36,6 +36,8 @@ _client: Client | None = None
 _record_path: str | None = None
 _pid = 0
 _hooks_installed = False
+#: The process that imported this module; any other pid running it is a fork (no exec).
+_loaded_in_pid = os.getpid()
 
 NOT_STARTED = (
     "detrix-auto is not initialised: call detrix_auto.init() first "
@@ -124,13 +126,27 @@ def _make_router() -> Any:
 
 
 def _write_discovery() -> None:
+    """Write the record; when none can be written, say so once (``doctor`` finds us anyway)."""
     global _record_path
+    problem = ""
     try:
         _record_path = _discovery_record()
     except Exception as exc:  # noqa: BLE001 - discovery never fails the host
+        problem = f"could not write the discovery record ({exc})"
+    else:
+        if _record_path is None and _settings is not None and _server is not None:
+            problem = (
+                f"no discovery record could be written under {_settings.detrix_home} or its "
+                "fallback directories (read-only, full, or not private to this user)"
+            )
+    if problem:
         from . import _log
 
-        _log.warn(f"could not write the discovery record: {exc}")
+        url = _server.url if _server is not None else "?"
+        _log.warn(
+            f"{problem}; this process is instrumented all the same: its control plane is "
+            f"{url}, which `detrix-auto doctor {os.getpid()}` finds through its socket"
+        )
 
 
 def _discovery_record() -> str | None:
@@ -156,8 +172,24 @@ def _discovery_record() -> str | None:
         "cwd": _cwd(),
         "detrix_auto_version": __version__,
         "token_required": settings.require_token,
+        **_lineage(),
     }
     return write_record(settings.detrix_home, record)
+
+
+def _lineage() -> dict[str, Any]:
+    """Record keys for pre-fork servers: is this a fork, and can it still be woken?
+
+    debugpy listens once per process image: a fork made after an ancestor's
+    ``debugpy.listen()`` inherits that fact and can never listen itself. The
+    CLI uses these keys to mark such workers and their master, and to refuse
+    waking a master whose later workers would become unwakeable.
+    """
+    if _loaded_in_pid == os.getpid():
+        return {"forked_from": None, "wakeable": True}
+    api = sys.modules.get("debugpy.server.api")
+    listened = bool(getattr(getattr(api, "listen", None), "called", False))
+    return {"forked_from": os.getppid(), "wakeable": not listened}
 
 
 def _cwd() -> str:

@@ -374,28 +374,42 @@ def default_home() -> str:
     return os.path.join(os.path.expanduser("~"), "detrix")
 
 
-def default_name_base(orig_argv: list[str] | None = None) -> str:
+def default_name_base(
+    orig_argv: list[str] | None = None, parent_argv: list[str] | None = None
+) -> str:
     """A readable base name from what is running: the script or ``-m`` module.
 
     ``sys.orig_argv`` is used because ``sys.argv`` still says ``-m`` while
-    site-packages hooks run.
+    site-packages hooks run. A ``-c`` program started by another Python
+    process (multiprocessing's spawn and its helpers, pytest-xdist's workers)
+    is named after that parent and its role, ``app-worker``, because
+    ``python-c`` tells nobody which application it belongs to. The parent's
+    command line is ``parent_argv`` when given, else read from ``/proc`` for
+    this very process (never for an ``orig_argv`` passed in).
     """
     import sys
 
-    argv = list(orig_argv if orig_argv is not None else getattr(sys, "orig_argv", sys.argv))
-    base = "python"
+    argv = list(getattr(sys, "orig_argv", sys.argv) if orig_argv is None else orig_argv)
+    base = _name_from_argv(argv)
+    if base == "python-c":
+        if parent_argv is None and orig_argv is None:
+            parent_argv = _python_parent_argv()
+        parent = _clean_name(_name_from_argv(parent_argv)) if parent_argv else ""
+        if parent not in ("", "python", "python-c"):
+            base = f"{parent}-{_child_role(_inline_code(argv))}"
+    return _clean_name(base)
+
+
+def _name_from_argv(argv: list[str]) -> str:
     i = 1
     while i < len(argv):
         arg = argv[i]
         if arg == "-m" and i + 1 < len(argv):
-            base = argv[i + 1]
-            break
+            return argv[i + 1]
         if arg.startswith("-m") and len(arg) > 2:
-            base = arg[2:]
-            break
+            return arg[2:]
         if arg == "-c" or arg.startswith("-c"):
-            base = "python-c"
-            break
+            return "python-c"
         if arg in ("-W", "-X", "--check-hash-based-pycs"):
             i += 2
             continue
@@ -403,11 +417,58 @@ def default_name_base(orig_argv: list[str] | None = None) -> str:
             i += 1
             continue
         base = os.path.basename(arg.rstrip("/")) or "python"
-        if base.endswith(".py"):
-            base = base[:-3]
-        break
+        return base[:-3] if base.endswith(".py") else base
+    return "python"
+
+
+def _clean_name(base: str) -> str:
     cleaned = "".join(c if (c.isalnum() and c.isascii()) or c in "._-" else "_" for c in base)
     return cleaned.strip("._-")[:60] or "python"
+
+
+def _inline_code(argv: list[str]) -> str:
+    """The program text of ``-c CODE`` (or ``-cCODE``), or ""."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "-c":
+            return argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("-c"):
+            return arg[2:]
+    return ""
+
+
+#: What well-known ``-c`` children do, by a phrase of their program text.
+_CHILD_ROLES = (
+    ("multiprocessing.spawn", "worker"),  # multiprocessing spawn; uvicorn --workers/--reload
+    ("multiprocessing.resource_tracker", "resource-tracker"),
+    ("multiprocessing.forkserver", "forkserver"),
+    ("sys.stdin.readline", "worker"),  # execnet's bootstrap: pytest-xdist workers
+)
+
+
+def _child_role(code: str) -> str:
+    for phrase, role in _CHILD_ROLES:
+        if phrase in code:
+            return role
+    return "child"
+
+
+def _python_parent_argv() -> list[str] | None:
+    """The command line of the parent process when it is a Python interpreter.
+
+    Read from ``/proc/<ppid>`` (Linux): nothing is passed through the
+    environment, which belongs to the application. Only for ``-c`` programs,
+    so an ordinary start does not pay for it.
+    """
+    try:
+        ppid = os.getppid()
+        exe = os.path.basename(os.readlink(f"/proc/{ppid}/exe"))
+        with open(f"/proc/{ppid}/cmdline", "rb") as handle:
+            raw = handle.read(1 << 16)
+    except (OSError, AttributeError):
+        return None
+    if not exe.startswith(("python", "pypy")):
+        return None  # a shell, or a program embedding Python: its argv means something else
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
 
 
 def resolve(

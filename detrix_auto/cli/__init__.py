@@ -7,7 +7,8 @@ of instrumented processes does not know this module exists.
 
 Conventions: ``--json`` on every command that reports something; errors are
 one line on stderr with exit status 1 (2 for a usage error); no traceback for
-anything a user can cause.
+anything a user can cause; text a process supplied is printed escaped, never raw.
+A bare ``detrix-auto`` prints the help and exits 0, as ``pip`` does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .. import __version__
-from ._common import CliError
+from ._common import CliError, printable
 
 __all__ = ["build_parser", "main"]
 
@@ -44,12 +45,16 @@ every command has its own --help with an example.
 
 _EXAMPLES: dict[str, tuple[str, str]] = {
     "ps": (
-        "List the live instrumented processes of this user.",
-        "Each row: pid, connection name, state (sleeping, waking, awake, or unreachable\n"
-        "when its control plane does not answer), control URL, debug port, uptime and\n"
-        "command line. Records of processes that have exited are removed.\n\n"
+        "List the live instrumented processes of this user that answer.",
+        "Each row: pid, connection name, state (sleeping, waking or awake), control URL,\n"
+        "debug port, uptime and command line. A pre-fork master and the workers that can\n"
+        "no longer be woken are marked. Processes that do not answer, refuse without\n"
+        "their token or belong to another user are left out (a line on stderr counts\n"
+        "them); --all lists them too, each with why. Records of processes that have\n"
+        "exited are removed.\n\n"
         "examples:\n"
         "  detrix-auto ps\n"
+        "  detrix-auto ps --all           # also the ones that cannot be reached, and why\n"
         "  detrix-auto ps --json          # a JSON array, one object per process\n",
     ),
     "status": (
@@ -63,7 +68,9 @@ _EXAMPLES: dict[str, tuple[str, str]] = {
         "Wake a process: open its debug listener and register it with the Detrix daemon.",
         "The daemon is the process's configured one (DETRIX_DAEMON_URL, else the one\n"
         "named by ~/detrix/daemon.pid), or --daemon-url. To watch values without a\n"
-        "daemon, use `detrix-auto observe`.\n\n"
+        "daemon, use `detrix-auto observe`. A pre-fork master (a process with\n"
+        "instrumented forked workers, such as a gunicorn master) is not woken without\n"
+        "--force: once its debugger is open, no worker it forks later can be woken.\n\n"
         "examples:\n"
         "  detrix-auto wake app\n"
         "  detrix-auto wake 4242 --daemon-url http://127.0.0.1:8090\n",
@@ -77,7 +84,8 @@ _EXAMPLES: dict[str, tuple[str, str]] = {
         "Checks this interpreter's start-up hook (detrix_auto.pth, -S, a shadowing\n"
         "sitecustomize, the PEP 829 file), every DETRIX_* variable, whether the daemon\n"
         "answers, and the token file. With PID, also that process: its discovery record\n"
-        "and control plane, or, if it has none, its command line, environment and\n"
+        "and control plane; if it has no record, its listening sockets (a control plane\n"
+        "found that way is examined the same), else its command line, environment and\n"
         "interpreter. Exit status 1 when any finding is an error.\n\n"
         "examples:\n"
         "  detrix-auto doctor\n"
@@ -174,6 +182,11 @@ def build_parser(prog: str = "detrix-auto") -> argparse.ArgumentParser:
 
     json_help = "print JSON instead of text"
     ps = add("ps")
+    ps.add_argument(
+        "--all",
+        action="store_true",
+        help="also list processes that do not answer, refuse, or belong to other users",
+    )
     ps.add_argument("--json", action="store_true", help=json_help)
 
     for name in ("status", "wake", "sleep"):
@@ -186,6 +199,11 @@ def build_parser(prog: str = "detrix-auto") -> argparse.ArgumentParser:
                 metavar="URL",
                 help="register with this daemon instead of the configured one",
             )
+            sub.add_argument(
+                "--force",
+                action="store_true",
+                help="wake a pre-fork master even though its later workers become unwakeable",
+            )
 
     doctor = add("doctor")
     doctor.add_argument(
@@ -194,11 +212,14 @@ def build_parser(prog: str = "detrix-auto") -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help=json_help)
 
     run = add("run")
+    # argparse shows a REMAINDER argument as "...", which hides how run is typed.
+    run.usage = f"{prog} run [-h] [--] CMD [ARGS...]"
     run.add_argument(
         "argv",
-        metavar="CMD",
+        metavar="CMD [ARGS...]",
         nargs=argparse.REMAINDER,
-        help="the command and its arguments (after --)",
+        help="the command and its arguments; a leading -- keeps detrix-auto from reading "
+        "options meant for CMD",
     )
 
     observe = add("observe")
@@ -268,8 +289,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "detrix-auto") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if not args.subcommand:
+        # What pip does: a bare command is a request for help, answered on stdout, exit 0.
         parser.print_help()
-        return 2
+        return 0
     from ._control import cmd_ps, cmd_sleep, cmd_status, cmd_wake
     from ._doctor import cmd_doctor
     from ._observe import Interrupted, cmd_demo, cmd_observe
@@ -289,7 +311,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "detrix-auto") -> int:
         return handlers[args.subcommand](args)
     except CliError as exc:
         _flush_quietly()
-        sys.stderr.write(f"{prog}: {exc}\n")
+        sys.stderr.write(f"{prog}: {printable(exc)}\n")
         return exc.code
     except (KeyboardInterrupt, Interrupted):
         _flush_quietly()

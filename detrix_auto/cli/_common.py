@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import shlex
+import shutil
 import socket
 import ssl
 import sys
@@ -28,11 +29,13 @@ from ..token import TokenFileError, read_token_file
 __all__ = [
     "CliError",
     "ControlReply",
+    "DAEMON_PROJECT",
     "Target",
     "Unauthorized",
     "Unreachable",
     "Untrusted",
     "detrix_home",
+    "daemon_advice",
     "die",
     "format_duration",
     "http_call",
@@ -41,6 +44,8 @@ __all__ = [
     "live_records",
     "print_json",
     "print_table",
+    "printable",
+    "process_uid",
     "resolve_target",
     "running",
     "shell_join",
@@ -81,6 +86,27 @@ def detrix_home() -> str:
         except ConfigError:
             pass
     return default_home()
+
+
+#: Where the Detrix daemon comes from, for advice when it is not installed.
+DAEMON_PROJECT = "https://github.com/flashus/detrix"
+
+
+def daemon_advice(point_elsewhere: str = "set DETRIX_DAEMON_URL to a running one") -> str:
+    """What to do when no daemon answers, naming only commands that exist here.
+
+    ``point_elsewhere`` is the way to name another daemon that works where the
+    advice is followed: an environment variable for programs started from this
+    shell, ``--daemon-url`` for a process that is already running.
+    """
+    if shutil.which("detrix"):
+        start = "start the Detrix daemon with `detrix serve`"
+    else:
+        start = (
+            "the Detrix daemon is not installed here (no `detrix` on PATH): install it "
+            f"from {DAEMON_PROJECT} and run `detrix serve`"
+        )
+    return f"{start}, or {point_elsewhere}; `detrix-auto observe` needs no daemon"
 
 
 @dataclass
@@ -290,6 +316,18 @@ def running(pid: int) -> bool:
     return data[data.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
+def process_uid(pid: int) -> int | None:
+    """The real user id of a process (``/proc/PID/status``); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def live_records(
     home: str | None = None, *, skipped: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -457,6 +495,41 @@ def _dirs_text(home: str) -> str:
 
 # -- output ------------------------------------------------------------------------
 
+#: How a control character is written when it is not one of the short escapes.
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
+
+
+def _escape_char(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _shown(char: str) -> bool:
+    # str.isprintable() is False for control characters (C0, DEL, C1), line and
+    # paragraph separators, bidi overrides and other format characters, and
+    # every space but " ": all of them can move the cursor, reorder or hide text.
+    return char == " " or char.isprintable()
+
+
+def printable(text: object) -> str:
+    """``text`` with every non-printable character escaped, so it stays on one line.
+
+    Process-supplied text (a command line, a name, an error a process sent)
+    must never start a new line, move the cursor or recolour the terminal:
+    one row per process, one line per error.
+    """
+    value = str(text)
+    if all(_shown(char) for char in value):
+        return value
+    return "".join(char if _shown(char) else _escape_char(char) for char in value)
+
 
 def print_json(value: Any, stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
@@ -465,7 +538,11 @@ def print_json(value: Any, stream: TextIO | None = None) -> None:
 
 
 def print_table(headers: list[str], rows: list[list[str]], *, last_flexible: bool = True) -> None:
-    """Columns padded to their widest cell; the last one is cut to the terminal width."""
+    """Columns padded to their widest cell; the last one is cut to the terminal width.
+
+    Every cell goes through :func:`printable`, so a row is always one line.
+    """
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row[:-1] if last_flexible else row):
@@ -498,9 +575,26 @@ def format_duration(seconds: float) -> str:
 
 
 def shell_join(argv: Any) -> str:
+    """A command line as a shell would take it back, on one line.
+
+    An argument holding a newline or another control character is written in
+    bash's ``$'...'`` form (``$'a\\nb'``) instead of a quoted literal newline.
+    """
     if not isinstance(argv, list):
         return ""
-    return " ".join(shlex.quote(str(a)) for a in argv)
+    return " ".join(_shell_word(str(a)) for a in argv)
+
+
+def _shell_word(arg: str) -> str:
+    if all(_shown(char) for char in arg):
+        return shlex.quote(arg)
+    out = []
+    for char in arg:
+        if char in ("\\", "'"):
+            out.append("\\" + char)
+        else:
+            out.append(char if _shown(char) else _escape_char(char))
+    return "$'" + "".join(out) + "'"
 
 
 def uptime(record: dict[str, Any]) -> float | None:

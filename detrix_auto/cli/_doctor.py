@@ -14,15 +14,17 @@ import argparse
 import difflib
 import json
 import os
+import shlex
 import shutil
 import ssl
 import subprocess
 import sys
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..config import ENV_NAMES, parse_bool, parse_enable, resolve
+from ..config import DEFAULT_DAEMON_URL, ENV_NAMES, parse_bool, parse_enable, resolve
 from ..daemonfile import daemon_pid_path, read_daemon_pid
 from ..discovery import candidate_dirs, pid_alive
 from ..errors import ConfigError
@@ -32,14 +34,18 @@ from ._common import (
     Target,
     Unauthorized,
     Unreachable,
+    daemon_advice,
     daemon_owner_problem,
     detrix_home,
     http_call,
     live_records,
     print_json,
+    printable,
     shell_join,
 )
+from ._control import FORK_LIMIT, forked_workers
 from ._run import shim_dir
+from ._sockets import Listener, listening_sockets, socket_inodes
 
 __all__ = ["Finding", "cmd_doctor", "hook_files"]
 
@@ -161,6 +167,15 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
                     f"detrix_auto.pth is in the user site-packages {where}, which this interpreter "
                     "skips (PYTHONNOUSERSITE or -s)",
                     f"install it into the environment itself: {python} -m pip install detrix-auto",
+                )
+            )
+        elif facts["user_site"] == where:
+            found.append(
+                Finding(
+                    "hook",
+                    "ok",
+                    f"detrix_auto.pth is installed in the user site-packages {where}; programs "
+                    "started with -I or -s, or with PYTHONNOUSERSITE=1, skip it",
                 )
             )
         else:
@@ -300,11 +315,21 @@ def _check_customize(facts: dict[str, Any]) -> list[Finding]:
 # -- settings --------------------------------------------------------------------------
 
 
-def check_settings(env: Mapping[str, str]) -> list[Finding]:
+def check_settings(
+    env: Mapping[str, str], *, python: str = "python", pid: int | None = None
+) -> list[Finding]:
+    """``DETRIX_*`` of this shell; ``python`` is the interpreter to name in advice.
+
+    With ``pid``, a process that runs already is examined: its own environment
+    counts, so an unset ``DETRIX_ENABLE`` here is a fact, not a problem.
+    """
     found: list[Finding] = []
+    bad = 0
     raw = env.get("DETRIX_ENABLE")
     enabled = parse_enable(raw)
+    command = f"DETRIX_ENABLE=1 {shlex.quote(python)} app.py"
     if enabled is None:
+        bad += 1
         found.append(
             Finding(
                 "enable",
@@ -317,6 +342,16 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
         found.append(
             Finding("enable", "ok", f"DETRIX_ENABLE={raw}: programs started from here activate")
         )
+    elif pid is not None:
+        shown = "is not set" if raw is None else f"is {raw!r}"
+        found.append(
+            Finding(
+                "enable",
+                "ok",
+                f"DETRIX_ENABLE {shown} in this shell; process {pid} runs with its own "
+                "environment (see below)",
+            )
+        )
     else:
         shown = "is not set" if raw is None else f"={raw!r} switches it off"
         found.append(
@@ -324,11 +359,10 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
                 "enable",
                 "warn",
                 f"DETRIX_ENABLE {shown} here: programs started from this shell do not activate",
-                "start the program with DETRIX_ENABLE=1 python app.py, or detrix-auto run -- "
-                "python app.py",
+                f"start the program with {command}, or `detrix-auto run -- "
+                f"{shlex.quote(python)} app.py`",
             )
         )
-    bad = 0
     for name in sorted(ENV_NAMES.values()):
         value = env.get(name)
         if value is None or not value.strip():
@@ -387,6 +421,12 @@ def _daemon_uid(env: Mapping[str, str]) -> int | None:
 
 
 def check_daemon(env: Mapping[str, str]) -> list[Finding]:
+    """The daemon programs started from this shell would use, asked whether it answers.
+
+    The same order the client follows at wake time: ``DETRIX_DAEMON_URL``, else
+    the port ``~/detrix/daemon.pid`` names, else the default URL (a daemon
+    started without ``--daemon`` writes no pid file but listens there).
+    """
     configured = env.get("DETRIX_DAEMON_URL", "").strip()
     pid_file = daemon_pid_path()
     if configured:
@@ -394,7 +434,7 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
             url = resolve({}, {"DETRIX_DAEMON_URL": configured}).daemon_url or configured
         except ConfigError:
             return []  # reported with the settings
-        source = "DETRIX_DAEMON_URL"
+        source = "from DETRIX_DAEMON_URL"
     else:
         problems: list[str] = []
         info = read_daemon_pid(pid_file, problems=problems)
@@ -410,21 +450,17 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
                 )
             ]
         if info is None:
-            exists = os.path.exists(pid_file)
-            state = "names no live daemon" if exists else "does not exist"
-            return [
-                Finding(
-                    "daemon",
-                    "warn",
-                    f"no Detrix daemon is running ({pid_file} {state}): `wake` needs one; "
-                    "`observe` and `demo` bring their own",
-                    "start it with `detrix serve`, or set DETRIX_DAEMON_URL",
-                )
-            ]
-        host = info["host"] if info["host"] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        url = f"http://{host}:{info['http_port']}"
-        source = f"{pid_file} (pid {info['pid']})"
+            state = "names no live daemon" if os.path.exists(pid_file) else "does not exist"
+            url = DEFAULT_DAEMON_URL
+            source = f"the default: {pid_file} {state}"
+        else:
+            host = info["host"] if info["host"] not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{info['http_port']}"
+            source = f"from {pid_file}, pid {info['pid']}"
+    advice = daemon_advice(
+        "correct DETRIX_DAEMON_URL" if configured else "set DETRIX_DAEMON_URL to a running one"
+    )
     timeout = 2.0
     try:
         timeout = resolve(
@@ -439,10 +475,9 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
             Finding(
                 "daemon",
                 "warn",
-                f"no daemon answers at {url} (from {source}): {exc}; `wake` needs one, "
+                f"no Detrix daemon answers at {url} ({source}): {exc}; `wake` needs one, "
                 "`observe` and `demo` bring their own",
-                "start it with `detrix serve`"
-                + ("" if configured else ", or set DETRIX_DAEMON_URL"),
+                advice,
             )
         ]
     body = reply.body if isinstance(reply.body, dict) else {}
@@ -453,19 +488,19 @@ def check_daemon(env: Mapping[str, str]) -> list[Finding]:
                 Finding(
                     "daemon",
                     "error",
-                    f"{url} (from {source}) answers as a Detrix daemon, but {owner}: "
+                    f"{url} ({source}) answers as a Detrix daemon, but {owner}: "
                     "`wake` refuses to send it the token or the debug port",
                     "stop that process and start your own daemon, or set DETRIX_DAEMON_USER "
                     "to the account of a daemon you trust",
                 )
             ]
-        return [Finding("daemon", "ok", f"the Detrix daemon answers at {url} (from {source})")]
+        return [Finding("daemon", "ok", f"the Detrix daemon answers at {url} ({source})")]
     what = f"service={body.get('service')!r}" if body else f"HTTP {reply.status}"
     return [
         Finding(
             "daemon",
             "error",
-            f"{url} (from {source}) answers, but not as a Detrix daemon ({what})",
+            f"{url} ({source}) answers, but not as a Detrix daemon ({what})",
             "point DETRIX_DAEMON_URL at the daemon's HTTP port (see ~/detrix/daemon.pid)",
         )
     ]
@@ -564,6 +599,10 @@ def check_discovery() -> list[Finding]:
 
 # -- one process -----------------------------------------------------------------------
 
+#: At most this many listening sockets of one process are asked whether they are
+#: a detrix-auto control plane (one ``GET /detrix/health`` each).
+MAX_SOCKET_PROBES = 4
+
 
 def _proc_read(pid: int, name: str) -> bytes | None:
     try:
@@ -573,31 +612,62 @@ def _proc_read(pid: int, name: str) -> bytes | None:
         return None
 
 
-def _no_site_flag(argv: list[str]) -> bool:
-    """True if the interpreter options before the script include ``-S``."""
+def _proc_env(pid: int) -> dict[str, str] | None:
+    """The environment ``pid`` was started with; None when it cannot be read."""
+    raw = _proc_read(pid, "environ")
+    if raw is None:
+        return None
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.decode("utf-8", "replace").partition("=")
+        if sep:
+            env[key] = value
+    return env
+
+
+def _parent_pid(pid: int) -> int | None:
+    raw = _proc_read(pid, "stat")
+    try:
+        return int(raw[raw.rindex(b")") + 2 :].split()[1]) if raw else None
+    except (ValueError, IndexError):
+        return None
+
+
+def interpreter_flags(argv: list[str]) -> set[str]:
+    """The one-letter interpreter options before the program (``-sE`` gives s and E)."""
+    flags: set[str] = set()
     i = 1
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("-") or arg in ("-", "--"):
-            return False
+            break
         if arg.startswith("--"):
-            i += 1
+            i += 2 if arg == "--check-hash-based-pycs" else 1
             continue
         letters = arg[1:]
+        stop = False
         for j, letter in enumerate(letters):
-            if letter == "S":
-                return True
             if letter in "cm":
-                return False  # what follows is the program
+                stop = True  # what follows is the program
+                break
             if letter in "WX":
                 if j == len(letters) - 1:
                     i += 1  # the option's value is the next argument
                 break
+            flags.add(letter)
+        if stop:
+            break
         i += 1
-    return False
+    return flags
+
+
+def _no_site_flag(argv: list[str]) -> bool:
+    """True if the interpreter options before the script include ``-S``."""
+    return "S" in interpreter_flags(argv)
 
 
 def check_process(pid: int) -> list[Finding]:
+    """Examine one process: by its record, else by its sockets, else by ``/proc``."""
     for record in live_records():
         if int(record["pid"]) == pid:
             return _check_instrumented(record)
@@ -620,7 +690,94 @@ def check_process(pid: int) -> list[Finding]:
                 "start it with DETRIX_ENABLE=1, or `detrix-auto run -- ...`",
             )
         ]
-    return _check_uninstrumented(pid)
+    env = _proc_env(pid)
+    found, unsearched = find_control_plane(pid, env)
+    if found is not None:
+        return _check_unrecorded(pid, *found, env)
+    return _check_uninstrumented(pid, env, unsearched)
+
+
+def find_control_plane(
+    pid: int, env: Mapping[str, str] | None
+) -> tuple[tuple[Target, Listener] | None, str]:
+    """The detrix-auto control plane among ``pid``'s listening sockets, if there is one.
+
+    Returns what was found, and why the sockets could not be searched ("" when
+    they were). Sockets shared with its parent (inherited listeners, a
+    parent's debugger) are not asked; the others are asked ``GET
+    /detrix/health`` (which needs no token and changes nothing), the configured
+    control address first, then by fd number: the control plane opens its
+    socket before the program runs, so it has the lowest fd of the sockets
+    detrix-auto opens. One that answers must also say it is that process (its
+    pid in its own PID namespace) when ``/detrix/info`` answers.
+    """
+    if _namespace(pid, "net") != _namespace("self", "net"):
+        return None, "it runs in another network namespace, whose sockets are not reachable here"
+    listeners = listening_sockets(pid)
+    if listeners is None:
+        return None, "its open files cannot be read"
+    parent = _parent_pid(pid)
+    shared = set(socket_inodes(parent) or {}) if parent and parent > 1 else set()
+    host, port = _configured_control(env or {})
+
+    def configured(listener: Listener) -> bool:
+        return listener.host == host and port in (0, listener.port)
+
+    candidates = [listener for listener in listeners if listener.inode not in shared]
+    candidates.sort(key=lambda listener: (not configured(listener), listener.fd))
+    for listener in candidates[:MAX_SOCKET_PROBES]:
+        try:
+            reply = http_call(listener.url, "GET", "/detrix/health", timeout=1.0)
+        except CliError:
+            continue
+        body = reply.body if isinstance(reply.body, dict) else {}
+        if reply.status != 200 or body.get("service") != "detrix-client":
+            continue
+        if _answers_as(listener.url, _pid_in_own_namespace(pid)):
+            return (Target(url=listener.url, pid=pid), listener), ""
+    return None, ""
+
+
+def _namespace(pid: int | str, kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return ""
+
+
+def _pid_in_own_namespace(pid: int) -> int:
+    """The pid the process sees for itself (the last ``NSpid`` field), else ``pid``."""
+    raw = _proc_read(pid, "status") or b""
+    for line in raw.splitlines():
+        if line.startswith(b"NSpid:"):
+            try:
+                return int(line.split()[-1])
+            except (ValueError, IndexError):
+                break
+    return pid
+
+
+def _answers_as(url: str, pid: int) -> bool:
+    """False only when ``/detrix/info`` names another pid (a socket shared by reuse-port)."""
+    try:
+        reply = http_call(url, "GET", "/detrix/info", timeout=1.0)
+    except CliError:
+        return True
+    if reply.status != 200 or not isinstance(reply.body, dict):
+        return True  # it may require a token for info: the socket is the process's own
+    return reply.body.get("pid") == pid
+
+
+def _configured_control(env: Mapping[str, str]) -> tuple[str, int]:
+    """Where ``env`` tells the control plane to listen (the defaults when unset or bad)."""
+    try:
+        settings = resolve(
+            {},
+            {k: v for k, v in env.items() if k in ("DETRIX_CONTROL_HOST", "DETRIX_CONTROL_PORT")},
+        )
+    except ConfigError:
+        return "127.0.0.1", 0
+    return settings.control_host, settings.control_port
 
 
 def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
@@ -637,6 +794,79 @@ def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
             f"pid {target.pid} is instrumented: {target.name}, control plane {target.url}",
         )
     ]
+    status = _check_control(target, found)
+    found.extend(_fork_findings(target, status))
+    return found
+
+
+def _check_unrecorded(
+    pid: int, target: Target, listener: Listener, env: Mapping[str, str] | None
+) -> list[Finding]:
+    """A process whose control plane answers, but which has no discovery record."""
+    table = "tcp6" if ":" in listener.host else "tcp"
+    found = [
+        Finding(
+            "process",
+            "warn",
+            f"pid {pid} is instrumented, with its control plane at {target.url}, found through "
+            f"its listening socket (fd {listener.fd} in /proc/{pid}/fd, listening in "
+            f"/proc/{pid}/net/{table}); it has no discovery record, so `ps` and names do not "
+            "find it",
+            f"reach it by URL: detrix-auto status {target.url} (or wake, sleep, observe)",
+        )
+    ]
+    found.append(_why_no_record(pid, env))
+    status = _check_control(target, found)
+    if status is not None and target.name is None:
+        name = status.get("name")
+        target.name = str(name) if isinstance(name, str) else None
+    return found
+
+
+def _why_no_record(pid: int, env: Mapping[str, str] | None) -> Finding:
+    home = detrix_home()
+    where = f"{candidate_dirs(home)[0]} (and its fallbacks)"
+    if env is None:
+        return Finding(
+            "process-discovery",
+            "warn",
+            f"it has no record under {where}, and its environment cannot be read to tell why",
+            "look at its stderr for a line starting with `detrix-auto:`; reach it by URL",
+        )
+    try:
+        discovery = parse_bool(env.get("DETRIX_DISCOVERY", "1") or "1", "DETRIX_DISCOVERY")
+    except ConfigError:
+        discovery = True
+    if not discovery:
+        return Finding(
+            "process-discovery",
+            "warn",
+            f"it runs with DETRIX_DISCOVERY off (its environment, /proc/{pid}/environ), so it "
+            "writes no record",
+            "reach it by URL, or restart it without DETRIX_DISCOVERY=0",
+        )
+    its_home = env.get("DETRIX_HOME", "").strip()
+    if its_home and os.path.abspath(os.path.expanduser(its_home)) != home:
+        return Finding(
+            "process-discovery",
+            "warn",
+            f"it keeps its record under DETRIX_HOME={its_home} (its environment, "
+            f"/proc/{pid}/environ), but this shell looks under {home}",
+            f"run DETRIX_HOME={shlex.quote(its_home)} detrix-auto ...",
+        )
+    return Finding(
+        "process-discovery",
+        "warn",
+        f"it could not write a record under {where}, or its record was removed: when it "
+        "could not, its stderr has a line starting with `detrix-auto: no discovery record "
+        "could be written`",
+        f"make {candidate_dirs(home)[0]} writable and private to its user (or start it with "
+        "DETRIX_HOME set to such a directory), then restart it; until then, reach it by URL",
+    )
+
+
+def _check_control(target: Target, found: list[Finding]) -> dict[str, Any] | None:
+    """Ask the control plane for its status; add what it says to ``found``."""
     try:
         reply = target.call("GET", "/detrix/status")
     except Unauthorized as exc:
@@ -645,7 +875,7 @@ def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
                 "process-control", "warn", str(exc), "pass the process's token with DETRIX_TOKEN"
             )
         )
-        return found
+        return None
     except Unreachable as exc:
         found.append(
             Finding(
@@ -655,7 +885,7 @@ def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
                 "the process may be busy, hung or exiting; if it stays so, restart it",
             )
         )
-        return found
+        return None
     if reply.status != 200 or not isinstance(reply.body, dict):
         found.append(
             Finding(
@@ -665,7 +895,7 @@ def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
                 "restart the process; report it if it persists",
             )
         )
-        return found
+        return None
     status = reply.body
     state = status.get("state")
     detail = f"state {state}"
@@ -684,10 +914,58 @@ def _check_instrumented(record: dict[str, Any]) -> list[Finding]:
                 f"{target.pid}` (or observe it without a daemon: detrix-auto observe ...)",
             )
         )
-    return found
+    return status
 
 
-def _check_uninstrumented(pid: int) -> list[Finding]:
+def _fork_findings(target: Target, status: dict[str, Any] | None) -> list[Finding]:
+    """Pre-fork servers: a worker that cannot be woken, a master that should not be."""
+    record = target.record or {}
+    if record.get("wakeable") is False:
+        return [
+            Finding(
+                "process-fork",
+                "warn",
+                f"it cannot be woken: it was forked from pid {record.get('forked_from')} after "
+                f"that process's debugger listened ({FORK_LIMIT})",
+                "wake a worker forked before its master was first woken (detrix-auto ps marks "
+                "them), or restart the master so that its new workers can be woken",
+            )
+        ]
+    if target.pid is None:
+        return []
+    workers = sorted(int(r["pid"]) for r in forked_workers(target.pid))
+    if not workers:
+        return []
+    listed = ", ".join(str(p) for p in workers)
+    port = (status or {}).get("debug_port")
+    if isinstance(port, int) and port > 0:
+        return [
+            Finding(
+                "process-fork",
+                "warn",
+                f"it is a pre-fork master (instrumented workers: {listed}) whose debugger has "
+                "listened: workers it forks from now on cannot be woken",
+                "restart the master to make new workers wakeable; wake workers, not the master",
+            )
+        ]
+    return [
+        Finding(
+            "process-fork",
+            "ok",
+            f"it is a pre-fork master (instrumented workers: {listed}): wake its workers; "
+            "`detrix-auto wake` refuses to wake it without --force",
+        )
+    ]
+
+
+def _check_uninstrumented(
+    pid: int, env: dict[str, str] | None, unsearched: str = ""
+) -> list[Finding]:
+    """Why a process with neither record nor control plane did not activate.
+
+    ``unsearched`` says why its sockets could not be searched; then nothing
+    is claimed about them.
+    """
     found: list[Finding] = []
     raw_cmd = _proc_read(pid, "cmdline")
     argv = [a.decode("utf-8", "replace") for a in (raw_cmd or b"").split(b"\0") if a]
@@ -695,22 +973,16 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = ""
-    raw_env = _proc_read(pid, "environ")
-    if raw_env is None:
+    if env is None:
         return [
             Finding(
                 "process",
                 "error",
-                f"process {pid} has no discovery record, and its environment cannot be read "
-                "(another user's process?)",
+                f"process {pid} has no discovery record, and its environment and sockets cannot "
+                "be read (another user's process?)",
                 "run doctor as the user who owns it; only your own processes can be observed",
             )
         ]
-    env: dict[str, str] = {}
-    for item in raw_env.split(b"\0"):
-        key, sep, value = item.decode("utf-8", "replace").partition("=")
-        if sep:
-            env[key] = value
     label = f"process {pid} ({shell_join(argv)[:80] or exe or '?'})"
     names = [os.path.basename(exe), os.path.basename(argv[0]) if argv else ""]
     if not any("python" in n or "pypy" in n for n in names):
@@ -723,14 +995,27 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
                 "give the pid of the Python process itself",
             )
         ]
-    found.append(
-        Finding(
-            "process",
-            "error",
-            f"{label} has no discovery record: it is not instrumented",
-            "see the findings below for why",
+    if unsearched:
+        found.append(
+            Finding(
+                "process",
+                "warn",
+                f"{label} has no discovery record, and its sockets could not be searched for a "
+                f"control plane ({unsearched}); if it is not instrumented, the findings below "
+                "say why",
+                "run doctor where the process runs (its namespace), or reach it by its control URL",
+            )
         )
-    )
+    else:
+        found.append(
+            Finding(
+                "process",
+                "error",
+                f"{label} has no discovery record and no detrix-auto control plane among its "
+                "listening sockets: it is not instrumented",
+                "see the findings below for why",
+            )
+        )
     enabled = parse_enable(env.get("DETRIX_ENABLE"))
     if not enabled:
         why = (
@@ -747,7 +1032,8 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
             )
         )
         return found
-    if _no_site_flag(argv):
+    flags = interpreter_flags(argv)
+    if "S" in flags:
         found.append(
             Finding(
                 "process-site",
@@ -780,33 +1066,8 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
             )
         )
         return found
-    try:
-        if not parse_bool(env.get("DETRIX_DISCOVERY", "1") or "1", "DETRIX_DISCOVERY"):
-            found.append(
-                Finding(
-                    "process-discovery",
-                    "warn",
-                    "it runs with DETRIX_DISCOVERY off, so it writes no record",
-                    "reach it by its control URL (set DETRIX_CONTROL_PORT)",
-                )
-            )
-            return found
-    except ConfigError:
-        pass
-    its_home = env.get("DETRIX_HOME", "").strip()
-    if its_home and os.path.abspath(os.path.expanduser(its_home)) != detrix_home():
-        found.append(
-            Finding(
-                "process-home",
-                "error",
-                f"it writes its record under DETRIX_HOME={its_home}, but this shell looks under "
-                f"{detrix_home()}",
-                f"run DETRIX_HOME={its_home} detrix-auto ...",
-            )
-        )
-        return found
     python = _interpreter_path(pid, argv, exe, env)
-    facts = _remote_facts(python, env) if python else None
+    facts = _remote_facts(python, env, flags) if python else None
     if facts is None:
         found.append(
             Finding(
@@ -817,23 +1078,19 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
             )
         )
         return found
-    shim = shim_dir()
-    via_shim = (
-        bool(facts.get("sitecustomize"))
-        and bool(shim)
-        and (
-            os.path.dirname(os.path.realpath(str(facts["sitecustomize"])))
-            == os.path.realpath(str(shim))
-        )
-    )
-    if not facts.get("pth") and not via_shim:
+    hook = _hook_finding(python, facts, flags, env)
+    if hook is not None:
+        found.append(hook)
+        return found
+    if unsearched:
         found.append(
             Finding(
-                "process-hook",
-                "error",
-                f"its interpreter {python} (Python {facts.get('version')}) has no detrix_auto.pth "
-                "and no detrix-auto sitecustomize on its PYTHONPATH",
-                f"{python} -m pip install detrix-auto, or restart it with `detrix-auto run -- ...`",
+                "process-start",
+                "warn",
+                "everything needed looks present: it is instrumented with a control plane that "
+                "cannot be searched from here, or its start-up failed, and then its stderr has a "
+                "line starting with `detrix-auto:`",
+                "look at its stderr; if it is instrumented, reach it by its control URL",
             )
         )
         return found
@@ -842,11 +1099,69 @@ def _check_uninstrumented(pid: int) -> list[Finding]:
             "process-start",
             "warn",
             "everything needed looks present, so start-up failed inside it: look at its stderr "
-            "for a line starting with `detrix-auto:` (a port in use, an unwritable home...)",
+            "for a line starting with `detrix-auto:` (an unusable setting, a port in use...)",
             "fix what that line names, then restart it",
         )
     )
     return found
+
+
+def _hook_finding(
+    python: str, facts: dict[str, Any], flags: set[str], env: Mapping[str, str]
+) -> Finding | None:
+    """Why the start-up hook did not run in that interpreter, with those flags; or None.
+
+    ``facts`` were taken by running the process's interpreter with the flags
+    that decide which hooks run (-s, -E, -I), so they describe what it saw.
+    """
+    shim = shim_dir()
+    shim_listed = bool(shim) and shim in env.get("PYTHONPATH", "").split(os.pathsep)
+    via_shim = (
+        bool(facts.get("sitecustomize"))
+        and bool(shim)
+        and (
+            os.path.dirname(os.path.realpath(str(facts["sitecustomize"])))
+            == os.path.realpath(str(shim))
+        )
+    )
+    pth_dirs = [str(d) for d in facts.get("pth") or []]
+    user_site = facts.get("user_site")
+    if pth_dirs and all(d == user_site for d in pth_dirs) and not facts.get("user_site_enabled"):
+        if "I" in flags:
+            why = "it was started with -I, which skips the user site-packages"
+        elif "s" in flags:
+            why = "it was started with -s, which skips the user site-packages"
+        elif env.get("PYTHONNOUSERSITE") and "E" not in flags:
+            why = "PYTHONNOUSERSITE is set in its environment"
+        else:
+            why = "its interpreter does not use a user site-packages (a virtual environment?)"
+        return Finding(
+            "process-hook",
+            "error",
+            f"its detrix_auto.pth is only in the user site-packages {user_site}, which that "
+            f"process skipped: {why}",
+            f"install detrix-auto where the interpreter always looks ({python} -m pip install "
+            "detrix-auto in a virtual environment), or restart it without the flag",
+        )
+    if pth_dirs or via_shim:
+        return None
+    if shim_listed and flags & {"E", "I"}:
+        flag = "-I" if "I" in flags else "-E"
+        return Finding(
+            "process-hook",
+            "error",
+            f"its PYTHONPATH names detrix-auto's sitecustomize shim (`detrix-auto run` mode), "
+            f"but it was started with {flag}, which ignores PYTHONPATH",
+            f"restart it without {flag}, or install detrix-auto into its environment: "
+            f"{python} -m pip install detrix-auto",
+        )
+    return Finding(
+        "process-hook",
+        "error",
+        f"its interpreter {python} (Python {facts.get('version')}) has no detrix_auto.pth "
+        "and no detrix-auto sitecustomize on its PYTHONPATH",
+        f"{python} -m pip install detrix-auto, or restart it with `detrix-auto run -- ...`",
+    )
 
 
 def _interpreter_path(pid: int, argv: list[str], exe: str, env: Mapping[str, str]) -> str:
@@ -876,11 +1191,17 @@ def _interpreter_path(pid: int, argv: list[str], exe: str, env: Mapping[str, str
     return exe
 
 
-def _remote_facts(exe: str, env: Mapping[str, str]) -> dict[str, Any] | None:
+def _remote_facts(
+    exe: str,
+    env: Mapping[str, str],
+    flags: AbstractSet[str] = frozenset(),
+) -> dict[str, Any] | None:
+    """Run :data:`PROBE` in ``exe`` with the process's environment and site flags."""
     clean = {k: v for k, v in env.items() if not k.startswith("DETRIX_")}
+    options = [f"-{flag}" for flag in sorted(flags & {"s", "E", "I"})]
     try:
         done = subprocess.run(
-            [exe, "-c", PROBE + "\nprint(json.dumps(_facts()))"],
+            [exe, *options, "-c", PROBE + "\nprint(json.dumps(_facts()))"],
             env=clean,
             capture_output=True,
             text=True,
@@ -901,7 +1222,7 @@ def cmd_doctor(args: argparse.Namespace, *, hook_ran_here: bool = False) -> int:
     facts = local_facts()
     env = dict(os.environ)
     findings = check_interpreter(facts, hook_ran_here=hook_ran_here)
-    findings += check_settings(env)
+    findings += check_settings(env, python=str(facts["executable"]), pid=args.pid)
     findings += check_daemon(env)
     findings += check_token(env)
     findings += check_discovery()
@@ -928,9 +1249,10 @@ def cmd_doctor(args: argparse.Namespace, *, hook_ran_here: bool = False) -> int:
     )
     print()
     for finding in findings:
-        print(f"  {finding.level:<5}  {finding.text}")
+        # Findings quote process-supplied text (command lines, names, errors).
+        print(printable(f"  {finding.level:<5}  {finding.text}"))
         if finding.fix and finding.level != "ok":
-            print(f"         fix: {finding.fix}")
+            print(printable(f"         fix: {finding.fix}"))
     print()
     print(f"{errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0

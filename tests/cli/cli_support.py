@@ -13,6 +13,9 @@ from typing import Any
 
 from support import wait_for_record  # noqa: F401 - shared, re-exported
 
+#: The checkout these tests belong to.
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
 #: An untouched application: ``value`` changes every 50 ms. A logpoint runs
 #: before its line, so at OBSERVE_LINE ``value == counter * 10`` always holds.
 APP = textwrap.dedent(

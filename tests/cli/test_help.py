@@ -39,10 +39,25 @@ def test_each_command_help_says_what_it_does_with_an_example(command):
         assert "--json" in text
 
 
-def test_no_command_prints_help_and_exits_2():
+def test_no_command_prints_the_help_and_exits_0_as_pip_does():
     result = _run()
-    assert result.returncode == 2
-    assert "COMMAND" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == _run("--help").stdout  # the same help, on stdout
+    assert result.stderr == ""
+
+
+def test_run_help_shows_how_run_is_typed():
+    result = _run("run", "--help")
+    assert result.returncode == 0
+    first = result.stdout.splitlines()[0]
+    assert first.endswith("run [-h] [--] CMD [ARGS...]"), first
+    assert "..." not in first.replace("[ARGS...]", "")  # not argparse's bare "..."
+
+
+def test_the_help_of_ps_and_wake_names_their_new_options():
+    assert "--all" in _run("ps", "--help").stdout
+    wake = _run("wake", "--help").stdout
+    assert "--force" in wake and "pre-fork master" in wake
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import sys
 import time
 
 from cli_support import APP, one_error_line
+from security.sechelpers import spawn_as_other_user
 
 PS_KEYS = {
     "pid",
@@ -27,6 +28,11 @@ PS_KEYS = {
     "command",
     "cwd",
     "error",
+    "reachable",
+    "forked_from",
+    "wakeable",
+    "workers",
+    "note",
 }
 
 
@@ -61,7 +67,7 @@ def test_ps_without_processes(cli, home):
     assert not list((home / "clients").glob("*.json"))
 
 
-def test_ps_lists_live_processes_prunes_stale_records_and_marks_unreachable(
+def test_ps_lists_live_processes_prunes_stale_records_and_hides_unreachable(
     cli, spawn, procs, home
 ):
     one = spawn(APP, name="alpha.py")
@@ -77,18 +83,27 @@ def test_ps_lists_live_processes_prunes_stale_records_and_marks_unreachable(
     result = cli("ps", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["pid"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {one.pid, two.pid, quiet.pid}
+    assert set(rows) == {one.pid, two.pid}  # the unreachable one is left out...
+    assert "1 more instrumented process(es) do not answer" in result.stderr  # ...and counted
+    assert "ps --all" in result.stderr
     assert not stale.exists()
     for row in rows.values():
         assert set(row) == PS_KEYS
     alpha = rows[one.pid]
     assert alpha["name"] == f"alpha-{one.pid}"
-    assert alpha["state"] == "sleeping"
+    assert alpha["state"] == "sleeping" and alpha["reachable"] is True
     assert alpha["control_url"] == one.url
     assert alpha["debug_port"] is None and alpha["error"] is None
     assert alpha["argv"][-1].endswith("alpha.py")
     assert alpha["uptime_seconds"] >= 0
-    assert rows[quiet.pid]["state"] == "unreachable"
+    assert alpha["forked_from"] is None and alpha["wakeable"] is True
+    assert alpha["workers"] == [] and alpha["note"] is None
+
+    everything = cli("ps", "--all", "--json")
+    assert everything.returncode == 0 and everything.stderr == ""
+    rows = {row["pid"]: row for row in json.loads(everything.stdout)}
+    assert set(rows) == {one.pid, two.pid, quiet.pid}
+    assert rows[quiet.pid]["state"] == "unreachable" and rows[quiet.pid]["reachable"] is False
     assert "connection refused" in rows[quiet.pid]["error"]
 
     table = cli("ps")
@@ -96,8 +111,122 @@ def test_ps_lists_live_processes_prunes_stale_records_and_marks_unreachable(
     header, *lines = table.stdout.splitlines()
     assert header.split() == ["PID", "NAME", "STATE", "CONTROL", "DEBUG", "UPTIME", "COMMAND"]
     by_pid = {line.split()[0]: line for line in lines}
+    assert set(by_pid) == {str(one.pid), str(two.pid)}
     assert "sleeping" in by_pid[str(one.pid)] and "alpha.py" in by_pid[str(one.pid)]
-    assert "unreachable" in by_pid[str(quiet.pid)]
+
+    table = cli("ps", "--all")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    row = next(line for line in lines if line.startswith(f"{quiet.pid} "))
+    assert "unreachable" in row
+    # below the table, why it cannot be reached
+    why = next(line for line in lines if line.startswith(f"{quiet.pid}: "))
+    assert "connection refused" in why
+
+
+def test_ps_leaves_out_other_users_processes_and_never_asks_them(cli, home, other_user):
+    # The other user's "control plane": a listener of their own process, which reports
+    # whether anybody connected (ps must not, and never with our token).
+    theirs = spawn_as_other_user(other_user, LISTEN_AND_REPORT)
+    try:
+        assert theirs.stdout is not None
+        port = int(theirs.stdout.readline())
+        _write_record(home, theirs.pid, f"http://127.0.0.1:{port}", f"theirs-{theirs.pid}")
+        hidden = cli("ps", "--json", env={"DETRIX_TOKEN": "our-secret"})
+        assert hidden.returncode == 0, hidden.stderr
+        assert json.loads(hidden.stdout) == []
+        assert "1 more instrumented process(es)" in hidden.stderr
+        shown = cli("ps", "--all", "--json", env={"DETRIX_TOKEN": "our-secret"})
+        (row,) = json.loads(shown.stdout)
+        assert row["pid"] == theirs.pid and row["state"] == "other-user"
+        assert row["reachable"] is False
+        assert f"uid {other_user[0]}" in row["error"] and "not to you" in row["error"]
+        text = cli("ps")
+        assert "no instrumented process of this user answers" in text.stdout
+        out, _ = theirs.communicate("report\n", timeout=20)
+        assert out.strip() == "0", "ps connected to another user's process"
+    finally:
+        if theirs.poll() is None:
+            theirs.kill()
+            theirs.wait()
+
+
+#: Runs as the other user: listen, print the port, and on a line from stdin print how
+#: many connections arrived meanwhile.
+LISTEN_AND_REPORT = """
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+listener.setblocking(False)
+print(listener.getsockname()[1], flush=True)
+sys.stdin.readline()
+count = 0
+while True:
+    try:
+        listener.accept()
+    except BlockingIOError:
+        break
+    count += 1
+print(count, flush=True)
+"""
+
+
+#: An app that ignores its arguments (which are the test's control characters).
+QUIET_APP = "import time\nwhile True:\n    time.sleep(0.05)\n"
+
+
+def test_one_row_per_process_whatever_its_command_line(cli, spawn, home):
+    nasty = ["two\nlines", "\x1b[2J\x1b[31mred", "tab\there", "bidi\u202eevil", "it's"]
+    app = spawn(QUIET_APP, *nasty, name="nasty.py")
+    record = json.loads((home / "clients" / f"{app.pid}.json").read_text())
+
+    table = cli("ps")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) == 2, table.stdout  # the header and one row
+    row = lines[1]
+    assert "\x1b" not in table.stdout and "\u202e" not in table.stdout
+    assert "$'two\\nlines'" in row
+    assert "$'\\e[2J\\e[31mred'" in row
+    assert "$'tab\\there'" in row
+    assert "$'bidi\\u202eevil'" in row
+    assert "'it'\"'\"'s'" in row  # printable arguments keep their shell quoting
+    # JSON keeps the exact arguments (JSON escapes them itself)
+    (data,) = json.loads(cli("ps", "--json").stdout)
+    assert data["argv"][-len(nasty) :] == nasty == record["argv"][-len(nasty) :]
+
+    # an error line quoting process-supplied text stays one line too: a record that a
+    # process of ours could have written, with a name holding a newline and an escape
+    forged = dict(record, pid=app.pid, name="evil\nname\x1b[0m", control_url="http://127.0.0.1:9")
+    (home / "clients" / f"{app.pid}.json").write_text(json.dumps(forged))
+    result = cli("status", str(app.pid))
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "evil\\nname\\e[0m" in line and "\x1b" not in result.stderr
+
+
+def test_status_shows_every_key_the_process_reports(cli, spawn):
+    spawn(APP)
+    result = cli("status", "app")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(cli("status", "app", "--json").stdout)
+    shown = {line.split()[0] for line in result.stdout.splitlines()[1:]}
+    # every key of the status document beyond the named lines appears as it is
+    extra = set(body) - {
+        "state",
+        "name",
+        "control_host",
+        "control_port",
+        "debug_port",
+        "debug_port_active",
+        "daemon_url",
+        "connection_id",
+        "last_error",
+        "pid",
+        "control_url",
+    }
+    assert "warm" in extra
+    assert extra <= shown, (extra, result.stdout)
 
 
 def test_status_by_pid_name_base_name_and_url(cli, spawn):
@@ -138,12 +267,29 @@ def test_wake_and_sleep_with_a_daemon_url(cli, spawn, daemon):
     assert human.returncode == 0 and "was already asleep" in human.stdout
 
 
-def test_wake_without_a_daemon_says_what_to_do(cli, spawn):
+def test_wake_without_a_daemon_says_what_to_do_here(cli, spawn, tmp_path):
     spawn(APP, env={"DETRIX_DAEMON_URL": "http://127.0.0.1:9"})  # nobody listens there
-    result = cli("wake", "app")
+    bare_path = tmp_path / "bin"
+    bare_path.mkdir()
+    path = os.pathsep.join([str(bare_path), "/usr/bin", "/bin"])
+    result = cli("wake", "app", env={"PATH": path})
     assert result.returncode == 1
     line = one_error_line(result)
-    assert "cannot wake app-" in line and "detrix serve" in line
+    assert "cannot wake app-" in line and "daemon not reachable at http://127.0.0.1:9" in line
+    # no `detrix` here: the advice does not tell the operator to run it as if it were
+    assert "not installed here (no `detrix` on PATH)" in line
+    assert "https://github.com/flashus/detrix" in line
+    # a variable set in this shell cannot reach a running process; --daemon-url can
+    assert "--daemon-url" in line and "set DETRIX_DAEMON_URL" not in line
+    assert "detrix-auto observe" in line
+
+    detrix = bare_path / "detrix"
+    detrix.write_text("#!/bin/sh\nexit 0\n")
+    detrix.chmod(0o755)
+    result = cli("wake", "app", env={"PATH": path})
+    line = one_error_line(result)
+    assert "start the Detrix daemon with `detrix serve`" in line
+    assert "not installed" not in line
 
 
 def test_wake_rejects_a_bad_daemon_url(cli, spawn):
