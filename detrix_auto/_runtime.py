@@ -118,9 +118,92 @@ def _make_router() -> Any:
     from .control.routes import Router
     from .token import load_token
 
-    client = get_client()
-    settings = client.settings
-    return Router(client, lambda: load_token(settings.token, settings.token_file))
+    with _lock:
+        settings, server = _settings, _server
+    if settings is None:
+        raise DetrixError(NOT_STARTED)
+    return Router(
+        _ClientView(settings, server), lambda: load_token(settings.token, settings.token_file)
+    )
+
+
+class _ClientView:
+    """The client as the control plane sees it, without building it for a status request.
+
+    Building the :class:`~detrix_auto.lifecycle.Client` loads the state
+    machine, ``threading``, ``hashlib`` and the debugger module: megabytes, to
+    answer ``status`` for a process that has never been woken. Until something
+    needs the real client (a wake, a sleep, or the API), ``status`` and ``info``
+    are answered from the settings: what a freshly built client would say
+    (``tests/test_footprint.py`` compares the two). Everything else goes to the
+    real client, built on first use.
+    """
+
+    def __init__(self, settings: Settings, server: ControlServer | None) -> None:
+        self.settings = settings
+        self._server = server
+
+    def _built(self) -> Client | None:
+        if _client is None and "detrix_auto.lifecycle" in sys.modules:
+            # The debugger module has state of its own (a listener opened by an
+            # earlier client of this process): only the real client knows it.
+            return self._real()
+        return _client
+
+    def _real(self) -> Client:
+        from ._mainthread import ensure_threading
+
+        ensure_threading()  # the client imports threading; see _mainthread
+        return get_client()
+
+    def status(self) -> dict[str, Any]:
+        client = self._built()
+        return client.status() if client is not None else self.fresh_status()
+
+    def info(self) -> dict[str, Any]:
+        client = self._built()
+        return client.info() if client is not None else self.fresh_info()
+
+    def fresh_status(self) -> dict[str, Any]:
+        """``Client.status()`` of a client built now: nothing has happened yet."""
+        from .config import DEFAULT_DAEMON_URL
+
+        settings, server = self.settings, self._server
+        return {
+            "state": "sleeping",
+            "name": settings.connection_name(os.getpid()),
+            "control_host": server.host if server is not None else settings.control_host,
+            "control_port": server.port if server is not None else 0,
+            "debug_port": 0,
+            "debug_port_active": False,
+            "daemon_url": settings.daemon_url or DEFAULT_DAEMON_URL,
+            "connection_id": None,
+            "warm": False,
+            "last_error": None,
+        }
+
+    def fresh_info(self) -> dict[str, Any]:
+        """``Client.info()``, which depends on nothing but the process."""
+        return {
+            "name": self.settings.connection_name(os.getpid()),
+            "pid": os.getpid(),
+            "python_version": sys.version.split()[0],
+            "python_executable": sys.executable or "",
+        }
+
+    def poke(self) -> None:
+        client = _client
+        if client is not None:
+            client.poke()
+
+    def wake(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real().wake(*args, **kwargs)
+
+    def sleep(self) -> Any:
+        return self._real().sleep()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
 
 
 def _write_discovery() -> None:
