@@ -261,8 +261,90 @@ def _install_hooks() -> None:
     import atexit
 
     atexit.register(_at_exit)
-    if hasattr(os, "register_at_fork"):
+    if not hasattr(os, "register_at_fork"):
+        return
+    if sys.version_info >= (3, 12):
+        # 3.12+ warns about every fork of a multi-threaded process: the idle
+        # control thread steps aside around the host's forks (control/server.py).
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
+    else:
         os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _before_fork() -> None:
+    try:
+        server = _server
+        if server is not None and _pid == os.getpid():
+            server.pause_for_fork()
+    except Exception:  # noqa: BLE001, S110 - a fork must never fail because of us
+        pass
+
+
+def _after_fork_in_parent() -> None:
+    try:
+        server = _server
+        if server is not None and _pid == os.getpid():
+            server.resume_after_fork(later=_restart_later(sys._getframe(1)))
+    except Exception as exc:  # noqa: BLE001 - a fork must never fail because of us
+        from . import _log
+
+        _log.warn(f"could not restart the control plane after fork: {exc}")
+
+
+#: A pending call that keeps finding os.fork() unfinished gives up waiting after this many.
+_MAX_EARLY = 10_000
+
+
+def _restart_later(caller: Any) -> Any:
+    """How to restart the control thread once CPython has counted threads, if need be.
+
+    3.12 counts the threads of a forking process before the after-fork hooks
+    run, so the thread can come back at once (None: no need to wait). 3.13+
+    counts them after the hooks, so when the main thread forked, the thread is
+    started by a pending call in the main thread once ``os.fork()`` has
+    returned. A pending call runs at the next bytecode boundary, which may
+    still be inside an after-fork hook (ours, or ``logging``'s): while the
+    frame that called ``os.fork()`` has not moved past that call, the pending
+    call schedules itself again. A fork from another thread is a fork of a
+    multi-threaded process anyway: restarted at once.
+    """
+    if sys.version_info < (3, 13) or caller is None:
+        return None
+    main = getattr(_thread, "_get_main_thread_ident", None)
+    if main is None or main() != _thread.get_ident():
+        return None
+    from ._mainthread import call_soon_in_main
+
+    fork_call = caller.f_lasti
+
+    def schedule(restart: Any) -> bool:
+        early = 0
+
+        def when_fork_returned() -> None:
+            nonlocal early
+            if _inside_call(caller, fork_call) and early < _MAX_EARLY:
+                early += 1
+                if call_soon_in_main(when_fork_returned):
+                    return
+            restart()
+
+        return call_soon_in_main(when_fork_returned)
+
+    return schedule
+
+
+def _inside_call(caller: Any, instruction: int) -> bool:
+    """Is ``caller`` on this thread's stack, still at ``instruction`` (the fork call)?"""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        if frame is caller:
+            return bool(frame.f_lasti == instruction)
+        frame = frame.f_back
+    return False
 
 
 def _at_exit() -> None:
@@ -284,6 +366,9 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     try:
+        mainthread = sys.modules.get("detrix_auto._mainthread")
+        if mainthread is not None:
+            mainthread.forget_after_fork()
         _reset_if_forked()
     except Exception as exc:  # noqa: BLE001 - a fork must never fail because of us
         from . import _log

@@ -6,11 +6,18 @@ itself sees: its descriptors, threads, signal handlers, stdio, environment,
 working directory, ``sys.path``, hooks and warning filters, in every phase:
 disabled, sleeping, after a status request, awake, after sleep. The table in
 docs/host-footprint.md is what these tests check.
+
+The fork tests run on 3.12 and 3.13 (pyenv's interpreters, through the
+``sitecustomize`` shim that ``detrix-auto run`` uses): CPython warns there about
+every fork of a multi-threaded process, and a sleeping process must not make
+the host's forks warn.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -23,7 +30,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import clean_env, http_json, wait_for_record, wait_until
+from support import ROOT, clean_env, http_json, wait_for_record, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -320,6 +327,156 @@ def test_a_client_after_closerange_never_touches_the_hosts_socket(tmp_path, home
     assert out.split() == ["ping", "pong"]
     lines = err.splitlines()
     assert len(lines) == 1 and LOST in lines[0], err
+
+
+# -- forks on 3.12+ ---------------------------------------------------------------------
+
+
+def _pyenv(version: str) -> str | None:
+    found = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}"))
+    if not found and f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        return sys.executable
+    return found[-1] if found else None
+
+
+FORK_VERSIONS = [
+    pytest.param(v, marks=pytest.mark.skipif(_pyenv(v) is None, reason=f"no Python {v} here"))
+    for v in ("3.12", "3.13")
+]
+
+#: Forks from its main module; before each fork it does what the test asks on
+#: stdin. Reports the warnings recorded around each fork and what stderr got.
+FORK_APP = textwrap.dedent(
+    """\
+    import os, sys, time, warnings
+    warnings.simplefilter("always")  # every DeprecationWarning, wherever raised
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        if command == "sleep-after":
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            time.sleep(1.0)  # in C: a pending call waits for this
+            os.waitpid(pid, 0)
+            print("forked", flush=True)
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        print(" | ".join(str(w.message) for w in caught) or "quiet", flush=True)
+    """
+)
+
+
+class ForkApp:
+    def __init__(self, tmp_path: Path, home: Path, python: str) -> None:
+        script = tmp_path / "forker.py"
+        script.write_text(FORK_APP)
+        env = clean_env(
+            home,
+            DETRIX_ENABLE="1",
+            PYTHONPATH=os.pathsep.join([str(ROOT / "sitecustomize_shim"), str(ROOT)]),
+        )
+        self.proc = subprocess.Popen(
+            [python, "-W", "always::DeprecationWarning", str(script)],
+            env=env,
+            cwd=str(tmp_path),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.record = wait_for_record(home, self.proc.pid, self.proc)
+        assert self.readline() == "ready"
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, command: str = "fork") -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.readline()
+
+    def finish(self) -> str:
+        _, err = self.proc.communicate("quit\n", timeout=30)
+        assert self.proc.returncode == 0, err
+        return err
+
+    def idle(self) -> bool:
+        """One OS thread of ours and no connection: what a fork sees when we are idle."""
+        sockets = 0
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                sockets += os.readlink(f"/proc/{self.proc.pid}/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass  # closed meanwhile
+        return sockets == 1 and len(os.listdir(f"/proc/{self.proc.pid}/task")) == 2
+
+
+@pytest.mark.parametrize("version", FORK_VERSIONS)
+def test_forks_of_a_sleeping_process_are_silent(tmp_path, home, version):
+    """No "multi-threaded, use of fork() may lead to deadlocks" warning: not before
+    any request, not after status requests, not on repeated forks; the control
+    plane answers between and after them."""
+    app = ForkApp(tmp_path, home, str(_pyenv(version)))
+    try:
+        assert app.ask() == "quiet"
+        assert app.ask() == "quiet"
+        for _ in range(2):
+            code, body = http_json(app.record["control_url"], "GET", "/detrix/status")
+            assert code == 200 and body["state"] == "sleeping", body
+            wait_until(app.idle, timeout=10)
+            assert app.ask() == "quiet"
+        code, _ = http_json(app.record["control_url"], "GET", "/detrix/health")
+        assert code == 200
+    finally:
+        err = app.finish()
+    assert "DeprecationWarning" not in err and "detrix-auto" not in err, err
+
+
+@pytest.mark.parametrize("version", FORK_VERSIONS)
+def test_a_fork_with_a_request_in_flight_warns_truthfully(tmp_path, home, version):
+    """A connection being served keeps our thread busy: the process is
+    multi-threaded, and CPython's warning says so. Nothing is suppressed."""
+    app = ForkApp(tmp_path, home, str(_pyenv(version)))
+    try:
+        with socket.create_connection(("127.0.0.1", app.record["control_port"]), timeout=10):
+            wait_until(lambda: not app.idle(), timeout=10)  # accepted: the loop runs
+            assert "is multi-threaded" in app.ask()
+        wait_until(app.idle, timeout=10)
+        assert app.ask() == "quiet"
+    finally:
+        err = app.finish()
+    assert "detrix-auto" not in err, err
+
+
+@pytest.mark.parametrize("version", FORK_VERSIONS)
+def test_the_control_plane_comes_back_when_the_main_thread_sat_in_c_after_a_fork(
+    tmp_path, home, version
+):
+    """On 3.13+ the thread is restarted by a pending call of the main thread (the
+    after-fork hooks run before CPython counts threads): a request made while the
+    main thread sleeps in C waits in the backlog and is answered once it returns."""
+    app = ForkApp(tmp_path, home, str(_pyenv(version)))
+    try:
+        assert app.proc.stdin is not None
+        app.proc.stdin.write("sleep-after\n")
+        app.proc.stdin.flush()
+        time.sleep(0.3)  # the main thread is in time.sleep(1.0) now
+        code, body = http_json(app.record["control_url"], "GET", "/detrix/status", timeout=20)
+        assert code == 200 and body["state"] == "sleeping", body
+        assert app.readline() == "forked"
+    finally:
+        err = app.finish()
+    assert "detrix-auto" not in err and "DeprecationWarning" not in err, err
 
 
 # -- the status answered without building the client ---------------------------------

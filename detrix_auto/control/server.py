@@ -14,6 +14,13 @@ nothing but the listener. *Serving*: an :class:`~.loop.EventLoop` runs while
 any connection is open or any request is being handled, and returns as soon
 as none is; the thread is then idle again.
 
+Only the idle thread can be asked to step aside for a ``fork()``
+(:meth:`ControlServer.pause_for_fork`): on 3.12+ CPython warns about every
+fork of a multi-threaded process, and a sleeping process must not make the
+host's forks warn. The listener stays open meanwhile, so a client that
+connects during the fork waits in the backlog and is served once the thread
+is back (:meth:`ControlServer.resume_after_fork`).
+
 Every descriptor is checked before it is used or closed (``control/fds.py``):
 a host that closed our listener (``os.closerange``) and reused its number
 never sees that number accepted on, shut down or closed by us, and exit never
@@ -266,6 +273,118 @@ class ControlServer:
             "this process cannot be woken until it restarts"
         )
 
+    # -- forks -------------------------------------------------------------------
+
+    def pause_for_fork(self) -> bool:
+        """Just before ``fork()``: end the idle thread, so the host forks single-threaded.
+
+        Only an idle thread steps aside; with a request in flight, or another
+        thread of ours or the host's running, the process is multi-threaded
+        anyway and CPython's warning about it is the truth. Waits (at most
+        :data:`PAUSE_TIMEOUT`) until the OS thread is really gone: CPython counts
+        the threads of ``/proc/self/stat``, and a thread outlives the end of
+        its Python code by a little. True when paused.
+        """
+        if _thread.get_ident() == self._thread_ident:
+            return False  # forking from our own thread
+        if self._phase != ACCEPTING:
+            return False
+        # A thread started a moment ago may not have run yet: let it say who it is.
+        if not self._starting.acquire(timeout=PAUSE_TIMEOUT):
+            return False
+        self._starting.release()
+        if _other_threads(self._native_id) != 0:
+            return False
+        with self._lock:
+            if self._phase != ACCEPTING or not self._running.locked():
+                return False
+            self._phase = PAUSING
+        knock = self._knock()
+        if knock is None:
+            with self._lock:
+                if self._phase == PAUSING:
+                    self._phase = ACCEPTING  # still blocked in accept(): carry on
+                    return False
+        try:
+            return self._wait_gone()
+        finally:
+            if knock is not None:
+                knock.close()
+
+    def _knock(self) -> Any:
+        """Connect to ourselves: accept() returns, and the thread sees it is to end.
+
+        The knocking socket stays open until the thread has closed its end, so
+        that the TIME_WAIT state falls on our listening port's side.
+        """
+        family = self._sock.family
+        address: tuple[Any, ...] = (self._connect_host(), self.port)
+        if family == _socket.AF_INET6:
+            address = (*address, 0, 0)
+        try:
+            knock = _socket.socket(family, _socket.SOCK_STREAM)
+        except OSError:
+            return None
+        try:
+            knock.settimeout(0.1)
+            knock.connect(address)
+            with self._lock:
+                self._wakeup_peer = knock.getsockname()
+        except OSError:
+            knock.close()
+            return None
+        return knock
+
+    def _wait_gone(self) -> bool:
+        deadline = time.monotonic() + PAUSE_TIMEOUT
+        if not self._running.acquire(timeout=PAUSE_TIMEOUT):
+            return False
+        self._running.release()
+        # Its Python part is over (we hold the GIL again); the OS thread ends
+        # within microseconds: poll, yielding the CPU to it meanwhile.
+        task = f"/proc/self/task/{self._native_id}"
+        yield_cpu = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+        while True:
+            try:
+                os.stat(task)
+            except OSError:
+                break  # gone (or no /proc: then nothing counts OS threads either)
+            if time.monotonic() > deadline:
+                return False
+            yield_cpu()
+        with self._lock:
+            return self._phase == PAUSED
+
+    def resume_after_fork(self, *, later: Callable[[Callable[[], None]], bool] | None) -> None:
+        """In the parent after ``fork()``: the idle thread comes back.
+
+        ``later`` schedules the restart in the main thread once it runs Python
+        again (3.13+ counts threads only after the after-fork hooks have run);
+        when it cannot, the thread is started now.
+        """
+        with self._lock:
+            if self._phase == PAUSING:
+                self._phase = ACCEPTING  # it never left: it serves the knock, harmlessly
+                return
+            if self._phase != PAUSED:
+                return
+        if later is not None and later(self.restart):
+            return
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the idle thread again after a pause (idempotent)."""
+        with self._lock:
+            if self._phase != PAUSED:
+                return
+            self._phase = ACCEPTING
+        try:
+            self._spawn()
+        except Exception as exc:  # noqa: BLE001 - the host's fork must go on
+            from .. import _log
+
+            _log.warn(f"control plane not restarted after fork: {type(exc).__name__}: {exc}")
+
     # -- the end -----------------------------------------------------------------
 
     def close(self) -> None:
@@ -306,3 +425,12 @@ class ControlServer:
         if pending is not None:
             fds.release(pending[0], pending[2])
         fds.release(self._sock, self._ident)
+
+
+def _other_threads(ours: int) -> int:
+    """OS threads besides the calling one and ours (0 when it cannot be told)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    return len(set(tasks) - {str(_thread.get_native_id()), str(ours)})
