@@ -288,11 +288,19 @@ def _after_fork_in_parent() -> None:
     try:
         server = _server
         if server is not None and _pid == os.getpid():
-            server.resume_after_fork(later=_restart_later(sys._getframe(1)))
+            server.resume_after_fork(later=_restart_later(_caller()))
     except Exception as exc:  # noqa: BLE001 - a fork must never fail because of us
         from . import _log
 
         _log.warn(f"could not restart the control plane after fork: {exc}")
+
+
+def _caller() -> Any:
+    """The frame that called ``os.fork()`` (an after-fork hook is called from C)."""
+    try:
+        return sys._getframe(2)
+    except ValueError:
+        return None  # forked from C code with no Python frame on this thread
 
 
 #: A pending call that keeps finding os.fork() unfinished gives up waiting after this many.
