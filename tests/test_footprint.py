@@ -212,6 +212,7 @@ def test_every_host_resource_in_every_phase(tmp_path, home, daemon):
 
     # Awake, pydevd may redirect output; after sleep it is given back.
     assert awake["stdio"][0] == sleeping["stdio"][0]
+    assert awake["hooks"][:2] == disabled["hooks"][:2]  # excepthook, displayhook
     # urllib3 (the daemon client) adds filters for its own warning classes when
     # imported by a wake; nothing else is added (reported in docs/host-footprint.md).
     for snap in (awake, after_sleep):
