@@ -6,7 +6,8 @@ with a 4xx status rather than an HTML page, and the parser is a pure function
 of bytes that property tests and fuzzers can drive directly. It is loaded when
 the first connection arrives, never at process start.
 
-It imports nothing but the small C module ``_json``: answering a status
+It imports nothing (``_json``, a small C module, only for strings that need
+escaping): answering a status
 request must not load ``json`` (and with it ``re``), ``dataclasses`` (and
 ``inspect``) or ``typing``, megabytes that a sleeping process would keep
 (docs/performance.md, "Memory").
@@ -246,10 +247,15 @@ def _encode_string_fallback(text: str) -> str:
     return json.dumps(text)
 
 
-try:
-    from _json import encode_basestring_ascii as _quote
-except ImportError:  # pragma: no cover - an interpreter without the C accelerator
-    _quote = _encode_string_fallback
+def _quote(text: str) -> str:
+    """A JSON string literal as ``json`` writes it (ASCII only, escapes)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing to escape: the usual case, no module loaded
+    try:
+        from _json import encode_basestring_ascii
+    except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+        return _encode_string_fallback(text)
+    return str(encode_basestring_ascii(text))
 
 
 def _encode(value: Any, parts: list[str], depth: int = 0) -> list[str]:

@@ -64,6 +64,9 @@ RECV_SIZE = 65536
 #: Bytes a client may queue behind a request that is still being handled.
 MAX_PIPELINED = MAX_REQUEST_LINE + MAX_HEADER_BYTES + MAX_BODY
 
+#: Fewer connections than this are always served (the lowest limit we ever set).
+_FEW = 16
+
 READ = 1  # POLLIN
 WRITE = 4  # POLLOUT
 _HANGUP = 8 | 16 | 32  # POLLERR, POLLHUP, POLLNVAL
@@ -138,9 +141,17 @@ class EventLoop:
         self._wake_ident: tuple[Any, Any] = (None, None)
         self._wake_fd = -1
         self._accept_paused_until = 0.0
-        self.max_connections = _connection_limit()
+        self._max_connections = 0  # read from the descriptor limit when first needed
 
     # -- public -------------------------------------------------------------
+
+    @property
+    def max_connections(self) -> int:
+        """Connections served at once (the rest get 503): at most :data:`MAX_CONNECTIONS`,
+        and at most about half the process's descriptor limit."""
+        if not self._max_connections:
+            self._max_connections = _connection_limit()
+        return self._max_connections
 
     def stop(self) -> None:
         """Ask the loop to end; safe from any thread."""
@@ -234,7 +245,8 @@ class EventLoop:
                 return
             listener = self._listener
             sock = _socket.socket(listener.family, listener.type, listener.proto, fd)
-            if len(self._conns) >= self.max_connections:
+            # The limit is only looked up (``resource``) once it could matter.
+            if len(self._conns) >= _FEW and len(self._conns) >= self.max_connections:
                 try:
                     sock.setblocking(False)
                     sock.send(error_response(503, "too many connections; try again shortly"))
@@ -554,4 +566,4 @@ def _connection_limit() -> int:
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
     # Leave most descriptors to the host application.
-    return max(16, min(MAX_CONNECTIONS, soft // 2 - 32))
+    return max(_FEW, min(MAX_CONNECTIONS, soft // 2 - 32))
