@@ -8,8 +8,10 @@ real main thread (asyncio's ``get_event_loop()`` then refuses to make a loop).
 
 Importing ``threading`` in the main thread at start-up would avoid this but
 costs about 4 ms, most of our start-up budget, for something the host nearly
-always does itself soon after (``logging`` and ``asyncio`` import it). So the
-control thread calls :func:`ensure_threading` on the first connection:
+always does itself soon after (``logging`` and ``asyncio`` import it). A
+status request needs no ``threading`` at all; the control thread calls
+:func:`ensure_threading` before it first needs it (the first wake or sleep
+starts a worker thread, and builds the client):
 
 1. If the main thread already imported ``threading``, nothing to do.
 2. Otherwise it asks the main thread, through ``Py_AddPendingCall`` (the
@@ -22,6 +24,9 @@ control thread calls :func:`ensure_threading` on the first connection:
    to rebuild the real ``MainThread`` object in the main thread as soon as it
    runs Python code again, the way ``threading._after_fork`` rebuilds it
    after a fork.
+
+:func:`call_soon_in_main` is the same pending-call mechanism for calls that
+recur (one per fork, see ``control/server.py``): one ctypes callback for all.
 """
 
 from __future__ import annotations

@@ -241,11 +241,15 @@ class ControlServer:
             return None
 
     def _serve_connections(self, first: tuple[Any, Any, Any]) -> None:
-        from .loop import EventLoop
+        try:
+            from .loop import EventLoop
 
-        if self._router is None:
-            self._router = self._make_router()
-        loop = EventLoop(self._sock, self._ident, self._router)
+            if self._router is None:
+                self._router = self._make_router()
+            loop = EventLoop(self._sock, self._ident, self._router)
+        except BaseException:
+            fds.release(first[0], first[2])
+            raise
         with self._lock:
             if self._phase != SERVING:
                 fds.release(first[0], first[2])
