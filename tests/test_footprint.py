@@ -150,32 +150,44 @@ def _listeners(snapshot: dict[str, Any]) -> set[str]:
     return {fd for fd, kind in snapshot["fds"].items() if kind == "socket"}
 
 
-def test_every_host_resource_in_every_phase(tmp_path, home, daemon):
-    """Sleeping and after a status request the host sees one listening socket and
-    one OS thread more than when disabled, and nothing else; awake and after sleep
-    only what debugpy itself needs, and the documented environment variables."""
-    baseline = SnapshotApp(tmp_path, home, "0", DETRIX_DAEMON_URL=daemon.url)
-    disabled = baseline.first
-    baseline.finish()
+@pytest.fixture(scope="module")
+def phases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The host's snapshot in each phase: a disabled run, then one enabled process
+    sleeping, after a status request, awake and after sleep (real daemon double)."""
+    from detrix_auto.devdaemon import DevDaemon
 
-    app = SnapshotApp(tmp_path, home, "1", DETRIX_DAEMON_URL=daemon.url)
-    sleeping = app.first
-    url = wait_for_record(home, app.proc.pid, app.proc)["control_url"]
-    code, _ = http_json(url, "GET", "/detrix/status")
-    assert code == 200
-    # The connection is closed; the loop then returns to idle: same descriptors.
-    after_status = wait_until(lambda: (s := app.snap())["fds"] == sleeping["fds"] and s, timeout=10)
-    code, body = http_json(url, "POST", "/detrix/wake")
-    assert code == 200, body
-    awake = app.snap()
-    code, body = http_json(url, "POST", "/detrix/sleep")
-    assert code == 200, body
-    # The worker that ran the sleep ends right after handing its answer over.
-    after_sleep = wait_until(
-        lambda: "detrix-worker" not in ((s := app.snap())["py_threads"] or []) and s, timeout=10
-    )
-    app.finish()
-    phases = {
+    tmp_path = tmp_path_factory.mktemp("phases")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    daemon = DevDaemon().start()
+    try:
+        baseline = SnapshotApp(tmp_path, home, "0", DETRIX_DAEMON_URL=daemon.url)
+        disabled = baseline.first
+        baseline.finish()
+
+        app = SnapshotApp(tmp_path, home, "1", DETRIX_DAEMON_URL=daemon.url)
+        sleeping = app.first
+        url = wait_for_record(home, app.proc.pid, app.proc)["control_url"]
+        code, _ = http_json(url, "GET", "/detrix/status")
+        assert code == 200
+        # The connection is closed; the loop then returns to idle: same descriptors.
+        after_status = wait_until(
+            lambda: (s := app.snap())["fds"] == sleeping["fds"] and s, timeout=10
+        )
+        code, body = http_json(url, "POST", "/detrix/wake")
+        assert code == 200, body
+        awake = app.snap()
+        code, body = http_json(url, "POST", "/detrix/sleep")
+        assert code == 200, body
+        # The worker that ran the sleep ends right after handing its answer over.
+        after_sleep = wait_until(
+            lambda: "detrix-worker" not in ((s := app.snap())["py_threads"] or []) and s,
+            timeout=10,
+        )
+        app.finish()
+    finally:
+        daemon.stop()
+    return {
         "disabled": disabled,
         "sleeping": sleeping,
         "after status": after_status,
@@ -183,40 +195,72 @@ def test_every_host_resource_in_every_phase(tmp_path, home, daemon):
         "after sleep": after_sleep,
     }
 
+
+#: Sleeping, before and after the control plane answered a request.
+SLEEPING = ("sleeping", "after status")
+
+
+@pytest.mark.parametrize("key", ["signals", "sigmask", "cwd", "sys_path"])
+def test_signals_cwd_and_sys_path_are_never_touched(phases, key):
+    """Signal handlers, the signal mask, the working directory and ``sys.path``
+    are what they are without detrix-auto, in every phase, awake included."""
     for name, snap in phases.items():
-        # Signals, the signal mask, the working directory and sys.path: untouched.
-        for key in ("signals", "sigmask", "cwd", "sys_path"):
-            assert snap[key] == disabled[key], (name, key)
-        # The environment: only what the test itself set, until a wake.
-        added = {k for k, v in snap["env"].items() if disabled["env"].get(k) != v}
+        assert snap[key] == phases["disabled"][key], name
+
+
+def test_the_environment_gains_only_what_a_wake_documents(phases):
+    """Sleeping: nothing but what the test set. A wake adds two ``PYDEVD_*``
+    variables (debugger.py's setdefault and debugpy's own import); they stay."""
+    disabled = phases["disabled"]["env"]
+    for name, snap in phases.items():
+        added = {k for k, v in snap["env"].items() if disabled.get(k) != v}
         allowed = WAKE_ENV if name in ("awake", "after sleep") else set()
         assert added <= {"DETRIX_ENABLE"} | allowed, (name, added)
-        assert not set(disabled["env"]) - set(snap["env"]), name
+        assert not set(disabled) - set(snap["env"]), name
 
-    quiet = {"sleeping": sleeping, "after status": after_status, "after sleep": after_sleep}
-    for name, snap in quiet.items():
-        # stdio: the very same objects; hooks and warning filters as when disabled.
+
+def test_stdio_and_hooks_are_the_hosts(phases):
+    """The very same stdio objects, ``excepthook``, ``displayhook``, no trace or
+    profile function, except that pydevd may redirect output while awake."""
+    disabled, sleeping = phases["disabled"], phases["sleeping"]
+    for name in (*SLEEPING, "after sleep"):
+        snap = phases[name]
         assert snap["stdio"] == sleeping["stdio"], name
         assert snap["stdio_types"] == disabled["stdio_types"], name
         assert snap["hooks"] == disabled["hooks"], name
-    for name in ("sleeping", "after status"):
+    assert phases["awake"]["stdio"][0] == sleeping["stdio"][0]  # stdin
+    assert phases["awake"]["hooks"][:2] == disabled["hooks"][:2]
+
+
+def test_sleeping_holds_one_socket_and_one_os_thread(phases):
+    """Before and after a status request: one listening socket and one OS thread
+    more than when disabled; no Python-level thread (threading is not loaded)."""
+    disabled = phases["disabled"]
+    for name in SLEEPING:
         snap = phases[name]
-        assert snap["warning_filters"] == disabled["warning_filters"], name
-        # One socket (the listener) and one OS thread more; no Python-level thread.
         assert set(snap["fds"]) - set(disabled["fds"]) == _listeners(snap) - _listeners(disabled)
         assert len(_listeners(snap) - _listeners(disabled)) == 1, name
         assert snap["os_threads"] == disabled["os_threads"] + 1, name
-        assert snap["py_threads"] is None, name  # threading not even imported
-        loaded = set(snap["modules"]) - set(disabled["modules"])
+        assert snap["py_threads"] is None, name
+
+
+def test_a_status_request_loads_nothing_heavy(phases):
+    """No ``json``, ``threading``, ``socket``, ``typing``, ``hmac``, lifecycle, ...:
+    what a status request loads stays loaded, in a process nobody woke."""
+    disabled = set(phases["disabled"]["modules"])
+    for name in SLEEPING:
+        loaded = set(phases[name]["modules"]) - disabled
         assert not loaded & set(HEAVY), (name, sorted(loaded & set(HEAVY)))
 
-    # Awake, pydevd may redirect output; after sleep it is given back.
-    assert awake["stdio"][0] == sleeping["stdio"][0]
-    assert awake["hooks"][:2] == disabled["hooks"][:2]  # excepthook, displayhook
-    # urllib3 (the daemon client) adds filters for its own warning classes when
-    # imported by a wake; nothing else is added (reported in docs/host-footprint.md).
-    for snap in (awake, after_sleep):
-        extra = [f for f in snap["warning_filters"] if f not in disabled["warning_filters"]]
+
+def test_warning_filters_change_only_for_urllib3s_own_classes(phases):
+    """Sleeping: untouched. The first wake imports urllib3 (the daemon client),
+    which appends filters for its own warning classes (docs/host-footprint.md)."""
+    disabled = phases["disabled"]["warning_filters"]
+    for name in SLEEPING:
+        assert phases[name]["warning_filters"] == disabled, name
+    for name in ("awake", "after sleep"):
+        extra = [f for f in phases[name]["warning_filters"] if f not in disabled]
         assert all("urllib3.exceptions." in f for f in extra), extra
 
 
