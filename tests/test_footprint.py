@@ -524,6 +524,56 @@ def test_the_control_plane_comes_back_when_the_main_thread_sat_in_c_after_a_fork
     assert "detrix-auto" not in err and "DeprecationWarning" not in err, err
 
 
+PAUSE_APP = textwrap.dedent(
+    """\
+    import os, sys
+    from detrix_auto import _runtime
+    server = _runtime._server
+    paused = server.pause_for_fork()  # what the before-fork hook does
+    tid = server._native_id
+    gone = not os.path.exists(f"/proc/self/task/{tid}")
+    print(paused, gone, flush=True)
+    sys.stdin.readline()  # meanwhile a client connects and asks
+    server.resume_after_fork(later=None)  # what the after-fork hook does (3.12)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_a_client_that_comes_during_a_pause_is_answered_after_it(tmp_path, home):
+    """While the thread is away for a fork, the listener stays open: a client's
+    request waits in the backlog, unanswered, and is answered once it is back."""
+    script = tmp_path / "pause.py"
+    script.write_text(PAUSE_APP)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=clean_env(home, DETRIX_ENABLE="1"),
+        cwd=str(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        record = wait_for_record(home, proc.pid, proc)
+        assert proc.stdout.readline().split() == ["True", "True"]  # paused, OS thread gone
+        with socket.create_connection(("127.0.0.1", record["control_port"]), timeout=0.5) as c:
+            c.sendall(b"GET /detrix/health HTTP/1.0\r\n\r\n")
+            with pytest.raises(TimeoutError):
+                c.recv(100)  # nobody serves while paused
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            c.settimeout(10)
+            assert c.recv(100).startswith(b"HTTP/1.1 200 ")
+        _, err = proc.communicate("\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and err == "", err
+
+
 # -- the status answered without building the client ---------------------------------
 
 
