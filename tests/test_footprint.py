@@ -604,17 +604,23 @@ def test_a_status_without_the_client_says_what_a_fresh_client_says(home):
 
 # -- JSON without json ------------------------------------------------------------------
 
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.text() | st.integers() | st.none()
+    return (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(keys, inner, max_size=5)
+    )
+
+
 _JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=5)
-        | st.tuples(inner, inner)
-        | st.dictionaries(st.text() | st.integers() | st.none(), inner, max_size=5)
-    ),
+    _containers,
     max_leaves=30,
 )
 
