@@ -66,7 +66,8 @@ ORIGINAL = "detrix-py"
 #: (``detrix_auto.init()``), ``orig`` (``detrix.init()``), ``bare``, or
 #: ``debugpy-inproc``/``debugpy-adapter`` (bare debugpy, the floors). MODE is
 #: ``idle`` (wait for stdin to close), ``work`` (time CPU-bound blocks until
-#: stdin closes) or ``statusbench`` (in-process status() latency).
+#: stdin closes), ``forks`` (time ``os.fork()`` on request) or ``statusbench``
+#: (in-process status() latency).
 APP = textwrap.dedent(
     """\
     import json, os, select, sys, threading, time
@@ -168,6 +169,23 @@ APP = textwrap.dedent(
             cold(block)
             block += 1
             emit(**best)
+    elif MODE == "forks":  # on each stdin line: N forks from the main module
+        import warnings
+        count = int(sys.argv[3])
+        emit(ready=True, **info)
+        for _ in sys.stdin:
+            times = []
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for _ in range(count):
+                    t0 = time.perf_counter()
+                    pid = os.fork()
+                    if pid == 0:
+                        os._exit(0)
+                    times.append(time.perf_counter() - t0)
+                    os.waitpid(pid, 0)
+            times.sort()
+            emit(fork=times[len(times) // 2], warned=len(caught))
     elif MODE == "statusbench":
         count = int(sys.argv[3])
         emit(ready=True, **info)
@@ -1003,6 +1021,43 @@ class Bench:
                 self.busy_wake(impl)
         self.results["overhead"] = res
 
+    # -- forks ---------------------------------------------------------------------------
+
+    def forks(self) -> None:
+        """Time the host's main thread spends in ``os.fork()``, sleeping against bare.
+
+        On 3.12+ the idle control thread steps aside for every fork (so that
+        CPython's "multi-threaded fork" warning is not raised) and comes back
+        after: that is the cost measured here. Three live processes take turns,
+        each doing a batch of forks from its main module; the figure is the
+        median fork of a batch, median over batches; warnings are counted.
+        """
+        count = 20 if self.cfg.quick else 50
+        rounds = 5 if self.cfg.quick else 15
+        log(f"forks: {rounds} interleaved batches of {count} forks each")
+        children = {"bare interpreter": self.spawn("bare", "bare", "forks", str(count))}
+        children["detrix-auto sleeping, control plane never used"] = self.spawn(
+            "auto", "hook", "forks", str(count), env=self.hook_env()
+        )
+        used = self.spawn("auto", "hook", "forks", str(count), env=self.hook_env())
+        children["detrix-auto sleeping, after one status request"] = used
+        for child in children.values():
+            ready = child.next()
+            if child is used:
+                request(self.control_url(child, ready), "GET", "/detrix/status")
+        time.sleep(0.2)  # the status connection is closed and the loop idle again
+        res: dict[str, list[float]] = {}
+        names = list(children)
+        for round_no in range(rounds):
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                out = children[name].ask()
+                res.setdefault(name, []).append(out["fork"])
+                res.setdefault(f"{name}|warnings", []).append(out["warned"] / count)
+        for child in children.values():
+            child.stop()
+        self.results["forks"] = res
+
     def spawn_impl(self, impl: str, mode: str, daemon_url: str) -> Child:
         """detrix-auto (through its hook) or detrix-py (``init()``), told where the daemon is."""
         work = "" if mode == "idle" else self.cfg.work
@@ -1423,6 +1478,33 @@ def report(bench: Bench, cfg: Config, elapsed: float) -> str:
         out.append(table(["state", "RSS MiB", "added MiB"], rows))
         out.append("")
 
+    if "forks" in r:
+        fk = r["forks"]
+        base = median(fk.get("bare interpreter", []))
+        rows = []
+        for name, values in fk.items():
+            if name.endswith("|warnings"):
+                continue
+            value = median(values)
+            warned = fk.get(f"{name}|warnings", [])
+            rows.append(
+                [
+                    name,
+                    f"{value * 1e6:.0f}",
+                    f"{min(values) * 1e6:.0f}-{max(values) * 1e6:.0f}",
+                    f"{(value - base) * 1e6:+.0f}",
+                    f"{median(warned):.2f}" if warned else "n/a",
+                ]
+            )
+        out.append(
+            f"**Forks** (µs the parent spends in `os.fork()` from its main module; median of "
+            f"{len(fk.get('bare interpreter', []))} interleaved batches, each the median fork "
+            "of its batch; DeprecationWarnings raised per fork)"
+        )
+        out.append("")
+        out.append(table(["process", "fork µs", "batch range", "added µs", "warnings"], rows))
+        out.append("")
+
     if "overhead" in r:
         ov = r["overhead"]
         phases = [
@@ -1528,7 +1610,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-original", action="store_true", help=f"skip {ORIGINAL}")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
-        "--only", default="", help="comma-separated subset: startup,memory,latency,overhead"
+        "--only", default="", help="comma-separated subset: startup,memory,latency,forks,overhead"
     )
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
@@ -1542,6 +1624,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup",
         "memory",
         "latency",
+        "forks",
         "overhead",
     }
     VENVS.mkdir(parents=True, exist_ok=True)
@@ -1553,7 +1636,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"Python {envs.full_version}: measuring")
         with tempfile.TemporaryDirectory(prefix="detrix-bench-") as tmp:
             bench = Bench(envs, cfg, Path(tmp))
-            for name in ("startup", "memory", "latency", "overhead"):
+            for name in ("startup", "memory", "latency", "forks", "overhead"):
                 if name in only:
                     getattr(bench, name)()
         text = report(bench, cfg, time.perf_counter() - started)

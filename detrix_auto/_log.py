@@ -10,7 +10,10 @@ asks for it or the host configured logging itself.
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["audit", "configure", "debug", "info", "warn"]
 

@@ -8,8 +8,10 @@ real main thread (asyncio's ``get_event_loop()`` then refuses to make a loop).
 
 Importing ``threading`` in the main thread at start-up would avoid this but
 costs about 4 ms, most of our start-up budget, for something the host nearly
-always does itself soon after (``logging`` and ``asyncio`` import it). So the
-control thread calls :func:`ensure_threading` on the first connection:
+always does itself soon after (``logging`` and ``asyncio`` import it). A
+status request needs no ``threading`` at all; the control thread calls
+:func:`ensure_threading` before it first needs it (the first wake or sleep
+starts a worker thread, and builds the client):
 
 1. If the main thread already imported ``threading``, nothing to do.
 2. Otherwise it asks the main thread, through ``Py_AddPendingCall`` (the
@@ -22,6 +24,9 @@ control thread calls :func:`ensure_threading` on the first connection:
    to rebuild the real ``MainThread`` object in the main thread as soon as it
    runs Python code again, the way ``threading._after_fork`` rebuilds it
    after a fork.
+
+:func:`call_soon_in_main` is the same pending-call mechanism for calls that
+recur (one per fork, see ``control/server.py``): one ctypes callback for all.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from __future__ import annotations
 import _thread
 import sys
 
-__all__ = ["ensure_threading"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["call_soon_in_main", "ensure_threading", "forget_after_fork"]
 
 _callbacks: list[object] = []  # keep ctypes callbacks alive
 
@@ -110,3 +119,63 @@ def _demote_current_thread(threading: object) -> None:
     if lock is not None and locks is not None and guard is not None:
         with guard:
             locks.discard(lock)
+
+
+#: Functions waiting for the main thread (:func:`call_soon_in_main`).
+_soon: list[Callable[[], object]] = []
+_soon_trampoline: list[object] = []  # the one ctypes callback, made once
+
+
+def call_soon_in_main(func: Callable[[], object]) -> bool:
+    """Run ``func`` in the main thread at its next bytecode boundary; False if impossible.
+
+    For calls that may repeat all through a process's life (one per fork):
+    one ctypes callback serves them all, and calls made while one is pending
+    ride along with it, so nothing accumulates.
+    """
+    _soon.append(func)
+    if len(_soon) > 1:
+        return True  # the pending call already scheduled runs this one too
+    try:
+        if not _soon_trampoline:
+            _soon_trampoline.append(_make_trampoline(_run_soon))
+        import ctypes
+
+        if ctypes.pythonapi.Py_AddPendingCall(_soon_trampoline[0], None) == 0:
+            return True
+    except Exception:  # noqa: BLE001, S110 - no ctypes or a full queue: the caller decides
+        pass
+    _soon.clear()
+    return False
+
+
+def forget_after_fork() -> None:
+    """In a forked child: calls the parent scheduled are the parent's business."""
+    del _soon[:]
+
+
+def _run_soon() -> None:
+    # Only what was waiting when this call began: a function that schedules
+    # itself again runs at a later pending call, not in a loop here.
+    batch = _soon[:]
+    del _soon[:]
+    for func in batch:
+        try:
+            func()
+        except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
+            pass
+
+
+def _make_trampoline(func: Callable[[], object]) -> object:
+    import ctypes
+
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+    def trampoline(_arg: object) -> int:
+        try:
+            func()
+        except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
+            pass
+        return 0
+
+    return callback_type(trampoline)

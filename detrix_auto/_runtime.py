@@ -120,9 +120,93 @@ def _make_router() -> Any:
     from .control.routes import Router
     from .token import load_token
 
-    client = get_client()
-    settings = client.settings
-    return Router(client, lambda: load_token(settings.token, settings.token_file))
+    with _lock:
+        settings, server = _settings, _server
+    if settings is None:
+        raise DetrixError(NOT_STARTED)
+    return Router(
+        _ClientView(settings, server), lambda: load_token(settings.token, settings.token_file)
+    )
+
+
+class _ClientView:
+    """The client as the control plane sees it, without building it for a status request.
+
+    Building the :class:`~detrix_auto.lifecycle.Client` loads the state
+    machine, ``threading``, ``hashlib`` and the debugger module: megabytes, to
+    answer ``status`` for a process that has never been woken. Until something
+    needs the real client (a wake, a sleep, or the API), ``status`` and ``info``
+    are answered from the settings: what a freshly built client would say
+    (``tests/test_footprint.py`` compares the two). Everything else goes to the
+    real client, built on first use.
+    """
+
+    def __init__(self, settings: Settings, server: ControlServer | None) -> None:
+        self.settings = settings
+        self._server = server
+
+    def _built(self) -> Client | None:
+        if _client is None and "detrix_auto.lifecycle" in sys.modules:
+            # The debugger module has state of its own (a listener opened by an
+            # earlier client of this process): only the real client knows it.
+            return self._real()
+        return _client
+
+    def _real(self) -> Client:
+        from ._mainthread import ensure_threading
+
+        ensure_threading()  # the client imports threading; see _mainthread
+        return get_client()
+
+    def status(self) -> dict[str, Any]:
+        client = self._built()
+        return client.status() if client is not None else self.fresh_status()
+
+    def info(self) -> dict[str, Any]:
+        client = self._built()
+        return client.info() if client is not None else self.fresh_info()
+
+    def fresh_status(self) -> dict[str, Any]:
+        """``Client.status()`` of a client built now: nothing has happened yet."""
+        from .config import DEFAULT_DAEMON_URL
+
+        settings, server = self.settings, self._server
+        return {
+            "state": "sleeping",
+            "name": settings.connection_name(os.getpid()),
+            "control_host": server.host if server is not None else settings.control_host,
+            "control_port": server.port if server is not None else 0,
+            "debug_port": 0,
+            "debug_port_active": False,
+            "daemon_url": settings.daemon_url or DEFAULT_DAEMON_URL,
+            "daemon_url_source": "configured" if settings.daemon_url else "discover",
+            "connection_id": None,
+            "warm": False,
+            "last_error": None,
+        }
+
+    def fresh_info(self) -> dict[str, Any]:
+        """``Client.info()``, which depends on nothing but the process."""
+        return {
+            "name": self.settings.connection_name(os.getpid()),
+            "pid": os.getpid(),
+            "python_version": sys.version.split()[0],
+            "python_executable": sys.executable or "",
+        }
+
+    def poke(self) -> None:
+        client = _client
+        if client is not None:
+            client.poke()
+
+    def wake(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real().wake(*args, **kwargs)
+
+    def sleep(self) -> Any:
+        return self._real().sleep()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
 
 
 def _write_discovery() -> None:
@@ -210,8 +294,98 @@ def _install_hooks() -> None:
     import atexit
 
     atexit.register(_at_exit)
-    if hasattr(os, "register_at_fork"):
+    if not hasattr(os, "register_at_fork"):
+        return
+    if sys.version_info >= (3, 12):
+        # 3.12+ warns about every fork of a multi-threaded process: the idle
+        # control thread steps aside around the host's forks (control/server.py).
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
+    else:
         os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _before_fork() -> None:
+    try:
+        server = _server
+        if server is not None and _pid == os.getpid():
+            server.pause_for_fork()
+    except Exception:  # noqa: BLE001, S110 - a fork must never fail because of us
+        pass
+
+
+def _after_fork_in_parent() -> None:
+    try:
+        server = _server
+        if server is not None and _pid == os.getpid():
+            server.resume_after_fork(later=_restart_later(_caller()))
+    except Exception as exc:  # noqa: BLE001 - a fork must never fail because of us
+        from . import _log
+
+        _log.warn(f"could not restart the control plane after fork: {exc}")
+
+
+def _caller() -> Any:
+    """The frame that called ``os.fork()`` (an after-fork hook is called from C)."""
+    try:
+        return sys._getframe(2)
+    except ValueError:
+        return None  # forked from C code with no Python frame on this thread
+
+
+#: A pending call that keeps finding os.fork() unfinished gives up waiting after this many.
+_MAX_EARLY = 10_000
+
+
+def _restart_later(caller: Any) -> Any:
+    """How to restart the control thread once CPython has counted threads, if need be.
+
+    3.12 counts the threads of a forking process before the after-fork hooks
+    run, so the thread can come back at once (None: no need to wait). 3.13+
+    counts them after the hooks, so when the main thread forked, the thread is
+    started by a pending call in the main thread once ``os.fork()`` has
+    returned. A pending call runs at the next bytecode boundary, which may
+    still be inside an after-fork hook (ours, or ``logging``'s): while the
+    frame that called ``os.fork()`` has not moved past that call, the pending
+    call schedules itself again. A fork from another thread is a fork of a
+    multi-threaded process anyway: restarted at once.
+    """
+    if sys.version_info < (3, 13) or caller is None:
+        return None
+    main = getattr(_thread, "_get_main_thread_ident", None)
+    if main is None or main() != _thread.get_ident():
+        return None
+    from ._mainthread import call_soon_in_main
+
+    fork_call = caller.f_lasti
+
+    def schedule(restart: Any) -> bool:
+        early = 0
+
+        def when_fork_returned() -> None:
+            nonlocal early
+            if _inside_call(caller, fork_call) and early < _MAX_EARLY:
+                early += 1
+                if call_soon_in_main(when_fork_returned):
+                    return
+            restart()
+
+        return call_soon_in_main(when_fork_returned)
+
+    return schedule
+
+
+def _inside_call(caller: Any, instruction: int) -> bool:
+    """Is ``caller`` on this thread's stack, still at ``instruction`` (the fork call)?"""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        if frame is caller:
+            return bool(frame.f_lasti == instruction)
+        frame = frame.f_back
+    return False
 
 
 def _at_exit() -> None:
@@ -233,6 +407,9 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     try:
+        mainthread = sys.modules.get("detrix_auto._mainthread")
+        if mainthread is not None:
+            mainthread.forget_after_fork()
         _reset_if_forked()
     except Exception as exc:  # noqa: BLE001 - a fork must never fail because of us
         from . import _log

@@ -29,13 +29,16 @@ owner: old kernels report such sockets as uid 0.
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: ``socket`` costs a megabyte in a sleeping process
 import errno
 import os
-import socket
 import struct
 import sys
 import time
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "SUPPORTED",
@@ -66,16 +69,41 @@ _ANY_V6 = bytes(16)
 _ANY_V4 = _V4_PREFIX + bytes(4)
 
 
-class TcpSocket(NamedTuple):
-    """One TCP socket as the kernel describes it."""
+class TcpSocket:
+    """One TCP socket as the kernel describes it.
 
-    state: int
-    #: (address, port) of this socket's own end; IPv4 addresses in plain form.
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    uid: int
-    #: 0 when no process holds the socket (not yet accepted, or closed by its owner).
-    inode: int
+    A plain slotted class, not a NamedTuple: ``typing`` is megabytes that the
+    control plane's status path (which asks :func:`peer_uid`) would keep loaded.
+    """
+
+    __slots__ = ("inode", "local", "remote", "state", "uid")
+
+    def __init__(
+        self, state: int, local: tuple[str, int], remote: tuple[str, int], uid: int, inode: int
+    ) -> None:
+        self.state = state
+        #: (address, port) of this socket's own end; IPv4 addresses in plain form.
+        self.local = local
+        self.remote = remote
+        self.uid = uid
+        #: 0 when no process holds the socket (not yet accepted, or closed by its owner).
+        self.inode = inode
+
+    def without_owner(self) -> TcpSocket:
+        return TcpSocket(self.state, self.local, self.remote, self.uid, 0)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TcpSocket):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"TcpSocket(state={self.state}, local={self.local}, remote={self.remote}, "
+            f"uid={self.uid}, inode={self.inode})"
+        )
 
 
 # -- the public questions ----------------------------------------------------------
@@ -161,7 +189,7 @@ def listener_uid(host: str, port: int) -> int | None:
     return None if found is None else found.uid
 
 
-def server_end(sock: socket.socket, *, settle: float = 0.05) -> TcpSocket | None:
+def server_end(sock: Any, *, settle: float = 0.05) -> TcpSocket | None:
     """The server end of our connected TCP socket ``sock``, when it is on this host.
 
     That is the socket its server accepted, or, while the server has not
@@ -410,5 +438,5 @@ def _proc_listener(want: tuple[bytes, int]) -> TcpSocket | None:
             continue
         if len({row.uid for row in rows}) != 1:
             return None
-        return rows[0] if len(rows) == 1 else rows[0]._replace(inode=0)
+        return rows[0] if len(rows) == 1 else rows[0].without_owner()
     return None

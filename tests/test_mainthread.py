@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 #: Waits in Python (pending calls run) or in C (they wait), until the control
-#: plane has been asked something, then reports what threading thinks.
+#: plane has been asked to sleep, then reports what threading thinks.
 APP = textwrap.dedent(
     """\
     import _thread, json, os, sys, time
@@ -80,8 +80,10 @@ def _run(tmp_path, home, mode: str) -> dict:
     )
     try:
         record = wait_for_record(home, proc.pid, proc)
-        code, _ = http_json(record["control_url"], "GET", "/detrix/status")
-        assert code == 200
+        # A sleep builds the client, which needs threading (a status request
+        # does not: it never imports threading, see test_footprint.py).
+        code, body = http_json(record["control_url"], "POST", "/detrix/sleep")
+        assert code == 200, body
         asked.write_text("")
         out, err = proc.communicate(timeout=20)  # a blocked exit times out here
     finally:

@@ -23,15 +23,22 @@ time. ``DETRIX_REQUIRE_TOKEN=1`` makes the token mandatory for every caller.
 
 from __future__ import annotations
 
-import hmac
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any
 
 from ..config import is_loopback, split_host_port
 from ..netowner import peer_uid
-from .http import Request
+
+try:  # what hmac.compare_digest is, without loading hmac's OpenSSL (3.5 MiB)
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover - not CPython
+    from hmac import compare_digest  # type: ignore[no-redef]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .http import Request
 
 __all__ = ["Caller", "classify", "peer_uid"]
 
@@ -68,9 +75,14 @@ BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest
 BROWSER_PREFIXES = ("sec-fetch-",)
 
 
-@dataclass(frozen=True)
 class Caller:
-    """What we know about whoever sent a request."""
+    """What we know about whoever sent a request (read-only once made).
+
+    A plain class rather than a frozen dataclass: ``dataclasses`` loads
+    ``inspect``, megabytes that a sleeping process would keep.
+    """
+
+    __slots__ = ("address", "local", "port", "reason", "token_bad", "token_ok", "uid")
 
     address: str
     port: int
@@ -84,6 +96,46 @@ class Caller:
     #: Why the caller is not local, for the 401 message.
     reason: str
 
+    def __init__(
+        self,
+        *,
+        address: str,
+        port: int,
+        uid: int | None,
+        token_ok: bool,
+        token_bad: bool,
+        local: bool,
+        reason: str,
+    ) -> None:
+        for name, value in (
+            ("address", address),
+            ("port", port),
+            ("uid", uid),
+            ("token_ok", token_ok),
+            ("token_bad", token_bad),
+            ("local", local),
+            ("reason", reason),
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in _CALLER_FIELDS)
+        return f"Caller({fields})"
+
     @property
     def authorized(self) -> bool:
         return self.token_ok or (self.local and not self.token_bad)
@@ -91,6 +143,9 @@ class Caller:
     @property
     def how(self) -> str:
         return "token" if self.token_ok else ("local" if self.local else "none")
+
+
+_CALLER_FIELDS = ("address", "port", "uid", "token_ok", "token_bad", "local", "reason")
 
 
 def classify(
@@ -104,7 +159,7 @@ def classify(
 ) -> Caller:
     address, port = _peer_address(peer)
     presented = _bearer(request.header("authorization"))
-    token_ok = bool(presented and token and hmac.compare_digest(presented.encode(), token.encode()))
+    token_ok = bool(presented and token and compare_digest(presented.encode(), token.encode()))
     token_bad = presented is not None and not token_ok
     uid: int | None = None
     reason = ""

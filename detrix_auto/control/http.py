@@ -5,13 +5,19 @@ Hand-written rather than ``http.server`` for three reasons: every limit is ours
 with a 4xx status rather than an HTML page, and the parser is a pure function
 of bytes that property tests and fuzzers can drive directly. It is loaded when
 the first connection arrives, never at process start.
+
+It imports nothing (``_json``, a small C module, only for strings that need
+escaping): answering a status
+request must not load ``json`` (and with it ``re``), ``dataclasses`` (and
+``inspect``) or ``typing``, megabytes that a sleeping process would keep
+(docs/performance.md, "Memory").
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "MAX_BODY",
@@ -60,14 +66,42 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass
 class Request:
-    method: str
-    target: str
-    path: str
-    version: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    """One parsed request. Compares and prints like the dataclass it replaces."""
+
+    __slots__ = ("body", "headers", "method", "path", "target", "version")
+
+    def __init__(  # noqa: PLR0917 - the dataclass's positional signature
+        self,
+        method: str,
+        target: str,
+        path: str,
+        version: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.version = version
+        self.headers: dict[str, str] = {} if headers is None else headers
+        self.body = body
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.method, self.target, self.path, self.version, self.headers, self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(method={self.method!r}, target={self.target!r}, path={self.path!r}, "
+            f"version={self.version!r}, headers={self.headers!r}, body={self.body!r})"
+        )
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -168,7 +202,7 @@ def json_response(
     extra_headers: dict[str, str] | None = None,
 ) -> bytes:
     """A complete HTTP/1.1 response with a JSON body."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = dumps(payload).encode()
     headers = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
         "Content-Type: application/json",
@@ -186,3 +220,81 @@ def json_response(
 
 def error_response(status: int, message: str, *, keep_alive: bool = False) -> bytes:
     return json_response(status, {"error": message}, keep_alive=keep_alive)
+
+
+def dumps(payload: Any) -> str:
+    """``json.dumps(payload, separators=(",", ":"))``, without loading ``json``.
+
+    Written out for what responses carry (dicts, lists, strings, numbers,
+    booleans, None); anything else goes to ``json`` itself, so the text is
+    always exactly what ``json`` would write.
+    """
+    try:
+        return "".join(_encode(payload, []))
+    except _Unusual:
+        import json
+
+        return json.dumps(payload, separators=(",", ":"))
+
+
+class _Unusual(Exception):
+    """A value :func:`dumps` leaves to ``json``."""
+
+
+def _encode_string_fallback(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def _quote(text: str) -> str:
+    """A JSON string literal as ``json`` writes it (ASCII only, escapes)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing to escape: the usual case, no module loaded
+    try:
+        from _json import encode_basestring_ascii
+    except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+        return _encode_string_fallback(text)
+    return str(encode_basestring_ascii(text))
+
+
+def _encode(value: Any, parts: list[str], depth: int = 0) -> list[str]:
+    if depth > 32:
+        raise _Unusual  # json itself reports recursion the way it does
+    if isinstance(value, str):
+        parts.append(_quote(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(int.__repr__(value))
+    elif isinstance(value, float):
+        if value - value != 0.0:
+            raise _Unusual  # NaN and the infinities: json's spelling
+        parts.append(float.__repr__(value))
+    elif type(value) is dict:
+        parts.append("{")
+        first = True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Unusual  # json's rules for other keys are its own
+            if not first:
+                parts.append(",")
+            first = False
+            parts.append(_quote(key))
+            parts.append(":")
+            _encode(item, parts, depth + 1)
+        parts.append("}")
+    elif type(value) is list or type(value) is tuple:
+        parts.append("[")
+        for index, item in enumerate(value):
+            if index:
+                parts.append(",")
+            _encode(item, parts, depth + 1)
+        parts.append("]")
+    else:
+        raise _Unusual
+    return parts

@@ -3,36 +3,54 @@
 Why this shape: a wake can take seconds (the daemon attaches before it
 answers), while ``health`` and ``status`` must answer at once even then, and a
 silent or slow client must not hold anything but its own file descriptor. So
-all socket I/O and parsing happens in this selector loop with per-connection
-deadlines; cheap requests are answered inline; ``wake`` and ``sleep`` run on a
-small bounded pool of worker threads and hand their response back through a
-wake-up socket. Connections beyond the limit are told 503 and closed, and
-running out of file descriptors pauses accepting instead of spinning.
+all socket I/O and parsing happens in this poll loop with per-connection
+deadlines; cheap requests are answered inline; ``wake`` and ``sleep`` run on
+worker threads (at most :data:`MAX_WORKERS`) and hand their response back
+through a wake-up socket. Connections beyond the limit are told 503 and
+closed, and running out of file descriptors pauses accepting instead of
+spinning.
+
+The loop lives only while it has something to do: :meth:`EventLoop.run`
+returns once no connection is open and no request is being handled, and
+workers end as soon as no job waits. The server's thread is then idle in
+``accept()`` again, holding nothing but the listener (see ``server.py``).
+
+It is built on ``_socket``, ``select.poll`` and ``_thread`` rather than
+``socket``, ``selectors``, ``queue`` and ``threading``: answering a status
+request then loads a few hundred kilobytes instead of megabytes, and needs no
+``threading`` (which, before 3.13, the first importing thread would own; see
+``_mainthread.py``). Workers are ``threading`` threads: a wake imports it
+anyway, after ``_mainthread.ensure_threading``.
+
+Every descriptor is checked before use and before close (``control/fds.py``).
 """
 
 from __future__ import annotations
 
-import collections
+import _socket
+import _thread
 import errno
-import queue
-import selectors
-import socket
-import threading
+import select
 import time
-from collections.abc import Callable
-from typing import Any
 
+from . import fds
 from .http import (
     MAX_BODY,
     MAX_HEADER_BYTES,
     MAX_REQUEST_LINE,
     HttpError,
-    Request,
     error_response,
     parse_request,
 )
 
-__all__ = ["Connection", "EventLoop"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .http import Request
+
+__all__ = ["Connection", "Deferred", "EventLoop"]
 
 #: Seconds a started request may take to arrive completely.
 REQUEST_TIMEOUT = 10.0
@@ -46,6 +64,13 @@ RECV_SIZE = 65536
 #: Bytes a client may queue behind a request that is still being handled.
 MAX_PIPELINED = MAX_REQUEST_LINE + MAX_HEADER_BYTES + MAX_BODY
 
+#: Fewer connections than this are always served (the lowest limit we ever set).
+_FEW = 16
+
+READ = 1  # POLLIN
+WRITE = 4  # POLLOUT
+_HANGUP = 8 | 16 | 32  # POLLERR, POLLHUP, POLLNVAL
+
 
 class Connection:
     """One client connection and what we know about it."""
@@ -55,6 +80,8 @@ class Connection:
         "busy",
         "close_after_write",
         "deadline",
+        "fd",
+        "ident",
         "inbuf",
         "local",
         "outbuf",
@@ -63,8 +90,12 @@ class Connection:
         "sock",
     )
 
-    def __init__(self, sock: socket.socket, peer: Any, local: Any) -> None:
+    def __init__(
+        self, sock: Any, peer: Any, local: Any, ident: tuple[int, int] | None = None
+    ) -> None:
         self.sock = sock
+        self.fd: int = sock.fileno()
+        self.ident = ident if ident is not None else fds.identity(sock)
         self.peer = peer
         self.local = local
         self.inbuf = bytearray()
@@ -74,6 +105,10 @@ class Connection:
         self.close_after_write = False
         self.peer_closed = False
         self.auth_cache: dict[str, Any] = {}
+
+    @property
+    def open(self) -> bool:
+        return bool(self.sock.fileno() >= 0)
 
 
 class Deferred:
@@ -85,50 +120,71 @@ class Deferred:
 
 
 class EventLoop:
-    def __init__(self, listener: socket.socket, router: Any) -> None:
+    def __init__(self, listener: Any, listener_ident: tuple[int, int] | None, router: Any) -> None:
         self._listener = listener
+        self._listener_ident = listener_ident
+        self._listener_fd: int = listener.fileno()
         self._router = router
-        self._selector = selectors.DefaultSelector()
+        self._poller = _Poller()
         self._conns: dict[int, Connection] = {}
-        self._done: collections.deque[tuple[Connection, bytes, bool]] = collections.deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
         self._stopping = False
-        self._jobs: queue.SimpleQueue[tuple[Connection, Deferred] | None] = queue.SimpleQueue()
-        self._workers: list[threading.Thread] = []
-        self._idle_workers = 0
-        self._workers_lock = threading.Lock()
+        self._lost = False
+        # Jobs, results and the wake-up pair are shared with the workers: _lock.
+        self._lock = _thread.allocate_lock()
+        self._jobs: list[tuple[Connection, Deferred]] = []
+        self._done: list[tuple[Connection, bytes, bool]] = []
+        self._workers = 0  # live worker threads
+        self._in_flight = 0  # jobs submitted whose answer the loop has not taken yet
+        self._closing = False
+        self._wake_r: Any = None
+        self._wake_w: Any = None
+        self._wake_ident: tuple[Any, Any] = (None, None)
+        self._wake_fd = -1
         self._accept_paused_until = 0.0
-        self.max_connections = _connection_limit()
+        self._max_connections = 0  # read from the descriptor limit when first needed
 
     # -- public -------------------------------------------------------------
 
+    @property
+    def max_connections(self) -> int:
+        """Connections served at once (the rest get 503): at most :data:`MAX_CONNECTIONS`,
+        and at most about half the process's descriptor limit."""
+        if not self._max_connections:
+            self._max_connections = _connection_limit()
+        return self._max_connections
+
     def stop(self) -> None:
+        """Ask the loop to end; safe from any thread."""
         self._stopping = True
-        self._notify()
+        with self._lock:
+            self._notify_locked()
 
     def close_fds_after_fork(self) -> None:
+        """In a forked child (no thread of ours runs): close our copies, nothing else."""
         for conn in list(self._conns.values()):
-            _close(conn.sock)
-        for sock in (self._wake_r, self._wake_w, self._listener):
-            _close(sock)
-        try:
-            self._selector.close()
-        except (OSError, ValueError):
-            pass
+            fds.release(conn.sock, conn.ident)
+        self._conns.clear()
+        self._release_wakeup()
 
-    def run(self, first: tuple[socket.socket, Any] | None = None) -> None:
-        self._listener.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ, "listener")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        if first is not None:
-            self._add(*first)
+    def run(self, first: tuple[Any, Any, Any] | None = None) -> bool:
+        """Serve until nothing is left to do (or :meth:`stop`). True if the listener was lost."""
+        if not fds.is_ours(self._listener, self._listener_ident):
+            if first is not None:
+                fds.release(first[0], first[2])
+            return True
         try:
+            self._open_wakeup()
+            self._listener.setblocking(False)
+            self._poller.set(self._listener_fd, READ)
+            if first is not None:
+                self._add(*first)
             while not self._stopping:
                 self._tick()
+                if not self._conns and not self._in_flight:
+                    break  # nothing to do: the server thread goes back to accept()
         finally:
             self._shutdown()
+        return self._lost
 
     # -- the loop -------------------------------------------------------------
 
@@ -137,64 +193,81 @@ class EventLoop:
         timeout = 1.0
         if self._conns:
             timeout = max(0.0, min(timeout, min(c.deadline for c in self._conns.values()) - now))
+        if self._in_flight and self._wake_fd < 0:
+            timeout = min(timeout, 0.05)  # no wake-up socket: look for answers often
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._selector.modify(self._listener, selectors.EVENT_READ, "listener")
+            self._poller.set(self._listener_fd, READ)
         try:
-            events = self._selector.select(timeout)
+            events = self._poller.poll(timeout)
         except (OSError, ValueError):
             self._stopping = True
             return
-        for key, mask in events:
-            if key.data == "listener":
+        for fd, mask in events:
+            if fd == self._listener_fd:
                 self._accept()
-            elif key.data == "wake":
-                self._drain_wake()
+            elif fd == self._wake_fd:
+                self._drain_wakeup()
             else:
-                conn = key.data
-                if mask & selectors.EVENT_READ:
+                conn = self._conns.get(fd)
+                if conn is None:
+                    self._poller.set(fd, 0)
+                    continue
+                if not fds.is_ours(conn.sock, conn.ident):
+                    self._forget(conn)  # the host closed it and reused the number
+                    continue
+                if mask & (READ | _HANGUP):
                     self._read(conn)
-                if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                if mask & WRITE and conn.open:
                     self._flush(conn)
+        self._take_answers()
         self._expire(time.monotonic())
 
     def _accept(self) -> None:
+        if not fds.is_ours(self._listener, self._listener_ident):
+            self._lost = self._stopping = True
+            self._poller.set(self._listener_fd, 0)
+            return
         for _ in range(64):
             try:
-                sock, peer = self._listener.accept()
+                fd, peer = self._listener._accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of descriptors: stop accepting for a moment rather than spin.
                     self._accept_paused_until = time.monotonic() + 0.1
-                    self._selector.modify(self._listener, selectors.EVENT_READ, "paused")
+                    self._poller.set(self._listener_fd, 0)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 self._stopping = True
                 return
-            if len(self._conns) >= self.max_connections:
+            listener = self._listener
+            sock = _socket.socket(listener.family, listener.type, listener.proto, fd)
+            # The limit is only looked up (``resource``) once it could matter.
+            if len(self._conns) >= _FEW and len(self._conns) >= self.max_connections:
                 try:
                     sock.setblocking(False)
                     sock.send(error_response(503, "too many connections; try again shortly"))
                 except OSError:
                     pass
-                _close(sock)
+                fds.release(sock, fds.identity(sock))
                 continue
             self._add(sock, peer)
 
-    def _add(self, sock: socket.socket, peer: Any) -> None:
+    def _add(self, sock: Any, peer: Any, ident: tuple[int, int] | None = None) -> None:
+        ident = ident if ident is not None else fds.identity(sock)
         try:
             sock.setblocking(False)
             local = sock.getsockname()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
-            _close(sock)
+            fds.release(sock, ident)
             return
-        conn = Connection(sock, peer, local)
-        self._conns[sock.fileno()] = conn
-        self._selector.register(sock, selectors.EVENT_READ, conn)
+        conn = Connection(sock, peer, local, ident)
+        self._conns[conn.fd] = conn
+        self._poller.set(conn.fd, READ)
 
     def _read(self, conn: Connection) -> None:
         try:
@@ -232,7 +305,7 @@ class EventLoop:
                 return
             if request is None:
                 if conn.busy is False:
-                    self._watch(conn, selectors.EVENT_READ)
+                    self._watch(conn, READ)
                 return
             del conn.inbuf[:used]
             self._dispatch(conn, request)
@@ -271,31 +344,21 @@ class EventLoop:
             del conn.outbuf[:sent]
         if conn.outbuf:
             conn.deadline = time.monotonic() + REQUEST_TIMEOUT
-            self._watch(conn, selectors.EVENT_WRITE)
+            self._watch(conn, WRITE)
             return
         if conn.close_after_write or conn.peer_closed:
             self._drop(conn)
             return
-        self._watch(conn, 0 if conn.busy else selectors.EVENT_READ)
+        self._watch(conn, 0 if conn.busy else READ)
 
     def _watch(self, conn: Connection, events: int) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0 or fd not in self._conns:
+        if conn.fd not in self._conns or not conn.open:
             return
         # A busy connection is not read from (responses stay in order), but
         # still watched so that a peer hanging up is noticed.
         if events == 0:
-            events = selectors.EVENT_READ if not conn.peer_closed else 0
-        try:
-            if events:
-                self._selector.modify(conn.sock, events, conn)
-            else:
-                self._selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            if events:
-                self._selector.register(conn.sock, events, conn)
-        except OSError:
-            self._drop(conn)
+            events = READ if not conn.peer_closed else 0
+        self._poller.set(conn.fd, events)
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._conns.values() if c.deadline <= now and not c.busy]:
@@ -304,94 +367,193 @@ class EventLoop:
                 self._respond(
                     conn, error_response(408, "request not received in time"), keep_alive=False
                 )
-                if conn.sock.fileno() >= 0 and conn.deadline <= now:
+                if conn.open and conn.deadline <= now:
                     self._drop(conn)
             else:
                 self._drop(conn)
 
     def _drop(self, conn: Connection) -> None:
-        fd = conn.sock.fileno()
-        if fd >= 0:
-            try:
-                self._selector.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
-            self._conns.pop(fd, None)
-        else:
-            for key, value in list(self._conns.items()):
-                if value is conn:
-                    del self._conns[key]
-        _close(conn.sock)
+        self._poller.set(conn.fd, 0)
+        if self._conns.get(conn.fd) is conn:
+            del self._conns[conn.fd]
+        fds.release(conn.sock, conn.ident)
+
+    def _forget(self, conn: Connection) -> None:
+        """The host closed this connection's number (and maybe reused it): let go, untouched."""
+        self._poller.set(conn.fd, 0)
+        if self._conns.get(conn.fd) is conn:
+            del self._conns[conn.fd]
+        fds.forget(conn.sock)
 
     # -- workers ----------------------------------------------------------------
 
     def _submit(self, conn: Connection, job: Deferred) -> None:
-        self._jobs.put((conn, job))
-        with self._workers_lock:
-            if self._idle_workers == 0 and len(self._workers) < MAX_WORKERS:
-                worker = threading.Thread(target=self._work, name="detrix-worker", daemon=True)
-                self._workers.append(worker)
-                worker.start()
+        with self._lock:
+            self._jobs.append((conn, job))
+            self._in_flight += 1
+            start = self._workers < MAX_WORKERS
+            if start:
+                self._workers += 1
+        if not start:
+            return
+        try:
+            _start_worker(self._work)
+        except Exception as exc:  # noqa: BLE001 - no thread: answer rather than hang
+            with self._lock:
+                self._workers -= 1
+                if self._workers:
+                    return  # a running worker takes the job
+                stranded, self._jobs = self._jobs, []
+                refusal = error_response(500, f"internal error: {type(exc).__name__}")
+                self._done += [(waiting, refusal, False) for waiting, _ in stranded]
 
     def _work(self) -> None:
+        """A worker: runs jobs until none waits, then ends (no idle threads)."""
         while True:
-            with self._workers_lock:
-                self._idle_workers += 1
-            item = self._jobs.get()
-            with self._workers_lock:
-                self._idle_workers -= 1
-            if item is None:
-                return
-            conn, job = item
+            with self._lock:
+                if not self._jobs or self._closing:
+                    self._workers -= 1
+                    return
+                conn, job = self._jobs.pop(0)
             try:
                 data = job.run()
             except Exception as exc:  # noqa: BLE001
                 data = error_response(500, f"internal error: {type(exc).__name__}")
-            self._done.append((conn, data, job.keep_alive))
-            self._notify()
+            with self._lock:
+                self._done.append((conn, data, job.keep_alive))
+                self._notify_locked()
 
-    def _notify(self) -> None:
+    def _open_wakeup(self) -> None:
+        pair = getattr(_socket, "socketpair", None)
+        if pair is None:  # Windows: socket emulates it over loopback
+            import socket
+
+            pair = socket.socketpair
         try:
-            self._wake_w.send(b"x")
+            wake_r, wake_w = pair()
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+        except OSError:
+            return  # answers are then picked up by polling often (see _tick)
+        self._wake_r, self._wake_w = wake_r, wake_w
+        self._wake_ident = (fds.identity(wake_r), fds.identity(wake_w))
+        self._wake_fd = wake_r.fileno()
+        self._poller.set(self._wake_fd, READ)
+
+    def _notify_locked(self) -> None:
+        wake_w = self._wake_w
+        if wake_w is None or not fds.is_ours(wake_w, self._wake_ident[1]):
+            return
+        try:
+            wake_w.send(b"x")
         except OSError:
             pass
 
-    def _drain_wake(self) -> None:
+    def _drain_wakeup(self) -> None:
+        wake_r = self._wake_r
+        if wake_r is None or not fds.is_ours(wake_r, self._wake_ident[0]):
+            with self._lock:
+                self._release_wakeup()  # the host closed it: poll for answers instead
+            return
         try:
-            while self._wake_r.recv(4096):
+            while wake_r.recv(4096):
                 pass
         except OSError:
             pass
-        while self._done:
-            conn, data, keep_alive = self._done.popleft()
+
+    def _release_wakeup(self) -> None:
+        if self._wake_fd >= 0:
+            self._poller.set(self._wake_fd, 0)
+        (ident_r, ident_w) = self._wake_ident
+        for sock, ident in ((self._wake_r, ident_r), (self._wake_w, ident_w)):
+            if sock is not None:
+                fds.release(sock, ident)
+        self._wake_r = self._wake_w = None
+        self._wake_fd = -1
+
+    def _take_answers(self) -> None:
+        if not self._done:
+            return
+        with self._lock:
+            done, self._done = self._done, []
+        for conn, data, keep_alive in done:
+            self._in_flight -= 1
             conn.busy = False
-            if conn.sock.fileno() < 0:
+            if not conn.open or self._conns.get(conn.fd) is not conn:
                 continue
             # A peer that half-closed after sending (``nc -N``) still gets
             # its answer; one that is fully gone makes the send fail.
             self._respond(conn, data, keep_alive=keep_alive and not conn.peer_closed)
-            if conn.sock.fileno() >= 0 and conn.inbuf and not conn.busy:
+            if conn.open and conn.inbuf and not conn.busy:
                 self._process(conn)
 
     def _shutdown(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn)
-        for _ in self._workers:
-            self._jobs.put(None)
-        for sock in (self._listener, self._wake_r, self._wake_w):
+        with self._lock:
+            self._closing = True
+            self._jobs.clear()
+            self._release_wakeup()
+        self._poller.set(self._listener_fd, 0)
+        if not self._lost and fds.is_ours(self._listener, self._listener_ident):
             try:
-                self._selector.unregister(sock)
-            except (KeyError, ValueError):
+                self._listener.setblocking(True)  # the idle thread blocks in accept() again
+            except OSError:
                 pass
-            _close(sock)
-        self._selector.close()
 
 
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
+def _start_worker(target: Callable[[], None]) -> None:
+    from .._mainthread import ensure_threading
+
+    ensure_threading()  # before 3.13 the first importer of threading becomes "main"
+    import threading
+
+    threading.Thread(target=target, name="detrix-worker", daemon=True).start()
+
+
+class _Poller:
+    """``select.poll`` where there is one, else ``select.select`` (Windows)."""
+
+    def __init__(self) -> None:
+        self._masks: dict[int, int] = {}
+        self._poll = select.poll() if hasattr(select, "poll") else None
+
+    def set(self, fd: int, mask: int) -> None:
+        """Watch ``fd`` for ``mask``; 0 stops watching it."""
+        if fd < 0:
+            return
+        old = self._masks.get(fd)
+        if mask:
+            self._masks[fd] = mask
+        else:
+            self._masks.pop(fd, None)
+        if self._poll is None or old == mask:
+            return
+        if not mask:
+            try:
+                self._poll.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        elif old is None:
+            self._poll.register(fd, mask)
+        else:
+            self._poll.modify(fd, mask)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        if self._poll is not None:
+            return self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+        readers = [fd for fd, m in self._masks.items() if m & READ]
+        writers = [fd for fd, m in self._masks.items() if m & WRITE]
+        if not readers and not writers:
+            time.sleep(timeout)
+            return []
+        r, w, _ = select.select(readers, writers, [], timeout)
+        events: dict[int, int] = {}
+        for fd in r:
+            events[fd] = events.get(fd, 0) | READ
+        for fd in w:
+            events[fd] = events.get(fd, 0) | WRITE
+        return list(events.items())
 
 
 def _connection_limit() -> int:
@@ -404,4 +566,4 @@ def _connection_limit() -> int:
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
     # Leave most descriptors to the host application.
-    return max(16, min(MAX_CONNECTIONS, soft // 2 - 32))
+    return max(_FEW, min(MAX_CONNECTIONS, soft // 2 - 32))

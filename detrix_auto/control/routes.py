@@ -7,10 +7,6 @@ the lock-free snapshot; ``wake`` and ``sleep`` are handed to a worker as a
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Any
-
 from .. import _log
 from ..config import parse_url
 from ..errors import ConfigError, DaemonError, DetrixError
@@ -18,6 +14,11 @@ from ..token import TokenFileError
 from .auth import Caller, classify
 from .http import Request, error_response, json_response
 from .loop import Connection, Deferred
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["Router"]
 
@@ -175,6 +176,8 @@ def _state_change_problem(request: Request) -> tuple[int, str] | None:
 def _wake_override(body: bytes) -> str | None:
     if not body.strip():
         return None
+    import json  # only a wake with a body needs it
+
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
