@@ -56,11 +56,10 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The test process's environment without any DETRIX_* leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env.pop("PYTHONPATH", None)
+    # TMPDIR comes from the test's own environment: a private one per test (conftest),
+    # since the records' last fallback lives there and /tmp is shared with every other
+    # test run (tox runs two Pythons at once).
     env.pop("XDG_RUNTIME_DIR", None)
-    # The record fallback under $TMPDIR is per test too: the machine's /tmp is shared
-    # with every other test run (tox runs two Pythons at once).
-    if "TMPDIR" not in extra:
-        env["TMPDIR"] = private_tmp(home)
     env["DETRIX_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
