@@ -120,7 +120,8 @@ def _make_router() -> Any:
 
     client = get_client()
     settings = client.settings
-    return Router(client, lambda: load_token(settings.token, settings.token_file))
+    token_files = settings.token_files
+    return Router(client, lambda: load_token(settings.token, token_files))
 
 
 def _write_discovery() -> None:

@@ -137,16 +137,22 @@ class Settings:
         return f"{self.name_base}-{os.getpid() if pid is None else pid}"
 
     @property
-    def token_file(self) -> str:
-        return os.path.join(self.detrix_home, "mcp-token")
+    def token_files(self) -> tuple[str, ...]:
+        """Where the token is looked for when ``DETRIX_TOKEN`` is not set, in order."""
+        from .token import token_file_candidates
+
+        return token_file_candidates(self.detrix_home)
 
 
 # --------------------------------------------------------------------------
 # value parsers: each takes the raw value and a label naming where it came from
+#
+# Messages start with "Invalid <label>=<value>" so that a person grepping for
+# the original client's wording ("Invalid DETRIX_CONTROL_PORT") finds ours too.
 
 
 def _fail(label: str, value: object, accepted: str) -> ConfigError:
-    return ConfigError(f"{label}={value!r} is not valid: expected {accepted}")
+    return ConfigError(f"Invalid {label}={value!r}: expected {accepted}")
 
 
 def parse_bool(value: object, label: str) -> bool:

@@ -343,7 +343,7 @@ class Client:
             from .token import load_token
 
             try:
-                token = load_token(self.settings.token, self.settings.token_file)
+                token = load_token(self.settings.token, self.settings.token_files)
             except DetrixError as exc:
                 _log.warn(str(exc))
         return url, token

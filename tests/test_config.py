@@ -67,7 +67,7 @@ def test_home_and_ca_bundle_from_environment(tmp_path):
     s = resolve({}, {"DETRIX_HOME": str(tmp_path), "DETRIX_CA_BUNDLE": str(bundle)})
     assert s.detrix_home == str(tmp_path)
     assert s.ca_bundle == str(bundle)
-    assert s.token_file == str(tmp_path / "mcp-token")
+    assert s.token_files == (str(tmp_path / "auth-token"), str(tmp_path / "mcp-token"))
 
 
 def test_explicit_argument_beats_environment_even_when_equal_to_default():
