@@ -241,7 +241,7 @@ def test_a_half_closed_client_still_gets_its_wake_answer(plane):
         while chunk := s.recv(65536):
             data += chunk
     code, _, body = _split(data)
-    assert code == 503 and "daemon not reachable" in body["error"]
+    assert code == 503 and "Cannot connect to daemon" in body["error"]
 
 
 def test_a_backlog_behind_a_running_wake_is_bounded(plane):

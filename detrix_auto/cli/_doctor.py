@@ -333,11 +333,16 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
         if value is None or not value.strip():
             continue
         try:
-            resolve({}, {name: value})
+            notes = resolve({}, {name: value}).notes
         except ConfigError as exc:
             bad += 1
             found.append(
                 Finding(f"config:{name}", "error", str(exc), f"correct {name} or unset it")
+            )
+        else:
+            found.extend(
+                Finding(f"config:{name}", "warn", note, f"correct {name} or unset it")
+                for note in notes
             )
     for name in ("DETRIX_STRICT", "DETRIX_CHILDREN"):
         value = env.get(name)
@@ -365,10 +370,16 @@ def check_settings(env: Mapping[str, str]) -> list[Finding]:
         )
     if not bad:
         try:
-            resolve({}, env)
+            combined = resolve({}, env)
         except ConfigError as exc:
             found.append(Finding("config", "error", str(exc), "change one of the two settings"))
         else:
+            single = {n for n in ENV_NAMES.values() if env.get(n, "").strip()}
+            found.extend(
+                Finding("config", "warn", note, "change one of the two settings")
+                for note in combined.notes
+                if not any(note.startswith(f"{n}=") for n in single)
+            )
             used = sorted(name for name in ENV_NAMES.values() if env.get(name, "").strip())
             listed = ", ".join(used) if used else "none set; defaults apply"
             found.append(Finding("config", "ok", f"DETRIX_* settings are valid ({listed})"))
