@@ -44,7 +44,7 @@ from typing import Any
 
 from . import _debug_gate, _log
 from ._handoff import quick_handoffs
-from .config import DEFAULT_DAEMON_URL, Settings, same_origin
+from .config import DEFAULT_DAEMON_URL, Settings, control_plane_url, same_origin
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
 from .state import Snapshot, State, StateCell
@@ -254,6 +254,9 @@ class Client:
         self._past: list[weakref.ref[Any]] = []
         self._past_lock = threading.Lock()  # keeper and wake both touch it; no I/O under it
         self.control: Any = None  # the control server, set by the runtime
+        #: The daemon's advertised URL, learnt at the last registration (None if it
+        #: sent none): the wake result's and ``/detrix/discover``'s ``daemon_url``.
+        self.daemon_advertise_url: str | None = None
         _debug_gate.set_policy(self._attach_expected)
 
     # -- reads ------------------------------------------------------------
@@ -277,6 +280,7 @@ class Client:
             "connection_id": snap.connection_id if snap.state is State.AWAKE else None,
             "warm": snap.warm,
             "last_error": snap.last_error,
+            "advertise_host": self.settings.advertise_host,
         }
 
     def info(self) -> dict[str, Any]:
@@ -399,6 +403,7 @@ class Client:
         if connection_id != expected:
             self._remember_link(daemon, connection_id, token)
         self._daemon, self._token = daemon, token
+        self.daemon_advertise_url = getattr(daemon, "advertise_url", None)
         # The daemon's ids are deterministic, so a re-registration reuses the
         # id: the generation tells one registration from the next.
         self._generation += 1
@@ -437,22 +442,30 @@ class Client:
             cwd = os.getcwd()
         except OSError:
             cwd = "/"
+        settings, control = self.settings, self.control
         return Registration(
-            host=self.debugger.host or self.settings.debug_host,
+            # The advertised host (DETRIX_HOST) when the daemon reaches us by another
+            # name than our bind address (containers); else where debugpy listens.
+            host=settings.advertise_host or self.debugger.host or settings.debug_host,
             port=port,
             name=self.name,
             workspace_root=cwd or "/",
             hostname=socket.gethostname(),
             pid=self.pid,
-            safe_mode=self.settings.safe_mode,
+            safe_mode=settings.safe_mode,
+            control_plane_url=(
+                control_plane_url(settings.advertise_host, control.host, control.port)
+                if control is not None
+                else None
+            ),
         )
 
-    @staticmethod
-    def _wake_result(status: str, snap: Snapshot) -> dict[str, Any]:
+    def _wake_result(self, status: str, snap: Snapshot) -> dict[str, Any]:
         return {
             "status": status,
             "debug_port": snap.debug_port,
             "connection_id": snap.connection_id,
+            "daemon_url": self.daemon_advertise_url,
         }
 
     def sleep(self) -> dict[str, Any]:
