@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from doubles import Fault, FaultDaemon
@@ -207,3 +208,65 @@ def test_http_daemon_client_failures_are_the_originals_outcomes(tmp_path):
     assert malformed.health_check() is False
     with pytest.raises(DaemonError, match="Invalid daemon_url format"):
         malformed.register("127.0.0.1", 5678, "svc")
+
+
+# -- advertise host, discover and the wake's daemon_url (1.2.0's container features) --
+
+ADVERTISED = "http://detrix.example:8095"
+
+
+class AdvertisingDaemon(FaultDaemon):
+    """The daemon double, plus the ``advertiseUrl`` a daemon behind another name sends."""
+
+    def _forward(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, bytes, str]:
+        status, data, ctype = super()._forward(method, path, headers, body)
+        if status in (200, 201) and data:
+            answer = json.loads(data)
+            if isinstance(answer, dict) and ("service" in answer or "connectionId" in answer):
+                answer["advertiseUrl"] = ADVERTISED
+                data = json.dumps(answer).encode()
+        return status, data, ctype
+
+
+def test_the_advertised_host_reaches_registration_status_and_discover(spawn, daemon):
+    with AdvertisingDaemon(backend=daemon) as double:
+        app = spawn(env={"DETRIX_HOST": "app.internal", "DETRIX_DAEMON_URL": double.url})
+        port = app.record["control_port"]
+        code, found = app.request("GET", "/detrix/discover")
+        assert code == 200
+        assert found == {
+            "daemon_url": double.url,  # nothing advertised yet: the configured URL
+            "name": app.record["name"],
+            "control_plane_url": f"http://app.internal:{port}",
+        }
+        code, woke = app.request("POST", "/detrix/wake")
+        assert code == 200, woke
+        assert woke["status"] == "awake" and woke["daemon_url"] == ADVERTISED
+        registration = json.loads(next(c[3] for c in double.calls if c[0] == "register"))
+        assert registration["host"] == "app.internal"
+        assert registration["controlPlaneUrl"] == f"http://app.internal:{port}"
+        status = app.status()
+        assert status["advertise_host"] == "app.internal" and status["state"] == "awake"
+        code, found = app.request("GET", "/detrix/discover")
+        assert found["daemon_url"] == ADVERTISED
+        code, again = app.request("POST", "/detrix/wake")
+        assert again["status"] == "already_awake" and again["daemon_url"] == ADVERTISED
+        assert app.request("POST", "/detrix/sleep")[0] == 200
+
+
+def test_discover_without_an_advertised_host_and_its_authorisation(spawn):
+    app = spawn(env={"DETRIX_DAEMON_URL": "http://127.0.0.1:9"})
+    code, found = app.request("GET", "/detrix/discover")
+    assert code == 200
+    assert found == {
+        "daemon_url": "http://127.0.0.1:9",
+        "name": app.record["name"],
+        "control_plane_url": f"http://127.0.0.1:{app.record['control_port']}",
+    }
+    # guarded like status (detrix-py 1.2.0 answered anyone): a proxied caller needs the token
+    code, body = app.request("GET", "/detrix/discover", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert code == 401 and "token" in body["error"]
+    # a wildcard bind names no host anyone can reach: no control_plane_url then
+    wide = spawn(env={"DETRIX_CONTROL_HOST": "0.0.0.0", "DETRIX_DAEMON_URL": "http://127.0.0.1:9"})
+    code, found = wide.request("GET", "/detrix/discover")
+    assert code == 200 and "control_plane_url" not in found
