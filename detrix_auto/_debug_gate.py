@@ -11,7 +11,12 @@ this process, so we wrap it: every accepted connection is kept only when
   attaches, not even a restarted daemon re-attaching on its own, which keeps
   the daemon's view consistent with ours; and
 * on Linux, the peer socket belongs to our own user or to root (the same
-  ``/proc/net/tcp`` lookup as the control plane uses).
+  ``/proc/net/tcp`` lookup as the control plane uses); or, when the peer is
+  not on this host at all (no socket of this network namespace has its
+  address: a daemon in another container, reaching a debugger that
+  ``DETRIX_DEBUG_HOST`` bound beyond loopback), its address is one the
+  daemon's host name resolves to. A local peer whose owner cannot be found is
+  refused, as before: another user could have closed its socket already.
 
 Refused connections are closed at once and leave an audit line.
 """
@@ -25,15 +30,63 @@ from typing import Any
 
 from . import _log
 
-__all__ = ["GatedServerSocket", "install", "set_policy"]
+__all__ = ["GatedServerSocket", "install", "set_daemon_url", "set_policy"]
 
 _policy: Callable[[], bool] = lambda: True  # noqa: E731 - replaced by the lifecycle
+_daemon_url: Callable[[], str] = lambda: ""  # noqa: E731 - replaced by the lifecycle
 
 
 def set_policy(policy: Callable[[], bool]) -> None:
     """Tell the gate whether an attach is expected now (the client is waking or awake)."""
     global _policy
     _policy = policy
+
+
+def set_daemon_url(source: Callable[[], str]) -> None:
+    """Tell the gate which daemon the client registers with (a remote peer must be it)."""
+    global _daemon_url
+    _daemon_url = source
+
+
+def _not_on_this_host(host: str) -> bool:
+    """True when ``host`` is no address of this network namespace: binding to it fails.
+
+    Fails closed: anything unexpected (or a host that allows binding to foreign
+    addresses) counts as local, whose owner must then be found.
+    """
+    import errno
+    import socket
+
+    from .config import is_loopback
+
+    if is_loopback(host):
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        return exc.errno == errno.EADDRNOTAVAIL
+    return False
+
+
+def _daemon_addresses() -> set[str]:
+    """The addresses the daemon's host name resolves to now (asked at each remote attach)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(_daemon_url()).hostname
+        if not host:
+            return set()
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, ValueError, UnicodeError):
+        return set()
+    return {str(info[4][0]) for info in infos}
+
+
+def _plain(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def _peer_allowed(conn: Any, addr: Any) -> tuple[bool, str]:
@@ -48,8 +101,15 @@ def _peer_allowed(conn: Any, addr: Any) -> tuple[bool, str]:
     except OSError:
         uid = None
     if uid is None:
-        # A live peer is always found; an unknown one closed its socket already
-        # (or wrote and left): nothing proves it is us, so refuse.
+        host = _plain(str(addr[0])) if isinstance(addr, tuple) and addr else ""
+        if host and _not_on_this_host(host):
+            # From another host or container: no local user to ask about. Only
+            # the daemon we register with may attach (it connects from its address).
+            if host in {_plain(a) for a in _daemon_addresses()}:
+                return True, ""
+            return False, f"{host} is not an address of the daemon ({_daemon_url()})"
+        # A live local peer is always found; an unknown one closed its socket
+        # already (or wrote and left): nothing proves it is us, so refuse.
         return False, "the peer's owner cannot be determined"
     if uid in (os.geteuid(), 0):
         return True, ""

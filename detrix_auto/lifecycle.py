@@ -258,6 +258,7 @@ class Client:
         #: sent none): the wake result's and ``/detrix/discover``'s ``daemon_url``.
         self.daemon_advertise_url: str | None = None
         _debug_gate.set_policy(self._attach_expected)
+        _debug_gate.set_daemon_url(lambda: self.cell.current.daemon_url)
 
     # -- reads ------------------------------------------------------------
 
