@@ -121,6 +121,7 @@ def idle_status() -> dict[str, Any]:
         "connection_id": None,
         "warm": False,
         "last_error": None,
+        "advertise_host": None,
     }
 
 

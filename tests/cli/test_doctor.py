@@ -231,6 +231,29 @@ def test_token_file_permissions_and_location(home, tmp_path):
     assert "the daemon's token is at" in found["token-file"][1]["text"]
 
 
+def test_doctor_names_the_token_file_in_use(home):
+    # auth-token (detrix-py 1.2.0's name) is read before mcp-token (the daemon's)
+    mcp = home / "mcp-token"
+    mcp.write_text("daemon-token\n")
+    mcp.chmod(0o600)
+    _, found = doctor(home)
+    assert found["token-file"][0]["text"].startswith(f"the token file used is {mcp} ")
+    auth = home / "auth-token"
+    auth.write_text("client-token\n")
+    auth.chmod(0o600)
+    _, found = doctor(home)
+    text = found["token-file"][0]["text"]
+    assert text.startswith(f"the token file used is {auth} ")
+    assert f"{mcp} is not read while it exists" in text
+    # something that is not a regular file in its place: an error, at once
+    auth.unlink()
+    os.mkfifo(auth, 0o600)
+    report, found = doctor(home)
+    assert level(found, "token-file") == ["error"] and not report["ok"]
+    assert "is a FIFO (named pipe), not a regular file" in found["token-file"][0]["text"]
+    assert str(auth) in found["token-file"][0]["fix"]
+
+
 def test_an_instrumented_process(home, spawn, procs):
     app = spawn(APP, env={"DETRIX_DAEMON_URL": "http://127.0.0.1:9"})
     report, found = doctor(home, str(app.pid))
