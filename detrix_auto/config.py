@@ -305,18 +305,28 @@ def parse_host(value: object, label: str) -> str:
     return host
 
 
+#: Unicode categories refused in names: controls, format characters (bidirectional
+#: overrides, zero-width spaces), surrogates, line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def parse_name(value: object, label: str) -> str:
     """Any name the daemon accepts, used as given: only empty and invisible ones are refused.
 
-    The daemon refuses only an empty name. Control characters (and the other
-    characters Python does not print, such as bidirectional overrides and
-    zero-width spaces) are refused because ``ps``, ``status`` and logs print
-    the name: they could hide or rewrite what a person reads there.
-    Whitespace is kept as given, as the original client did.
+    The daemon refuses only an empty name. Control characters, and the
+    characters that change how text around them is shown (bidirectional
+    overrides, zero-width spaces, line separators), are refused because ``ps``,
+    ``status`` and logs print the name: they could hide or rewrite what a
+    person reads there. Whitespace is kept as given, as the original client did.
     """
     accepted = "a non-empty name without control or invisible characters"
-    if not isinstance(value, str) or not value or not value.isprintable():
+    if not isinstance(value, str) or not value:
         raise _fail(label, value, accepted)
+    if not value.isprintable():  # rare: only then is the exact rule worth an import
+        import unicodedata
+
+        if any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in value):
+            raise _fail(label, value, accepted)
     return value
 
 

@@ -272,7 +272,16 @@ def test_environment_parser_either_resolves_or_raises_config_error(env):
 
 @pytest.mark.parametrize(
     "name",
-    ["test service", "test-service_v1.2.3+build.123", "test-服务-🔍", "a" * 1000, "   ", " pad "],
+    [
+        "test service",
+        "test-service_v1.2.3+build.123",
+        "test-服务-🔍",
+        "a" * 1000,
+        "   ",
+        " pad ",
+        "no\u00a0break",  # a space Python does not call printable, shown as one
+        "private\ue000use",
+    ],
 )
 def test_names_are_used_as_given_like_the_daemon_accepts_them(name):
     # The daemon refuses only an empty name; whitespace is kept, as the original did.
@@ -280,7 +289,10 @@ def test_names_are_used_as_given_like_the_daemon_accepts_them(name):
     assert resolve({}, {"DETRIX_NAME": name}).name_base == name
 
 
-@pytest.mark.parametrize("bad", ["line\nbreak", "nul\x00", "esc\x1b[31m", "zero\u200bwidth"])
+@pytest.mark.parametrize(
+    "bad",
+    ["line\nbreak", "nul\x00", "esc\x1b[31m", "zero\u200bwidth", "bidi\u202eevil", "sep\u2028"],
+)
 def test_names_with_control_or_invisible_characters_are_refused(bad):
     # A name is printed by `ps` and in logs: nothing in it may hide or rewrite text.
     with pytest.raises(ConfigError, match="without control or invisible characters"):
