@@ -77,6 +77,8 @@ def _start() -> None:
     except ConfigError as exc:
         _fail_config(f"{exc}; the application runs without detrix-auto")
         return
+    for note in settings.notes:
+        _warn(note)
     from . import _runtime
 
     try:

@@ -31,15 +31,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import _log
+from . import _log, netowner
 from .config import is_ipv4_literal, is_loopback
 from .errors import DebuggerError
 
-__all__ = ["AttachPolicy", "GatedListener", "open_listener", "set_policy"]
+__all__ = ["AttachPolicy", "GatedListener", "addresses_of", "open_listener", "set_policy"]
 
 
 class AttachPolicy:
@@ -63,24 +62,65 @@ class AttachPolicy:
         """(``None`` to keep the connection, else why it is refused; who the peer is)."""
         if not self.expected():
             return "the client is not awake", "?"
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        if not is_loopback(address):
-            if address in self.remote_daemon():
-                return None, "the daemon"
-            return f"{address} is not this wake's daemon", "?"
-        if not sys.platform.startswith("linux"):
-            return None, "?"  # no way to ask who owns a loopback socket: SECURITY.md says so
-        from .netowner import peer_uid
-
+        address = _plain(str(peer[0]) if isinstance(peer, tuple) and peer else str(peer))
+        if not netowner.SUPPORTED:
+            # No way to ask who owns a socket here (SECURITY.md says so): loopback
+            # peers are taken on trust, remote ones must be the daemon.
+            if is_loopback(address):
+                return None, "?"
+            return self._remote(address)
         try:
-            uid = peer_uid(peer, conn.getsockname())
+            uid = netowner.peer_uid(peer, conn.getsockname())
         except OSError:
             uid = None
-        if uid is None:
-            return "the peer's owner cannot be determined", "?"
-        if uid in (os.geteuid(), 0) or uid in self.extra_uids:
-            return None, f"uid {uid}"
-        return f"uid {uid} is not this process's user", f"uid {uid}"
+        if uid is not None:
+            if uid in (os.geteuid(), 0) or uid in self.extra_uids:
+                return None, f"uid {uid}"
+            return f"uid {uid} is not this process's user", f"uid {uid}"
+        if not is_loopback(address) and _not_on_this_host(address):
+            # From another host or container: no local user to ask about.
+            return self._remote(address)
+        # A live local peer is always found; an unknown one closed its socket
+        # already (or wrote and left): nothing proves it is us, so refuse.
+        return "the peer's owner cannot be determined", "?"
+
+    def _remote(self, address: str) -> tuple[str | None, str]:
+        if address in {_plain(a) for a in self.remote_daemon()}:
+            return None, "the daemon"
+        return f"{address} is not an address of this wake's daemon", "?"
+
+
+def _plain(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _not_on_this_host(host: str) -> bool:
+    """True when ``host`` is no address of this network namespace: binding to it fails.
+
+    Fails closed: anything unexpected (or a host that allows binding to foreign
+    addresses) counts as local, whose owner must then be found.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        return exc.errno == errno.EADDRNOTAVAIL
+    return False
+
+
+def addresses_of(url: str) -> frozenset[str]:
+    """The addresses a daemon URL's host name resolves to now (asked at each remote attach)."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname
+        if not host:
+            return frozenset()
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, ValueError, UnicodeError):
+        return frozenset()
+    return frozenset(str(info[4][0]) for info in infos)
 
 
 #: Until a client sets its own: nobody attaches.

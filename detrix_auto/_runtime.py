@@ -17,7 +17,7 @@ import _thread
 import os
 import sys
 
-from .errors import DetrixError
+from .errors import AlreadyInitializedError, NotInitializedError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .control.server import ControlServer
     from .lifecycle import Client
 
-__all__ = ["get_client", "is_started", "shutdown", "start"]
+__all__ = ["get_client", "idle_status", "is_started", "shutdown", "start"]
 
 _lock = _thread.RLock()
 _settings: Settings | None = None
@@ -35,13 +35,19 @@ _server: ControlServer | None = None
 _client: Client | None = None
 _record_path: str | None = None
 _pid = 0
+#: Started by ``init()`` (True) rather than by the start-up hook (False).
+_explicit = False
 _hooks_installed = False
 #: The process that imported this module; any other pid running it is a fork (no exec).
 _loaded_in_pid = os.getpid()
 
 NOT_STARTED = (
-    "detrix-auto is not initialised: call detrix_auto.init() first "
+    "detrix-auto is not initialized: call detrix_auto.init() first "
     "(or start the process with DETRIX_ENABLE=1)"
+)
+ALREADY_STARTED = (
+    "detrix-auto is already initialized in this process (by an earlier init()); "
+    "call detrix_auto.shutdown() first to start again"
 )
 
 
@@ -50,16 +56,22 @@ def is_started() -> bool:
     return _settings is not None
 
 
-def start(settings: Settings, *, eager: bool = False) -> None:
-    """Open the control plane and remember the settings; ``eager`` builds the client now."""
-    global _settings, _server, _pid
+def start(settings: Settings, *, eager: bool = False, explicit: bool = False) -> None:
+    """Open the control plane and remember the settings; ``eager`` builds the client now.
+
+    ``explicit`` is a call of ``init()``. The first one replaces a client the
+    start-up hook started (``DETRIX_ENABLE=1``): a program written for the
+    original client calls ``init()`` with its own settings, which win over the
+    environment, and must not crash because the hook came first. A second
+    explicit ``init()`` raises :class:`AlreadyInitializedError` (a ``ConfigError``).
+    """
+    global _settings, _server, _pid, _explicit
+    if explicit:
+        _replace_hook_client()
     with _lock:
         _reset_if_forked()
         if _settings is not None:
-            raise DetrixError(
-                "detrix-auto is already initialised in this process (by DETRIX_ENABLE or an "
-                "earlier init()); call detrix_auto.shutdown() first to start again"
-            )
+            raise AlreadyInitializedError(ALREADY_STARTED)
         if settings.log_level != "off":
             from . import _log
 
@@ -67,7 +79,7 @@ def start(settings: Settings, *, eager: bool = False) -> None:
         from .control.server import ControlServer
 
         server = ControlServer(settings.control_host, settings.control_port, _make_router)
-        _settings, _server, _pid = settings, server, os.getpid()
+        _settings, _server, _pid, _explicit = settings, server, os.getpid(), explicit
         _install_hooks()
         server.start()
         if settings.discovery:
@@ -83,13 +95,42 @@ def start(settings: Settings, *, eager: bool = False) -> None:
             client.keep_awake()
 
 
+def _replace_hook_client() -> None:
+    """Shut down a client the start-up hook started, so that ``init()`` can start its own."""
+    with _lock:
+        _reset_if_forked()
+        server = _server if _settings is not None and not _explicit else None
+    if server is not None:
+        shutdown(only=server)
+
+
+def idle_status() -> dict[str, Any]:
+    """``status()`` before ``init()``: asleep, nothing listening (the original answered so too).
+
+    ``control_port`` 0 is the schema's "not started yet".
+    """
+    from ._status import daemon_at_rest, status_document
+    from .config import DEFAULT_DAEMON_URL, daemon_url_problem
+
+    url = os.environ.get("DETRIX_DAEMON_URL", "").strip()
+    usable = url if url and daemon_url_problem(url) is None else None
+    daemon_url, source = daemon_at_rest(usable, DEFAULT_DAEMON_URL)
+    return status_document(
+        name="",
+        control_host="",
+        control_port=0,
+        daemon_url=daemon_url,
+        daemon_url_source=source,
+    )
+
+
 def get_client() -> Client:
-    """The client, built on first use."""
+    """The client, built on first use; :class:`NotInitializedError` before ``init()``."""
     global _client
     with _lock:
         _reset_if_forked()
         if _settings is None:
-            raise DetrixError(NOT_STARTED)
+            raise NotInitializedError(NOT_STARTED)
         if _client is None:
             from .lifecycle import Client
 
@@ -99,11 +140,16 @@ def get_client() -> Client:
         return _client
 
 
-def shutdown() -> None:
-    """Stop the client and the control plane; ``init()`` may be called again."""
+def shutdown(*, only: ControlServer | None = None) -> None:
+    """Stop the client and the control plane; ``init()`` may be called again.
+
+    ``only``: do it only if that control server is still the current one.
+    """
     global _settings, _server, _client, _record_path
     with _lock:
         _reset_if_forked()
+        if only is not None and _server is not only:
+            return
         client, server, record = _client, _server, _record_path
         _settings = _server = _client = _record_path = None
     if client is not None:
@@ -123,10 +169,9 @@ def _make_router() -> Any:
     with _lock:
         settings, server = _settings, _server
     if settings is None:
-        raise DetrixError(NOT_STARTED)
-    return Router(
-        _ClientView(settings, server), lambda: load_token(settings.token, settings.token_file)
-    )
+        raise NotInitializedError(NOT_STARTED)
+    token_files = settings.token_files
+    return Router(_ClientView(settings, server), lambda: load_token(settings.token, token_files))
 
 
 class _ClientView:
@@ -168,22 +213,19 @@ class _ClientView:
 
     def fresh_status(self) -> dict[str, Any]:
         """``Client.status()`` of a client built now: nothing has happened yet."""
+        from ._status import daemon_at_rest, status_document
         from .config import DEFAULT_DAEMON_URL
 
         settings, server = self.settings, self._server
-        return {
-            "state": "sleeping",
-            "name": settings.connection_name(os.getpid()),
-            "control_host": server.host if server is not None else settings.control_host,
-            "control_port": server.port if server is not None else 0,
-            "debug_port": 0,
-            "debug_port_active": False,
-            "daemon_url": settings.daemon_url or DEFAULT_DAEMON_URL,
-            "daemon_url_source": "configured" if settings.daemon_url else "discover",
-            "connection_id": None,
-            "warm": False,
-            "last_error": None,
-        }
+        daemon_url, source = daemon_at_rest(settings.daemon_url, DEFAULT_DAEMON_URL)
+        return status_document(
+            name=settings.connection_name(os.getpid()),
+            control_host=server.host if server is not None else settings.control_host,
+            control_port=server.port if server is not None else 0,
+            daemon_url=daemon_url,
+            daemon_url_source=source,
+            advertise_host=settings.advertise_host,
+        )
 
     def fresh_info(self) -> dict[str, Any]:
         """``Client.info()``, which depends on nothing but the process."""
@@ -431,4 +473,4 @@ def _reset_if_forked() -> None:
     only = os.environ.get("DETRIX_ONLY_PID")
     if only and only != str(os.getpid()):
         return  # DETRIX_CHILDREN=0: only the original process is observable
-    start(settings.replace(start_state="sleeping"))
+    start(settings.replace(start_state="sleeping"), explicit=_explicit)

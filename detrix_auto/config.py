@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DAEMON_URL",
+    "control_plane_url",
+    "daemon_url_problem",
     "is_ipv4_literal",
     "is_loopback",
     "split_host_port",
@@ -63,6 +65,8 @@ _DEFAULTS: dict[str, Any] = {
     "wake_retry_max": 30.0,
     "log_level": "off",
     "discovery": True,
+    "advertise_host": None,
+    "notes": (),
 }
 
 
@@ -100,6 +104,11 @@ class Settings:
     wake_retry_max: float
     log_level: str
     discovery: bool
+    #: The host the daemon is told to reach this process by (``DETRIX_HOST``),
+    #: when that is not the address the debugger binds (containers, NAT).
+    advertise_host: str | None
+    #: Warnings about accepted-but-odd values, for whoever starts the client to print.
+    notes: tuple[str, ...]
 
     def __init__(self, name_base: str, **values: Any) -> None:
         unknown = set(values) - set(_DEFAULTS)
@@ -142,16 +151,22 @@ class Settings:
         return f"{self.name_base}-{os.getpid() if pid is None else pid}"
 
     @property
-    def token_file(self) -> str:
-        return os.path.join(self.detrix_home, "mcp-token")
+    def token_files(self) -> tuple[str, ...]:
+        """Where the token is looked for when ``DETRIX_TOKEN`` is not set, in order."""
+        from .token import token_file_candidates
+
+        return token_file_candidates(self.detrix_home)
 
 
 # --------------------------------------------------------------------------
 # value parsers: each takes the raw value and a label naming where it came from
+#
+# Messages start with "Invalid <label>=<value>" so that a person grepping for
+# the original client's wording ("Invalid DETRIX_CONTROL_PORT") finds ours too.
 
 
 def _fail(label: str, value: object, accepted: str) -> ConfigError:
-    return ConfigError(f"{label}={value!r} is not valid: expected {accepted}")
+    return ConfigError(f"Invalid {label}={value!r}: expected {accepted}")
 
 
 def parse_bool(value: object, label: str) -> bool:
@@ -164,6 +179,17 @@ def parse_bool(value: object, label: str) -> bool:
         if word in FALSE_WORDS:
             return False
     raise _fail(label, value, "one of 1/true/yes/on or 0/false/no/off")
+
+
+def parse_verify_ssl(value: object, label: str) -> bool:
+    """Only a word that means "off" turns TLS verification off, as in the original client.
+
+    Any other word keeps it on (the safe reading of a typo); :func:`resolve`
+    notes it so that the person who wrote it hears about it.
+    """
+    if isinstance(value, str) and value.strip().lower() not in FALSE_WORDS:
+        return True
+    return parse_bool(value, label)
 
 
 def parse_enable(value: str | None) -> bool | None:
@@ -201,39 +227,77 @@ def parse_timeout(value: object, label: str) -> float:
         seconds = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise _fail(label, value, accepted) from None
+    if seconds <= 0:
+        # The original client's wording, which users may grep their logs for.
+        raise ConfigError(f"Invalid {label}={value!r}: Timeout must be positive ({accepted})")
     # NaN fails both comparisons, infinity fails the upper bound.
     if not 0 < seconds <= MAX_TIMEOUT:
         raise _fail(label, value, accepted)
     return seconds
 
 
-def parse_url(value: object, label: str) -> str:
-    """An http(s) base URL; checked by hand because ``urllib.parse`` is costly to import."""
-    accepted = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090"
+_URL_EXPECTED = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090"
+
+
+def _url_problem(value: object) -> tuple[str, str] | None:
+    """What is wrong with a base URL, as (kind, detail), or None when it is usable.
+
+    ``kind`` is ``"format"`` or ``"scheme"``. Checked by hand because
+    ``urllib.parse`` is costly to import on the start-up path.
+    """
     if not isinstance(value, str):
-        raise _fail(label, value, accepted)
-    shown = _without_credentials(value)  # what a message may echo
+        return "format", _URL_EXPECTED
     text = value.strip()
     scheme, sep, rest = text.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        raise _fail(label, shown, accepted)
+    if not sep:
+        return "format", _URL_EXPECTED
+    if scheme.lower() not in ("http", "https"):
+        return "scheme", "http:// or https://"
     authority = rest.split("/", 1)[0]
     if any(c in text for c in "?#") or "@" in authority:
-        raise _fail(label, shown, accepted + " (no credentials, query or fragment)")
+        return "format", _URL_EXPECTED + " (no credentials, query or fragment)"
     if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
-        raise _fail(label, shown, accepted)
+        return "format", _URL_EXPECTED
     if authority.startswith("["):
         host, bracket, port = authority[1:].partition("]")
         if not bracket or (port and not port.startswith(":")):
-            raise _fail(label, shown, accepted)
+            return "format", _URL_EXPECTED
         port = port[1:]
     else:
         host, _, port = authority.partition(":")
     if not host:
-        raise _fail(label, shown, accepted)
+        return "format", _URL_EXPECTED
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise _fail(label, shown, accepted + " and a port from 1 to 65535")
-    return text.rstrip("/")
+        return "format", _URL_EXPECTED + " and a port from 1 to 65535"
+    return None
+
+
+def parse_url(value: object, label: str) -> str:
+    """An http(s) base URL without a trailing slash; ConfigError otherwise."""
+    problem = _url_problem(value)
+    if problem is not None:
+        shown = _without_credentials(value) if isinstance(value, str) else value
+        raise _fail(label, shown, problem[1])  # a password in the URL is never echoed
+    assert isinstance(value, str)
+    return value.strip().rstrip("/")
+
+
+def daemon_url_problem(value: object) -> str | None:
+    """Why ``value`` cannot be used as the daemon's URL, in the original client's words.
+
+    The explicit API accepts a malformed ``daemon_url`` at ``init()`` and fails
+    the ``wake()`` that would use it with :class:`~detrix_auto.errors.DaemonError`,
+    as the original client did (its own example guards only ``wake()``).
+    """
+    problem = _url_problem(value)
+    if problem is None:
+        return None
+    kind, expected = problem
+    shown = _without_credentials(value) if isinstance(value, str) else value
+    if kind == "scheme" and isinstance(value, str):
+        scheme = value.strip().partition("://")[0]
+        return f"Invalid daemon_url scheme {scheme!r} in {shown!r}: expected {expected}"
+    return f"Invalid daemon_url format: {shown!r}; expected {expected}"
 
 
 def _without_credentials(url: str) -> str:
@@ -253,7 +317,7 @@ def parse_host(value: object, label: str) -> str:
     host = value.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host or any(c.isspace() or c in "/?#@" for c in host):
+    if not host or any(c.isspace() or c in "/?#@" or not c.isprintable() for c in host):
         raise _fail(label, value, accepted)
     return host
 
@@ -266,14 +330,29 @@ def parse_debug_host(value: object, label: str) -> str:
     return host
 
 
+#: Unicode categories refused in names: controls, format characters (bidirectional
+#: overrides, zero-width spaces), surrogates, line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def parse_name(value: object, label: str) -> str:
-    accepted = "a non-empty name of letters, digits and . _ - (at most 100 characters)"
-    if not isinstance(value, str):
+    """Any name the daemon accepts, used as given: only empty and invisible ones are refused.
+
+    The daemon refuses only an empty name. Control characters, and the
+    characters that change how text around them is shown (bidirectional
+    overrides, zero-width spaces, line separators), are refused because ``ps``,
+    ``status`` and logs print the name: they could hide or rewrite what a
+    person reads there. Whitespace is kept as given, as the original client did.
+    """
+    accepted = "a non-empty name without control or invisible characters"
+    if not isinstance(value, str) or not value:
         raise _fail(label, value, accepted)
-    name = value.strip()
-    if not name or len(name) > 100 or not all(c.isalnum() or c in "._-" for c in name):
-        raise _fail(label, value, accepted)
-    return name
+    if not value.isprintable():  # rare: only then is the exact rule worth an import
+        import unicodedata
+
+        if any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in value):
+            raise _fail(label, value, accepted)
+    return value
 
 
 def parse_token(value: object, label: str) -> str | None:
@@ -286,7 +365,7 @@ def parse_token(value: object, label: str) -> str | None:
         return None
     if not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
         # Never echo a token, even a broken one.
-        raise ConfigError(f"{label} is not valid: expected printable ASCII without spaces")
+        raise ConfigError(f"Invalid {label}: expected printable ASCII without spaces")
     return token
 
 
@@ -325,7 +404,8 @@ def parse_path(value: object, label: str) -> str:
 def parse_ca_bundle(value: object, label: str) -> str:
     path = parse_path(value, label)
     if not os.path.isfile(path):
-        raise _fail(label, value, "the path of an existing PEM file of CA certificates")
+        accepted = "the path of an existing PEM file of CA certificates (CA bundle not found)"
+        raise _fail(label, value, accepted)
     return path
 
 
@@ -344,6 +424,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "name": ("DETRIX_NAME", parse_name),
     "control_host": ("DETRIX_CONTROL_HOST", parse_host),
     "control_port": ("DETRIX_CONTROL_PORT", parse_port),
+    "advertise_host": ("DETRIX_HOST", parse_host),
     "debug_host": ("DETRIX_DEBUG_HOST", parse_debug_host),
     "debug_port": ("DETRIX_DEBUG_PORT", parse_port),
     "daemon_url": ("DETRIX_DAEMON_URL", parse_url),
@@ -353,7 +434,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "health_check_timeout": ("DETRIX_HEALTH_CHECK_TIMEOUT", parse_timeout),
     "register_timeout": ("DETRIX_REGISTER_TIMEOUT", parse_timeout),
     "unregister_timeout": ("DETRIX_UNREGISTER_TIMEOUT", parse_timeout),
-    "verify_ssl": ("DETRIX_VERIFY_SSL", parse_bool),
+    "verify_ssl": ("DETRIX_VERIFY_SSL", parse_verify_ssl),
     "ca_bundle": ("DETRIX_CA_BUNDLE", parse_ca_bundle),
     "safe_mode": ("DETRIX_SAFE_MODE", parse_bool),
     "start_state": ("DETRIX_START_STATE", _choice(START_STATES)),
@@ -474,12 +555,20 @@ def _python_parent_argv() -> list[str] | None:
 def resolve(
     options: Mapping[str, object] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    defer_daemon_url: bool = False,
 ) -> Settings:
     """Build :class:`Settings`; the first bad value raises :class:`ConfigError`.
 
     ``options`` are explicit arguments: a key that is present wins, whatever
-    its value, except ``None``, which is Python's "not given". ``environ``
-    defaults to ``os.environ``; empty variables count as unset.
+    its value, except ``None`` and ``""``, which mean "not given" (``init(name="")``
+    asks for the default name, as in the original client). ``environ`` defaults
+    to ``os.environ``; empty variables count as unset, and so do blank ones,
+    except ``DETRIX_NAME``, whose whitespace is a name as given.
+
+    ``defer_daemon_url`` (the explicit ``init()``): a malformed daemon URL is
+    kept as given instead of raising; the ``wake()`` that would use it fails
+    with :class:`~detrix_auto.errors.DaemonError` (see :func:`daemon_url_problem`).
     """
     options = dict(options or {})
     env = os.environ if environ is None else environ
@@ -489,20 +578,39 @@ def resolve(
             f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(OPTION_NAMES))}"
         )
     values: dict[str, Any] = {}
+    notes: list[str] = []
     for option, (env_name, parse) in _OPTIONS.items():
-        if options.get(option) is not None:
-            values[option] = parse(options[option], option)
-        else:  # absent, or None (Python's "not given"): the environment decides
-            raw = env.get(env_name)
-            if raw is not None and raw.strip() != "":
-                values[option] = parse(raw, env_name)
+        given = options.get(option)
+        if given is not None and given != "":
+            label, raw = option, given
+        else:  # absent, None or "": the environment decides
+            env_raw = env.get(env_name)
+            blank = env_raw is None or env_raw == "" or (option != "name" and not env_raw.strip())
+            if blank:
+                continue
+            label, raw = env_name, env_raw
+        if option == "daemon_url" and defer_daemon_url and isinstance(raw, str):
+            problem = _url_problem(raw)
+            values[option] = raw.strip() if problem else parse(raw, label)
+            continue
+        values[option] = parse(raw, label)
+        if option == "verify_ssl" and isinstance(raw, str):
+            word = raw.strip().lower()
+            if word not in TRUE_WORDS and word not in FALSE_WORDS:
+                notes.append(
+                    f"{label}={raw!r} is not a word detrix-auto knows; TLS verification stays "
+                    "on (0/false/no/off turn it off)"
+                )
     name = values.pop("name", None) or default_name_base()
     if "daemon_user" in values:
         values["daemon_uid"] = values.pop("daemon_user")
     if values.get("verify_ssl") is False and "ca_bundle" in values:
-        raise ConfigError(
-            "DETRIX_CA_BUNDLE is set but TLS verification is off (DETRIX_VERIFY_SSL=false): "
-            "drop one of them"
+        # The original client verified against the bundle in this case; so do we,
+        # and say so rather than refuse a setup that worked there.
+        values["verify_ssl"] = True
+        notes.append(
+            "DETRIX_CA_BUNDLE is set and TLS verification is off (DETRIX_VERIFY_SSL): the CA "
+            "bundle wins and the daemon's certificate is verified against it"
         )
     debug_host = values.get("debug_host", "127.0.0.1")
     if debug_host != "127.0.0.1" and not is_loopback(debug_host) and not values.get("token"):
@@ -510,7 +618,7 @@ def resolve(
             f"DETRIX_DEBUG_HOST={debug_host!r} would expose the debugger (code execution) beyond "
             "this machine; it is allowed only together with DETRIX_TOKEN"
         )
-    return Settings(name_base=name, **values)
+    return Settings(name_base=name, notes=tuple(notes), **values)
 
 
 # -- address helpers, shared with the control plane's authorisation ---------
@@ -544,6 +652,18 @@ def is_ipv4_literal(host: str) -> bool:
     return len(parts) == 4 and all(
         p.isdigit() and p.isascii() and len(p) <= 3 and int(p) <= 255 for p in parts
     )
+
+
+def control_plane_url(advertise_host: str | None, control_host: str, port: int) -> str | None:
+    """The URL by which others (the daemon, tools) can reach this control plane, if known.
+
+    The advertised host when there is one, else the control host unless it is a
+    wildcard bind (``0.0.0.0``, ``::``), which names no host anyone can reach.
+    """
+    host = advertise_host or (control_host if control_host not in ("", "0.0.0.0", "::") else "")
+    if not host or not port:
+        return None
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def split_host_port(value: str) -> tuple[str, str | None]:

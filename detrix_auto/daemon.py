@@ -58,7 +58,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
-from .config import is_loopback
+from .config import daemon_url_problem, is_loopback
 from .errors import DaemonError
 
 __all__ = ["DaemonClient", "HttpDaemonClient", "Registration", "client_for"]
@@ -75,6 +75,9 @@ class Registration:
     hostname: str
     pid: int | None = None
     safe_mode: bool = False
+    #: Where the daemon can reach this process's control plane (to fetch source
+    #: files, ``POST /detrix/files/read``); sent only when a routable host is known.
+    control_plane_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -90,6 +93,8 @@ class Registration:
             body["pid"] = self.pid
         if self.safe_mode:
             body["safeMode"] = True
+        if self.control_plane_url:
+            body["controlPlaneUrl"] = self.control_plane_url
         return body
 
 
@@ -260,6 +265,9 @@ class HttpDaemonClient:
         self.url = url.rstrip("/")
         #: Besides ours and root's, the one uid whose daemon on this host we trust.
         self.daemon_uid = daemon_uid
+        #: The daemon's own idea of its external URL (``advertiseUrl`` in its health
+        #: or registration answer), when it sent a usable one; None otherwise.
+        self.advertise_url: str | None = None
         kwargs: dict[str, Any] = {"maxsize": 4, "retries": False, "block": False}
         if self.url.startswith("https:"):
             kwargs["cert_reqs"] = "CERT_REQUIRED" if verify_ssl else "CERT_NONE"
@@ -326,9 +334,10 @@ class HttpDaemonClient:
                 "at the CA that signed its certificate, or use http:// on loopback"
             )
         # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+        # "Cannot connect to daemon at": the original client's words, which people grep for.
         if "refused" in text.lower():
             return (
-                f"daemon not reachable at {self.url} (connection refused); start it with "
+                f"Cannot connect to daemon at {self.url} (connection refused); start it with "
                 "`detrix serve` or set DETRIX_DAEMON_URL"
             )
         if isinstance(reason, Urllib3Timeout) or "timed out" in text.lower():
@@ -337,10 +346,12 @@ class HttpDaemonClient:
                 "or raise the DETRIX_*_TIMEOUT setting"
             )
         if isinstance(reason, NewConnectionError):
-            return f"daemon not reachable at {self.url} ({_short(text)}); check DETRIX_DAEMON_URL"
+            return (
+                f"Cannot connect to daemon at {self.url} ({_short(text)}); check DETRIX_DAEMON_URL"
+            )
         if isinstance(reason, ProtocolError):
             return f"daemon at {self.url} closed the connection mid-reply ({_short(text)})"
-        return f"daemon not reachable at {self.url} ({_short(text)})"
+        return f"Cannot connect to daemon at {self.url} ({_short(text)})"
 
     def _json(self, status: int, data: bytes, what: str) -> Any:
         try:
@@ -389,6 +400,7 @@ class HttpDaemonClient:
                 '(no "service": "detrix"); check DETRIX_DAEMON_URL',
                 status=status,
             )
+        self._note_advertised(body)
         return body
 
     def register(self, registration: Registration, token: str | None, timeout: float) -> str:
@@ -408,6 +420,7 @@ class HttpDaemonClient:
                 f"daemon at {self.url} accepted the registration but sent no connectionId",
                 status=status,
             )
+        self._note_advertised(body)
         return connection_id
 
     def unregister(self, connection_id: str, token: str | None, timeout: float) -> None:
@@ -435,6 +448,11 @@ class HttpDaemonClient:
     def close(self) -> None:
         self._pool.clear()
 
+    def _note_advertised(self, body: Mapping[str, Any]) -> None:
+        url = body.get("advertiseUrl")
+        if isinstance(url, str) and url and daemon_url_problem(url) is None:
+            self.advertise_url = url.strip().rstrip("/")
+
 
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
@@ -459,10 +477,14 @@ def client_for(
 ) -> HttpDaemonClient:
     """One pooled client per daemon URL and TLS setting, shared by every caller.
 
+    A malformed ``url`` is a :class:`DaemonError` naming what is wrong with it.
     The most recently used :data:`MAX_CLIENTS` are kept; an older one is closed
     (its idle connections released). A caller still holding it can go on using
     it: the pool reopens connections on demand.
     """
+    problem = daemon_url_problem(url)
+    if problem is not None:  # a malformed URL init() kept for the wake to refuse
+        raise DaemonError(problem)
     key = (url.rstrip("/"), verify_ssl, ca_bundle, daemon_uid)
     evicted: list[HttpDaemonClient] = []
     with _clients_lock:

@@ -82,8 +82,9 @@ def candidate_dirs(home: str) -> list[str]:
 def write_record(home: str, record: dict[str, Any]) -> str | None:
     """Write this process's record; returns its path, or None if nowhere would take it."""
     data = dump_json(record).encode()
-    for root, levels in candidate_roots(home):
-        directory = make_private_dirs(root, levels)
+    for index, (root, levels) in enumerate(candidate_roots(home)):
+        # DETRIX_HOME (the first root's first level) is the user's: its mode is theirs.
+        directory = make_private_dirs(root, levels, ours_from=1 if index == 0 else 0)
         if directory is None:
             continue
         final = os.path.join(directory, f"{record['pid']}.json")

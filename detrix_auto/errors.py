@@ -8,12 +8,14 @@ and re-raised as one of these, with a message that says what to fix.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyInitializedError",
     "ConfigError",
     "ControlPlaneError",
     "DaemonConnectionError",
     "DaemonError",
     "DebuggerError",
     "DetrixError",
+    "NotInitializedError",
 ]
 
 
@@ -34,6 +36,23 @@ class DaemonError(DetrixError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AlreadyInitializedError(ConfigError):
+    """``init()`` while a client already runs in this process.
+
+    A :class:`ConfigError`, as in the original client, so code that catches
+    that keeps working.
+    """
+
+
+class NotInitializedError(DaemonError):
+    """``wake()`` before ``init()`` (and without ``DETRIX_ENABLE``): no daemon is configured.
+
+    A :class:`DaemonError` because code written for the original client guards
+    ``wake()`` with ``except DaemonError`` (its own example does), and there a
+    wake without a configured daemon failed with that type.
+    """
 
 
 class DebuggerError(DetrixError):

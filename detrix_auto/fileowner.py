@@ -143,14 +143,17 @@ def read_owned_file(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def make_private_dirs(root: str, levels: tuple[str, ...]) -> str | None:
+def make_private_dirs(root: str, levels: tuple[str, ...], *, ours_from: int = 0) -> str | None:
     """``root/levels...``, created 0700 where missing, below an existing trusted ``root``.
 
     ``root`` itself is never created (it is the user's home's parent, the
     runtime directory or the temporary directory: not ours to make). Each
     level must end up a directory of our own, not a link, not writable by
-    others (a group/other bit on a directory of ours is removed). Returns the
-    path, or None when that cannot be had.
+    others. A group/other bit is removed only from levels from ``ours_from`` on
+    (directories detrix-auto made for itself, such as ``clients``) or made by
+    this call: a directory the user chose (``DETRIX_HOME``) keeps the mode they
+    gave it, and is then not used. Returns the path, or None when that cannot
+    be had.
     """
     try:
         path = os.path.realpath(root)
@@ -159,10 +162,12 @@ def make_private_dirs(root: str, levels: tuple[str, ...]) -> str | None:
     if trusted_owners() and _chain_problem(path) is not None:
         return None
     me = os.geteuid() if hasattr(os, "geteuid") else None
-    for level in levels:
+    for index, level in enumerate(levels):
         path = os.path.join(path, level)
+        made = False
         try:
             os.mkdir(path, 0o700)
+            made = True
         except FileExistsError:
             pass
         except OSError:
@@ -176,6 +181,8 @@ def make_private_dirs(root: str, levels: tuple[str, ...]) -> str | None:
         if me is not None and info.st_uid != me:
             return None
         if info.st_mode & 0o077:
+            if index < ours_from and not made:
+                return None  # the user's directory, open to others: not ours to change
             try:
                 os.chmod(path, 0o700)
             except OSError:

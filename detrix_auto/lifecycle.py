@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _debug_gate, _log, _pydevd
 from ._handoff import quick_handoffs
-from .config import DEFAULT_DAEMON_URL, Settings, same_origin
+from ._status import daemon_at_rest, status_document
+from .config import DEFAULT_DAEMON_URL, Settings, control_plane_url, same_origin
 from .contract import connection_id as expected_connection_id
 from .debugger import Debugger
 from .errors import DaemonError, DebuggerError, DetrixError
@@ -94,7 +95,7 @@ class Client:
         self.started_at = time.time()
         self.debugger = process_debugger()
         self._daemon_factory = daemon_factory or _default_daemon_factory
-        url, source = self._daemon_at_rest()
+        url, source = daemon_at_rest(settings.daemon_url, DEFAULT_DAEMON_URL)
         self.cell = StateCell(
             Snapshot(
                 daemon_url=url,
@@ -115,6 +116,9 @@ class Client:
         self._wake_override: tuple[str, bool] | None = None
         self._closed = False
         self.control: Any = None  # the control server, set by the runtime
+        #: The daemon's advertised URL, learnt at the last registration (None if it
+        #: sent none): the wake result's and ``/detrix/discover``'s ``daemon_url``.
+        self.daemon_advertise_url: str | None = None
         # The daemon's DAP attach comes from our own user, root, or the daemon
         # account the user named (DETRIX_DAEMON_USER).
         daemon_uid = settings.daemon_uid
@@ -122,6 +126,9 @@ class Client:
             _debug_gate.AttachPolicy(
                 self._attach_expected,
                 extra_uids=frozenset() if daemon_uid is None else frozenset({daemon_uid}),
+                # A debugger opened beyond loopback (containers): only the current
+                # wake's daemon may attach from another host.
+                remote_daemon=lambda: _debug_gate.addresses_of(self.cell.current.daemon_url),
             )
         )
 
@@ -171,19 +178,20 @@ class Client:
         """The status document of the OpenAPI schema, plus our extra keys. Lock-free."""
         snap = self.cell.current
         control = self.control
-        return {
-            "state": snap.state.value,
-            "name": self.name,
-            "control_host": control.host if control is not None else self.settings.control_host,
-            "control_port": control.port if control is not None else 0,
-            "debug_port": snap.debug_port,
-            "debug_port_active": snap.debug_port_active,
-            "daemon_url": snap.daemon_url,
-            "daemon_url_source": snap.daemon_url_source,
-            "connection_id": snap.connection_id if snap.state is State.AWAKE else None,
-            "warm": snap.warm,
-            "last_error": snap.last_error,
-        }
+        return status_document(
+            state=snap.state.value,
+            name=self.name,
+            control_host=control.host if control is not None else self.settings.control_host,
+            control_port=control.port if control is not None else 0,
+            debug_port=snap.debug_port,
+            debug_port_active=snap.debug_port_active,
+            daemon_url=snap.daemon_url,
+            daemon_url_source=snap.daemon_url_source,
+            connection_id=snap.connection_id if snap.state is State.AWAKE else None,
+            warm=snap.warm,
+            last_error=snap.last_error,
+            advertise_host=self.settings.advertise_host,
+        )
 
     def info(self) -> dict[str, Any]:
         return {
@@ -241,13 +249,6 @@ class Client:
             self.keeper.ensure()
             return result
 
-    def _daemon_at_rest(self) -> tuple[str, str]:
-        """The daemon the next wake without an override goes to, and how it is found."""
-        if self.settings.daemon_url is not None:
-            return self.settings.daemon_url, "configured"
-        # Found at wake time: the running daemon's daemon.pid, else this default.
-        return DEFAULT_DAEMON_URL, "discover"
-
     def _resolve_daemon(
         self, override: str | None, send_token: bool
     ) -> tuple[str, str, str | None]:
@@ -267,7 +268,7 @@ class Client:
             from .token import load_token
 
             try:
-                token = load_token(self.settings.token, self.settings.token_file)
+                token = load_token(self.settings.token, self.settings.token_files)
             except DetrixError as exc:
                 _log.warn(str(exc))
         return url, source, token
@@ -322,6 +323,7 @@ class Client:
             self.links.remember(Link(daemon, connection_id, token))
         self._generation += 1
         self._registered = Registered(daemon, token, self._generation)
+        self.daemon_advertise_url = getattr(daemon, "advertise_url", None)
         self.sessions.adopt(self.debugger.session())
         self.keeper.registered_now()
         snap = self.cell.update(state=State.AWAKE, connection_id=connection_id, last_error=None)
@@ -341,22 +343,30 @@ class Client:
             cwd = os.getcwd()
         except OSError:
             cwd = "/"
+        settings, control = self.settings, self.control
         return Registration(
-            host=self.debugger.host or self.settings.debug_host,
+            # The advertised host (DETRIX_HOST) when the daemon reaches us by another
+            # name than our bind address (containers); else where debugpy listens.
+            host=settings.advertise_host or self.debugger.host or settings.debug_host,
             port=port,
             name=self.name,
             workspace_root=cwd or "/",
             hostname=socket.gethostname(),
             pid=self.pid,
-            safe_mode=self.settings.safe_mode,
+            safe_mode=settings.safe_mode,
+            control_plane_url=(
+                control_plane_url(settings.advertise_host, control.host, control.port)
+                if control is not None
+                else None
+            ),
         )
 
-    @staticmethod
-    def _wake_result(status: str, snap: Snapshot) -> dict[str, Any]:
+    def _wake_result(self, status: str, snap: Snapshot) -> dict[str, Any]:
         return {
             "status": status,
             "debug_port": snap.debug_port,
             "connection_id": snap.connection_id,
+            "daemon_url": self.daemon_advertise_url,
         }
 
     def sleep(self) -> dict[str, Any]:

@@ -116,7 +116,6 @@ def test_unknown_enable_word_warns_once_and_stays_off(tmp_path, home):
         ("DETRIX_CONTROL_PORT", "abc"),
         ("DETRIX_REGISTER_TIMEOUT", "nan"),
         ("DETRIX_DAEMON_URL", "localhost:8090"),
-        ("DETRIX_VERIFY_SSL", "perhaps"),
         ("DETRIX_CA_BUNDLE", "/nonexistent.pem"),
         ("DETRIX_START_STATE", "running"),
     ],
@@ -132,6 +131,19 @@ def test_bad_variable_is_one_stderr_line_and_the_app_runs_unchanged(
     assert lines[0].startswith("detrix-auto: ") and variable in lines[0]
     assert out["listening"] == 0
     assert proc.stdout.count("\n") == reference.stdout.count("\n")
+
+
+def test_an_unknown_verify_ssl_word_is_one_line_and_verification_stays_on(tmp_path, home):
+    # As in detrix-py: only 0/false/no/off turn TLS verification off. The word is
+    # said once, and detrix-auto starts (it is a safe reading, not an error).
+    proc, out = run_probe(
+        tmp_path, home, exit_code=7, DETRIX_ENABLE="1", DETRIX_VERIFY_SSL="perhaps"
+    )
+    assert proc.returncode == 7
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "DETRIX_VERIFY_SSL='perhaps'" in lines[0] and "verification stays on" in lines[0]
+    assert out["listening"] == 1
 
 
 def test_control_port_taken_is_one_line_and_the_app_runs(tmp_path, home):

@@ -12,6 +12,8 @@ from detrix_auto.config import (
     DEFAULT_DAEMON_URL,
     ENV_NAMES,
     OPTION_NAMES,
+    control_plane_url,
+    daemon_url_problem,
     default_name_base,
     is_loopback,
     parse_enable,
@@ -67,7 +69,7 @@ def test_home_and_ca_bundle_from_environment(tmp_path):
     s = resolve({}, {"DETRIX_HOME": str(tmp_path), "DETRIX_CA_BUNDLE": str(bundle)})
     assert s.detrix_home == str(tmp_path)
     assert s.ca_bundle == str(bundle)
-    assert s.token_file == str(tmp_path / "mcp-token")
+    assert s.token_files == (str(tmp_path / "auth-token"), str(tmp_path / "mcp-token"))
 
 
 def test_explicit_argument_beats_environment_even_when_equal_to_default():
@@ -103,7 +105,6 @@ def test_empty_variable_counts_as_unset():
         ("DETRIX_HEALTH_CHECK_TIMEOUT", "nan", "greater than 0"),
         ("DETRIX_UNREGISTER_TIMEOUT", "inf", "greater than 0"),
         ("DETRIX_UNREGISTER_TIMEOUT", "soon", "greater than 0"),
-        ("DETRIX_VERIFY_SSL", "maybe", "1/true/yes/on"),
         ("DETRIX_SAFE_MODE", "2", "1/true/yes/on"),
         ("DETRIX_DAEMON_URL", "127.0.0.1:8090", "http://"),
         ("DETRIX_DAEMON_URL", "http://", "http://"),
@@ -113,7 +114,8 @@ def test_empty_variable_counts_as_unset():
         ("DETRIX_DAEMON_URL", "http://host:99999", "port"),
         ("DETRIX_CA_BUNDLE", "/no/such/bundle.pem", "existing PEM"),
         ("DETRIX_START_STATE", "running", "sleeping, warm, awake"),
-        ("DETRIX_NAME", "has space", "letters, digits"),
+        ("DETRIX_NAME", "tab\there", "without control"),
+        ("DETRIX_NAME", "bidi\u202eevil", "without control"),
         ("DETRIX_CONTROL_HOST", "a/b", "IP address"),
         ("DETRIX_LOG_LEVEL", "loud", "off, error"),
     ],
@@ -163,11 +165,14 @@ def test_wide_control_bind_does_not_widen_the_debugger():
     assert s.debug_host == "127.0.0.1"
 
 
-def test_ca_bundle_with_verification_off_is_contradictory(tmp_path):
+def test_ca_bundle_with_verification_off_verifies_against_the_bundle(tmp_path):
+    # The original client verified against the bundle here; refusing would crash
+    # a program that worked there. The choice is said, not silent.
     bundle = tmp_path / "ca.pem"
     bundle.write_text("x")
-    with pytest.raises(ConfigError, match="drop one"):
-        resolve({}, {"DETRIX_CA_BUNDLE": str(bundle), "DETRIX_VERIFY_SSL": "false"})
+    s = resolve({}, {"DETRIX_CA_BUNDLE": str(bundle), "DETRIX_VERIFY_SSL": "false"})
+    assert s.verify_ssl is True and s.ca_bundle == str(bundle)
+    assert any("the CA bundle wins" in note for note in s.notes)
 
 
 def test_settings_are_immutable():
@@ -264,3 +269,112 @@ def test_environment_parser_either_resolves_or_raises_config_error(env):
     assert 0 <= s.control_port <= 65535
     for timeout in (s.health_check_timeout, s.register_timeout, s.unregister_timeout):
         assert 0 < timeout <= 3600 and not math.isnan(timeout)
+
+
+# -- what code written for detrix-py 1.2.0 relies on ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "test service",
+        "test-service_v1.2.3+build.123",
+        "test-服务-🔍",
+        "a" * 1000,
+        "   ",
+        " pad ",
+        "no\u00a0break",  # a space Python does not call printable, shown as one
+        "private\ue000use",
+    ],
+)
+def test_names_are_used_as_given_like_the_daemon_accepts_them(name):
+    # The daemon refuses only an empty name; whitespace is kept, as the original did.
+    assert resolve({"name": name}, {}).name_base == name
+    assert resolve({}, {"DETRIX_NAME": name}).name_base == name
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["line\nbreak", "nul\x00", "esc\x1b[31m", "zero\u200bwidth", "bidi\u202eevil", "sep\u2028"],
+)
+def test_names_with_control_or_invisible_characters_are_refused(bad):
+    # A name is printed by `ps` and in logs: nothing in it may hide or rewrite text.
+    with pytest.raises(ConfigError, match="without control or invisible characters"):
+        resolve({"name": bad}, {})
+
+
+def test_an_empty_name_means_the_default_name():
+    assert resolve({"name": ""}, {}).name_base == resolve({}, {}).name_base
+    assert resolve({"name": ""}, {"DETRIX_NAME": "svc"}).name_base == "svc"
+
+
+def test_an_explicit_empty_string_means_not_given():
+    env = {"DETRIX_CONTROL_HOST": "::1", "DETRIX_DAEMON_URL": "http://d:1"}
+    s = resolve({"control_host": "", "daemon_url": ""}, env)
+    assert (s.control_host, s.daemon_url) == ("::1", "http://d:1")
+
+
+@pytest.mark.parametrize("word", ["anything", "maybe", "2"])
+def test_an_unknown_verify_ssl_word_keeps_verification_on_and_says_so(word):
+    s = resolve({}, {"DETRIX_VERIFY_SSL": word})
+    assert s.verify_ssl is True
+    assert s.notes and f"DETRIX_VERIFY_SSL={word!r}" in s.notes[0]
+    assert resolve({}, {"DETRIX_VERIFY_SSL": " NO "}).verify_ssl is False
+    assert resolve({}, {"DETRIX_VERIFY_SSL": "yes"}).notes == ()
+
+
+def test_advertise_host_comes_from_detrix_host():
+    assert resolve({}, {}).advertise_host is None
+    assert resolve({}, {"DETRIX_HOST": "order-service"}).advertise_host == "order-service"
+    assert (
+        resolve({"advertise_host": "[fd00::5]"}, {"DETRIX_HOST": "x"}).advertise_host == "fd00::5"
+    )
+    with pytest.raises(ConfigError, match="Invalid DETRIX_HOST="):
+        resolve({}, {"DETRIX_HOST": "a b"})
+
+
+@pytest.mark.parametrize(
+    ("url", "phrase"),
+    [
+        ("not-a-valid-url", "Invalid daemon_url format"),
+        ("ftp://127.0.0.1:8090", "Invalid daemon_url scheme"),
+        ("http://", "Invalid daemon_url format"),
+    ],
+)
+def test_a_malformed_daemon_url_is_kept_by_init_and_named_for_wake(url, phrase):
+    # resolve() as init() calls it keeps the URL; the wake that uses it says why it cannot.
+    s = resolve({"daemon_url": url}, {}, defer_daemon_url=True)
+    assert s.daemon_url == url
+    problem = daemon_url_problem(s.daemon_url)
+    assert problem is not None and phrase in problem and repr(url) in problem
+    # the start-up hook and doctor still refuse it at once
+    with pytest.raises(ConfigError, match="Invalid DETRIX_DAEMON_URL="):
+        resolve({}, {"DETRIX_DAEMON_URL": url})
+    assert daemon_url_problem("http://127.0.0.1:8090/api/") is None
+
+
+def test_messages_carry_the_original_clients_key_phrases():
+    with pytest.raises(ConfigError, match="Invalid DETRIX_CONTROL_PORT"):
+        resolve({}, {"DETRIX_CONTROL_PORT": "invalid"})
+    with pytest.raises(ConfigError, match="Invalid DETRIX_REGISTER_TIMEOUT"):
+        resolve({}, {"DETRIX_REGISTER_TIMEOUT": "-5.0"})
+    for value in (-1.0, 0.0):
+        with pytest.raises(ConfigError, match="Timeout must be positive"):
+            resolve({"health_check_timeout": value}, {})
+    with pytest.raises(ConfigError, match="CA bundle not found"):
+        resolve({}, {"DETRIX_CA_BUNDLE": "/no/such/ca.pem"})
+
+
+@pytest.mark.parametrize(
+    ("advertise", "control", "port", "url"),
+    [
+        (None, "127.0.0.1", 8091, "http://127.0.0.1:8091"),
+        (None, "0.0.0.0", 8091, None),
+        (None, "::", 8091, None),
+        ("order-service", "0.0.0.0", 8091, "http://order-service:8091"),
+        ("fd00::5", "::", 8091, "http://[fd00::5]:8091"),
+        ("app", "0.0.0.0", 0, None),
+    ],
+)
+def test_control_plane_url_names_a_reachable_host_or_nothing(advertise, control, port, url):
+    assert control_plane_url(advertise, control, port) == url

@@ -160,7 +160,7 @@ def test_daemon_down_gives_503_and_leaves_the_debugger_closed(spawn):
     app = spawn(env={"DETRIX_DAEMON_URL": "http://127.0.0.1:9", "DETRIX_HEALTH_CHECK_TIMEOUT": "1"})
     code, body = app.request("POST", "/detrix/wake")
     assert code == 503
-    assert "daemon not reachable at http://127.0.0.1:9" in body["error"]
+    assert "Cannot connect to daemon at http://127.0.0.1:9" in body["error"]
     status = app.status()
     assert status["state"] == "sleeping"
     assert (status["debug_port"], status["debug_port_active"]) == (0, False)

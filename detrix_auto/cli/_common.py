@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from ..config import default_home, parse_path, parse_token, parse_url
 from ..discovery import candidate_dirs, iter_records, pid_alive
 from ..errors import ConfigError
-from ..token import TokenFileError, read_token_file
+from ..token import TokenFileError, find_token_file, token_file_candidates
 
 __all__ = [
     "CliError",
@@ -119,16 +119,19 @@ class TokenInfo:
 
 
 def token_source() -> TokenInfo:
-    """``DETRIX_TOKEN``, else ``<DETRIX_HOME>/mcp-token`` when it is safe to read."""
+    """``DETRIX_TOKEN``, else the first token file in ``DETRIX_HOME`` when it is safe to read.
+
+    The same files, in the same order, as the client reads (``auth-token``,
+    then ``mcp-token``; see ``detrix_auto.token``).
+    """
     raw = os.environ.get("DETRIX_TOKEN")
     if raw is not None and raw.strip():
         try:
             return TokenInfo(parse_token(raw, "DETRIX_TOKEN"), "DETRIX_TOKEN")
         except ConfigError as exc:
             return TokenInfo(None, "", str(exc))
-    path = os.path.join(detrix_home(), "mcp-token")
     try:
-        token = read_token_file(path)
+        token, path = find_token_file(token_file_candidates(detrix_home()))
     except TokenFileError as exc:
         return TokenInfo(None, "", str(exc))
     return TokenInfo(token, path if token else "")
@@ -293,7 +296,7 @@ class Target:
     def unauthorized_message(self, reply: ControlReply) -> str:
         how = (
             "set DETRIX_TOKEN=<its token> for this command, or put the token in "
-            f"{os.path.join(detrix_home(), 'mcp-token')} (chmod 600)"
+            f"{token_file_candidates(detrix_home())[-1]} (chmod 600)"
         )
         problem = f" ({self.token.problem})" if self.token.problem else ""
         return f"{self.label} refused the request: {reply.error}{problem}; {how}"

@@ -28,7 +28,7 @@ from ..config import DEFAULT_DAEMON_URL, ENV_NAMES, parse_bool, parse_enable, re
 from ..daemonfile import daemon_pid_path, read_daemon_pid
 from ..discovery import candidate_dirs, pid_alive
 from ..errors import ConfigError
-from ..token import TokenFileError, read_token_file
+from ..token import TokenFileError, find_token_file, token_file_candidates
 from ._common import (
     CliError,
     Target,
@@ -368,11 +368,16 @@ def check_settings(
         if value is None or not value.strip():
             continue
         try:
-            resolve({}, {name: value})
+            notes = resolve({}, {name: value}).notes
         except ConfigError as exc:
             bad += 1
             found.append(
                 Finding(f"config:{name}", "error", str(exc), f"correct {name} or unset it")
+            )
+        else:
+            found.extend(
+                Finding(f"config:{name}", "warn", note, f"correct {name} or unset it")
+                for note in notes
             )
     for name in ("DETRIX_STRICT", "DETRIX_CHILDREN"):
         value = env.get(name)
@@ -400,10 +405,16 @@ def check_settings(
         )
     if not bad:
         try:
-            resolve({}, env)
+            combined = resolve({}, env)
         except ConfigError as exc:
             found.append(Finding("config", "error", str(exc), "change one of the two settings"))
         else:
+            single = {n for n in ENV_NAMES.values() if env.get(n, "").strip()}
+            found.extend(
+                Finding("config", "warn", note, "change one of the two settings")
+                for note in combined.notes
+                if not any(note.startswith(f"{n}=") for n in single)
+            )
             used = sorted(name for name in ENV_NAMES.values() if env.get(name, "").strip())
             listed = ", ".join(used) if used else "none set; defaults apply"
             found.append(Finding("config", "ok", f"DETRIX_* settings are valid ({listed})"))
@@ -524,9 +535,10 @@ def _ssl_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
 
 
 def check_token(env: Mapping[str, str]) -> list[Finding]:
+    """Which token a client started from here would use, and whether that file is safe."""
     found: list[Finding] = []
     home = detrix_home()
-    path = os.path.join(home, "mcp-token")
+    candidates = token_file_candidates(home)
     if env.get("DETRIX_TOKEN", "").strip():
         found.append(
             Finding(
@@ -536,30 +548,48 @@ def check_token(env: Mapping[str, str]) -> list[Finding]:
             )
         )
     try:
-        token = read_token_file(path)
+        token, path = find_token_file(candidates)
     except TokenFileError as exc:
+        bad = next((p for p in candidates if p in str(exc)), candidates[0])
         fix = (
-            f"chmod 600 {path}"
+            f"chmod 600 {bad}"
             if "readable by other users" in str(exc)
-            else (f"remove {path} or replace it with a regular file of your own, mode 600")
+            else (f"remove {bad} or replace it with a regular file of your own, mode 600")
         )
         found.append(Finding("token-file", "error", str(exc), fix))
         return found
-    if token is None:
+    if not path:
         found.append(
             Finding(
                 "token-file",
                 "ok",
-                f"no token file at {path} (needed only when the daemon or a process requires a "
-                "token)",
+                f"no token file at {' or '.join(candidates)} (needed only when the daemon or a "
+                "process requires a token)",
+            )
+        )
+    elif token is None:
+        found.append(
+            Finding(
+                "token-file",
+                "warn",
+                f"token file {path} is empty, so no token is used (it is looked at first)",
+                f"write the token into {path}, or remove it",
             )
         )
     else:
-        found.append(Finding("token-file", "ok", f"token file {path} is private (mode 600)"))
+        shadowed = [p for p in candidates[candidates.index(path) + 1 :] if os.path.lexists(p)]
+        note = f"; {', '.join(shadowed)} is not read while it exists" if shadowed else ""
+        found.append(
+            Finding(
+                "token-file",
+                "ok",
+                f"the token file used is {path} (private, mode 600){note}",
+            )
+        )
     daemon_token = os.path.join(os.path.expanduser("~"), "detrix", "mcp-token")
     if (
         token is None
-        and os.path.abspath(daemon_token) != os.path.abspath(path)
+        and os.path.abspath(daemon_token) not in (os.path.abspath(p) for p in candidates)
         and (os.path.exists(daemon_token) and not env.get("DETRIX_TOKEN", "").strip())
     ):
         found.append(
@@ -567,7 +597,7 @@ def check_token(env: Mapping[str, str]) -> list[Finding]:
                 "token-file",
                 "warn",
                 f"the daemon's token is at {daemon_token}, but with DETRIX_HOME={home} clients "
-                f"look for it at {path}",
+                f"look for it at {' or '.join(candidates)}",
                 "set DETRIX_TOKEN, or leave DETRIX_HOME unset",
             )
         )

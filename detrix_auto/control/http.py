@@ -28,6 +28,7 @@ __all__ = [
     "Request",
     "json_response",
     "parse_request",
+    "text_response",
 ]
 
 MAX_REQUEST_LINE = 8 * 1024
@@ -215,6 +216,19 @@ def json_response(
         headers.append('WWW-Authenticate: Bearer realm="detrix"')
     for key, value in (extra_headers or {}).items():
         headers.append(f"{key}: {value}")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + body
+
+
+def text_response(status: int, body: bytes, *, keep_alive: bool = True) -> bytes:
+    """A complete HTTP/1.1 response with a UTF-8 plain-text body (a source file)."""
+    headers = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
     return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + body
 
 

@@ -1,18 +1,23 @@
 """Routing control-plane requests to the client, with auth and audit.
 
-``health``, ``status`` and ``info`` are answered inline on the I/O thread from
-the lock-free snapshot; ``wake`` and ``sleep`` are handed to a worker as a
-:class:`~detrix_auto.control.loop.Deferred` so that they never delay the rest.
+``health``, ``status``, ``info`` and ``discover`` are answered inline on the
+I/O thread from the lock-free snapshot; ``wake``, ``sleep`` and ``files/read``
+are handed to a worker as a :class:`~detrix_auto.control.loop.Deferred` so
+that they never delay the rest (a file read may meet a slow file system).
+
+Every route but ``health`` needs the same authorisation (``control/auth.py``):
+a same-user local caller or the token. detrix-py 1.2.0 answered ``discover``
+to anyone; here it tells no more than ``status`` and is guarded like it.
 """
 
 from __future__ import annotations
 
 from .. import _log
-from ..config import parse_url
+from ..config import control_plane_url, default_home, parse_url
 from ..errors import ConfigError, DaemonError, DetrixError
-from ..token import TokenFileError
+from ..token import TokenFileError, token_file_candidates
 from .auth import Caller, classify
-from .http import Request, error_response, json_response
+from .http import Request, error_response, json_response, text_response
 from .loop import Connection, Deferred
 
 TYPE_CHECKING = False
@@ -28,7 +33,11 @@ ROUTES: dict[str, str] = {
     "/detrix/info": "GET",
     "/detrix/wake": "POST",
     "/detrix/sleep": "POST",
+    "/detrix/discover": "GET",
+    "/detrix/files/read": "POST",
 }
+#: Routes that leave an audit line, refused attempts included.
+AUDITED = ("/detrix/wake", "/detrix/sleep", "/detrix/files/read")
 
 
 class Router:
@@ -64,7 +73,7 @@ class Router:
             return json_response(200, {"status": "ok", "service": "detrix-client"}, keep_alive=keep)
         caller = self._caller(request, conn)
         if not caller.authorized:
-            if request.path in ("/detrix/wake", "/detrix/sleep"):
+            if request.path in AUDITED:
                 self._audit(request.path, caller, "refused (unauthorized)")
             message = (
                 "invalid token"
@@ -81,9 +90,17 @@ class Router:
             return json_response(200, status, keep_alive=keep)
         if request.path == "/detrix/info":
             return json_response(200, self._client.info(), keep_alive=keep)
+        if request.path == "/detrix/discover":
+            return json_response(200, self._discover(), keep_alive=keep)
         problem = _state_change_problem(request)
         if problem is not None:
             return error_response(problem[0], problem[1], keep_alive=keep)
+        if request.path == "/detrix/files/read":
+            try:
+                path, workspace_root = _read_request(request.body)
+            except ConfigError as exc:
+                return error_response(400, str(exc), keep_alive=keep)
+            return Deferred(lambda: self._read_file(caller, path, workspace_root, keep), keep)
         if request.path == "/detrix/sleep":
             return Deferred(lambda: self._sleep(caller, keep), keep)
         try:
@@ -133,6 +150,44 @@ class Router:
             + (f" daemon={override}" if override else ""),
         )
         return json_response(200, result, keep_alive=keep)
+
+    def _discover(self) -> dict[str, Any]:
+        """Where the daemon is and how it can reach us (detrix-py 1.2.0's shape).
+
+        No I/O: the daemon's advertised URL is the one learnt at the last
+        registration (the original asked the daemon from here, which would let
+        a request make us call out); otherwise the configured one.
+        """
+        client = self._client
+        status = client.status()
+        body: dict[str, Any] = {
+            "daemon_url": getattr(client, "daemon_advertise_url", None) or status["daemon_url"],
+            "name": status["name"],
+        }
+        url = control_plane_url(
+            client.settings.advertise_host, status["control_host"], status["control_port"]
+        )
+        if url is not None:
+            body["control_plane_url"] = url
+        return body
+
+    def _read_file(
+        self, caller: Caller, path: str, workspace_root: str | None, keep: bool
+    ) -> bytes:
+        from .files import read_source_file
+
+        home = self._client.settings.detrix_home
+        daemon_home = default_home()
+        result = read_source_file(
+            path,
+            workspace_root,
+            forbidden_dirs=(home, daemon_home),
+            forbidden_files=token_file_candidates(home) + token_file_candidates(daemon_home),
+        )
+        self._audit("/detrix/files/read", caller, result.outcome)
+        if result.status == 200:
+            return text_response(200, result.content, keep_alive=keep)
+        return error_response(result.status, result.message, keep_alive=keep)
 
     def _sleep(self, caller: Caller, keep: bool) -> bytes:
         try:
@@ -190,6 +245,29 @@ def _wake_override(body: bytes) -> str | None:
     if url is None:
         return None
     return parse_url(url, "daemon_url")
+
+
+def _read_request(body: bytes) -> tuple[str, str | None]:
+    """``{"path": ..., "workspace_root"?: ..., "commit"?: ...}`` (``commit`` is ignored)."""
+    if not body.strip():
+        raise ConfigError('a body such as {"path": "src/app.py"} is required')
+    import json  # only a file read needs it
+
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError("body is not valid JSON") from None
+    except RecursionError:
+        raise ConfigError("body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigError('body must be a JSON object such as {"path": "src/app.py"}')
+    path = data.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError("'path' must be a non-empty string")
+    root = data.get("workspace_root")
+    if root is not None and not isinstance(root, str):
+        raise ConfigError("'workspace_root' must be a string")
+    return path, root
 
 
 def _head_only(response: bytes) -> bytes:

@@ -147,15 +147,16 @@ def test_invalid_and_unknown_settings(home, tmp_path):
     )
     assert not report["ok"]
     assert level(found, "config:DETRIX_CONTROL_PORT") == ["error"]
-    assert "'99999' is not valid" in found["config:DETRIX_CONTROL_PORT"][0]["text"]
+    assert "Invalid DETRIX_CONTROL_PORT='99999'" in found["config:DETRIX_CONTROL_PORT"][0]["text"]
     assert level(found, "config:DETRIX_START_STATE") == ["error"]
     assert level(found, "config:DETRIX_ENABLED") == ["warn"]
     assert "did you mean DETRIX_ENABLE?" in found["config:DETRIX_ENABLED"][0]["fix"]
-    # each value valid alone, invalid together
+    # each value valid alone; together the CA bundle wins (as in the original), said as a warning
     report, found = doctor(
         home, env={"DETRIX_VERIFY_SSL": "false", "DETRIX_CA_BUNDLE": str(bundle)}
     )
-    assert level(found, "config") == ["error"] and not report["ok"]
+    assert level(found, "config") == ["warn", "ok"]
+    assert "the CA bundle wins" in found["config"][0]["text"]
 
 
 def test_hook_and_dependencies_missing_in_another_interpreter(home, tmp_path, bare_python):
@@ -259,6 +260,29 @@ def test_token_file_permissions_and_location(home, tmp_path):
     _, found = doctor(home, env={"HOME": str(fake_home)})
     assert level(found, "token-file") == ["ok", "warn"]
     assert "the daemon's token is at" in found["token-file"][1]["text"]
+
+
+def test_doctor_names_the_token_file_in_use(home):
+    # auth-token (detrix-py 1.2.0's name) is read before mcp-token (the daemon's)
+    mcp = home / "mcp-token"
+    mcp.write_text("daemon-token\n")
+    mcp.chmod(0o600)
+    _, found = doctor(home)
+    assert found["token-file"][0]["text"].startswith(f"the token file used is {mcp} ")
+    auth = home / "auth-token"
+    auth.write_text("client-token\n")
+    auth.chmod(0o600)
+    _, found = doctor(home)
+    text = found["token-file"][0]["text"]
+    assert text.startswith(f"the token file used is {auth} ")
+    assert f"{mcp} is not read while it exists" in text
+    # something that is not a regular file in its place: an error, at once
+    auth.unlink()
+    os.mkfifo(auth, 0o600)
+    report, found = doctor(home)
+    assert level(found, "token-file") == ["error"] and not report["ok"]
+    assert "is a FIFO (named pipe), not a regular file" in found["token-file"][0]["text"]
+    assert str(auth) in found["token-file"][0]["fix"]
 
 
 def test_an_instrumented_process(home, spawn, procs):

@@ -22,6 +22,9 @@ Two runs, every check enabled unless said otherwise:
    schema. That is the one amendment, and it belongs in the shared spec.
 
 Both runs allow 5xx only where the schema documents them: 500 and 503 of wake.
+``discover`` and ``files/read`` (carried into the spec from detrix-py 1.2.0)
+are covered by both runs like every other operation; ``files/read`` is given
+existing paths too (``CONFIG``), so its 200 and 403 answers are reached.
 """
 
 from __future__ import annotations
@@ -39,10 +42,20 @@ yaml = pytest.importorskip("yaml")
 pytest.importorskip("schemathesis")
 
 SPEC = ROOT / "spec" / "client-control-plane.openapi.yaml"
+#: ``files/read`` gets paths that exist in the app's working directory (its
+#: script, and its home with the discovery record) as well as generated ones,
+#: so that the runs reach the served (200) and refused (403) answers, not only 404.
 CONFIG = """\
+[dictionaries.files]
+values = ["app.py", "./app.py", "home/clients", "home", "..", "/etc/hostname", "stderr.txt"]
+
 [[operations]]
 include-path = "/detrix/wake"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "500", "503"]
+
+[[operations]]
+include-path = "/detrix/files/read"
+parameters = { "body.path" = { dictionary = "files", probability = 0.5 } }
 """
 
 
