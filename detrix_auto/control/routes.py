@@ -16,7 +16,7 @@ from ..config import parse_url
 from ..errors import ConfigError, DaemonError, DetrixError
 from ..token import TokenFileError
 from .auth import Caller, classify
-from .http import Request, error_response, json_response
+from .http import Request, error_response, json_response, media_problem
 from .loop import Connection, Deferred
 
 __all__ = ["Router"]
@@ -80,7 +80,7 @@ class Router:
             return json_response(200, status, keep_alive=keep)
         if request.path == "/detrix/info":
             return json_response(200, self._client.info(), keep_alive=keep)
-        problem = _state_change_problem(request)
+        problem = media_problem(request)
         if problem is not None:
             return error_response(problem[0], problem[1], keep_alive=keep)
         if request.path == "/detrix/sleep":
@@ -157,19 +157,6 @@ class Router:
             caller.how,
             self._scrub(outcome),
         )
-
-
-def _state_change_problem(request: Request) -> tuple[int, str] | None:
-    """Only JSON or empty bodies: no HTML form or simple cross-site request can wake us."""
-    content_type = request.header("content-type")
-    if content_type is None:
-        if request.body.strip():
-            return 415, "a request body must be sent as Content-Type: application/json"
-        return None
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        return 415, "Content-Type must be application/json"
-    return None
 
 
 def _wake_override(body: bytes) -> str | None:
