@@ -109,8 +109,9 @@ def test_mistakes_are_refused_before_the_target_is_touched(cli, spawn, tmp_path)
             1,
             f"name 'valu' is not defined at app.py:{OBSERVE_LINE}",
         ),
-        (["--at", at(app), "--expr", "{value}"], 2, "must not contain braces"),
-        (["--at", at(app), "--expr", "value", "--name", "a=b"], 2, "must not contain '='"),
+        (["--at", at(app), "--expr", "'{' + str(value)"], 2, "has unbalanced braces"),
+        (["--at", at(app), "--expr", "value", "--name", "a=b"], 2, "hold only letters, digits"),
+        (["--at", at(app), "--expr", "value", "--name", "all"], 2, "is reserved"),
     ]
     for args, code, message in cases:
         result = cli("observe", "app", *args)
