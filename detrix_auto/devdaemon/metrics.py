@@ -203,6 +203,9 @@ def parse_location(value: object) -> tuple[str, int]:
 # -- values ---------------------------------------------------------------------------
 
 
+_NOT_JSON = object()
+
+
 def _no_constant(text: str) -> Any:
     raise ValueError(text)  # NaN and Infinity are not JSON
 
@@ -228,15 +231,14 @@ def typed_value(text: str) -> tuple[str, dict[str, Any] | None]:
         except (ValueError, RecursionError):
             parsed = _NOT_JSON
         if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-            number = float(parsed) if not isinstance(parsed, int) or abs(parsed) < 2**1023 else None
-            if number is not None and math.isfinite(number):
-                return stripped, {"numericValue": number}
-        elif isinstance(parsed, (list, dict)):
+            try:
+                number = float(parsed)
+            except OverflowError:  # an integer beyond any float: its digits, untyped
+                return stripped, None
+            return stripped, ({"numericValue": number} if math.isfinite(number) else None)
+        if isinstance(parsed, (list, dict)):
             return stripped, None
     return json.dumps(text), {"stringValue": text}
-
-
-_NOT_JSON = object()
 
 
 def display_text(value: dict[str, Any]) -> str:
