@@ -10,40 +10,20 @@ events with ``since``, and check the values are the app's real ones.
 from __future__ import annotations
 
 import re
-import textwrap
 import time
 from typing import Any
 
 import pytest
-from support import http_json, wait_until
+from support import (
+    TRADE_BOT,
+    TRADE_BOT_LINES,
+    TRADE_BOT_SYMBOLS,
+    http_json,
+    metric_body,
+    wait_until,
+)
 
 from detrix_auto.devdaemon import STATUS_CONNECTED, DevDaemon
-
-#: A small trading loop. Every value is a function of ``iteration``, so a test
-#: can tell a captured value is the one the app had at that line.
-TRADE_BOT = textwrap.dedent(
-    """\
-    import time
-
-    SYMBOLS = ["BTCUSD", "ETHUSD", "SOLUSD"]
-    iteration = 0
-    while True:
-        iteration += 1
-        symbol = SYMBOLS[iteration % 3]
-        quantity = iteration % 5 + 1
-        price = quantity * 12.5
-        entry = {"symbol": symbol, "n": iteration}  # @order
-        pnl = (iteration % 7) - 3.0
-        flag = iteration % 2 == 0  # @pnl
-        time.sleep(0.03)  # @sleep
-    """
-)
-LINES = {
-    marker: number
-    for number, text in enumerate(TRADE_BOT.splitlines(), start=1)
-    for marker in re.findall(r"# @(\w+)", text)
-}
-SYMBOLS = ["BTCUSD", "ETHUSD", "SOLUSD"]
 
 
 class Rest:
@@ -66,18 +46,6 @@ def wake(app: Any, daemon: DevDaemon) -> str:
     code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
     assert code == 200, body
     return str(body["connection_id"])
-
-
-def metric_body(cid: str, name: str, marker: str, *expressions: str, **extra: Any) -> dict:
-    return {
-        "name": name,
-        "connectionId": cid,
-        "location": {"file": "app.py", "line": LINES[marker]},  # relative: the app's cwd
-        "expressions": list(expressions),
-        "language": "python",
-        "enabled": True,
-        **extra,
-    }
 
 
 def poll(rest: Rest, metric_id: int, since: int, want: int, timeout: float = 20) -> list[dict]:
@@ -137,7 +105,10 @@ def test_agent_simulation_of_the_original_project(bot: Any, open_daemon: DevDaem
     assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 3
     assert all(m["dapConfirmed"] for m in (order, pnl, details))
     assert details["metric"]["expressions"] == ["symbol", "quantity", "price"]
-    assert details["metric"]["location"] == {"file": str(bot.script), "line": LINES["sleep"]}
+    assert details["metric"]["location"] == {
+        "file": str(bot.script),
+        "line": TRADE_BOT_LINES["sleep"],
+    }
 
     for event in poll(rest, ids[0], session_start, 3):
         assert event["metricName"] == "order_info" and event["connectionId"] == cid
@@ -159,7 +130,7 @@ def test_agent_simulation_of_the_original_project(bot: Any, open_daemon: DevDaem
         symbol, quantity, price = event["values"]
         assert [v["expression"] for v in event["values"]] == ["symbol", "quantity", "price"]
         assert symbol["typedValue"] == {"stringValue": symbol["typedValue"]["stringValue"]}
-        assert symbol["typedValue"]["stringValue"] in SYMBOLS
+        assert symbol["typedValue"]["stringValue"] in TRADE_BOT_SYMBOLS
         assert quantity["valueJson"] in {"1", "2", "3", "4", "5"}
         assert price["typedValue"]["numericValue"] == quantity["typedValue"]["numericValue"] * 12.5
 
@@ -240,7 +211,7 @@ def test_update_toggle_delete_and_the_same_location(bot: Any, open_daemon: DevDa
     assert code == 409 and clash["errorType"] == "METRIC_DUPLICATE"
     # "FILE#LINE" locations, as the real daemon takes them
     string_form = metric_body(cid, "sym", "order", "symbol")
-    string_form["location"] = f"@./app.py#{LINES['order']}"
+    string_form["location"] = f"@./app.py#{TRADE_BOT_LINES['order']}"
     sym = rest.ok("POST", "/api/v1/metrics", string_form, status=201)
     assert sym["metric"]["location"]["file"] == str(bot.script)
 
@@ -259,7 +230,7 @@ def test_update_toggle_delete_and_the_same_location(bot: Any, open_daemon: DevDa
     assert rest.ok("GET", f"/api/v1/events?metricId={mid}&since={quiet_from}") == []
     assert rest.ok("POST", f"/api/v1/metrics/{mid}/disable")["storageUpdated"] is False
     on = rest.ok("POST", f"/api/v1/metrics/{mid}/enable")
-    assert on["dapConfirmed"] is True and on["actualLine"] == LINES["sleep"]
+    assert on["dapConfirmed"] is True and on["actualLine"] == TRADE_BOT_LINES["sleep"]
     poll(rest, mid, time.time_ns() // 1000, 1)
 
     assert rest("DELETE", f"/api/v1/metrics/{mid}")[0] == 204
