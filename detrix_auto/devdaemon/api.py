@@ -350,7 +350,7 @@ class Api:
         since = _int_param(query, "since", metric.created_at)
         until = _optional_int_param(query, "until")
         events, total = self.daemon.metric_events(
-            [metric], limit=limit, offset=offset, since=since, until=until
+            [metric], limit=limit, offset=offset, since=since, until=until, count=True
         )
         return Reply(
             200,

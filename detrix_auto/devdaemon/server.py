@@ -50,6 +50,7 @@ from .metrics import (
     log_message,
     log_message_for,
 )
+from .output import OutputParser, failure_text, parse_hit
 from .store import Event, EventStore, Install, Metric, now_micros
 
 __all__ = [
@@ -155,85 +156,6 @@ def connection_id_for(name: str, language: str, workspace_root: str, hostname: s
     return digest[:16].hex()
 
 
-# -- output parsing ----------------------------------------------------------------------
-
-
-class _OutputParser:
-    """Turns the ``stdout`` output events of one session into logpoint lines.
-
-    debugpy sends one event per logpoint message (``DETRICS:m=v`` + os.linesep), but
-    the app's own redirected stdout shares the category, a value may itself contain
-    newlines, and nothing in DAP forbids splitting or batching. Rules, in order:
-    an incomplete trailing line waits for the next event; an event that starts with
-    the prefix discards a pending non-hit fragment (so ``print(end="")`` from the app
-    cannot swallow a hit); inside one event, lines that do not start with the prefix
-    continue the previous hit's value (a multi-line ``str``). Returns hit texts and
-    the non-hit lines separately.
-    """
-
-    def __init__(self) -> None:
-        self._pending = ""
-
-    def feed(self, text: str) -> tuple[list[str], list[str]]:
-        if (
-            text.startswith(LOG_PREFIX)
-            and self._pending
-            and not self._pending.startswith(LOG_PREFIX)
-        ):
-            self._pending = ""
-        data = self._pending + text
-        # split("\n"), not splitlines(): a value may hold \x0c, \x1c or U+2028, which
-        # splitlines() would treat as line ends. debugpy ends lines with os.linesep.
-        lines = data.split("\n")
-        self._pending = lines.pop()  # "" when the text ended with a newline
-        hits: list[str] = []
-        other: list[str] = []
-        current: list[str] | None = None
-        for line in lines:
-            stripped = line[:-1] if line.endswith("\r") else line
-            if stripped.startswith(LOG_PREFIX):
-                if current is not None:
-                    hits.append("\n".join(current))
-                current = [stripped]
-            elif current is not None:
-                current.append(stripped)
-            else:
-                other.append(stripped)
-        if current is not None:
-            hits.append("\n".join(current))
-        return hits, other
-
-
-def _parse_hit(raw: str, connection_id: str, timestamp: float) -> MetricHit | None:
-    body = raw[len(LOG_PREFIX) :]
-    metric, sep, value = body.partition("=")
-    if not sep or not metric:
-        return None
-    return MetricHit(
-        metric=metric,
-        values=tuple(value.split(VALUE_SEPARATOR)),
-        connection_id=connection_id,
-        timestamp=timestamp,
-        raw=raw,
-    )
-
-
-def _failure_text(text: str) -> str | None:
-    """The text of a logpoint failure report, if this output event can be one.
-
-    debugpy sends the exception's ``str()`` plus a line end as one event in place
-    of the message. The app's own ``print()`` arrives in pieces (text, separator,
-    line end), so only an event that is exactly one whole line qualifies, and only
-    when it reads like an exception message (:func:`.metrics.error_type_for`).
-    """
-    if not text.endswith("\n"):
-        return None
-    stripped = text[:-1].rstrip("\r")
-    if not stripped or "\n" in stripped or stripped.startswith(LOG_PREFIX):
-        return None
-    return stripped
-
-
 # -- per-connection runtime state --------------------------------------------------------
 
 
@@ -243,7 +165,7 @@ class _Connection:
     op_lock: threading.Lock = field(default_factory=threading.Lock)
     client: DapClient | None = None
     generation: int = 0
-    parser: _OutputParser = field(default_factory=_OutputParser)
+    parser: OutputParser = field(default_factory=OutputParser)
     breakpoints: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     diagnostics: deque[str] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED))
     output: deque[str] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED))
@@ -702,12 +624,25 @@ class DevDaemon:
         offset: int = 0,
         since: int | None = None,
         until: int | None = None,
+        count: bool = False,
     ) -> tuple[list[Event], int]:
-        """Events newest first (of some metrics, or all) and how many matched in total."""
+        """A page of events newest first (of some metrics, or all), and how many matched.
+
+        One pass under the lock, copying only the page; with ``count=False`` it stops
+        at the page's end and the number is only the page's end (a poller's query
+        then costs what it returns, however many events are stored).
+        """
+        page: list[Event] = []
+        matched = 0
         with self._lock:
             ids = None if metrics is None else [m.metric_id for m in metrics]
-            matched = list(self._events.newest_first(ids, since=since, until=until))
-        return matched[offset : offset + limit], len(matched)
+            for event in self._events.newest_first(ids, since=since, until=until):
+                if matched >= offset + limit and not count:
+                    break
+                if matched >= offset and len(page) < limit:
+                    page.append(event)
+                matched += 1
+        return page, matched
 
     def status(self) -> dict[str, Any]:
         """``GET /api/v1/status``: what the real daemon reports that is true here too."""
@@ -1104,7 +1039,7 @@ class DevDaemon:
             released = self._port_released.get(port)
             conn.generation += 1
             generation = conn.generation
-            conn.parser = _OutputParser()
+            conn.parser = OutputParser()
         if released is not None:
             pause = released + self.reattach_grace - time.monotonic()
             if pause > 0:
@@ -1251,15 +1186,15 @@ class DevDaemon:
             raw_hits, other = conn.parser.feed(text)
             conn.output.extend(other)
             for raw in raw_hits:
-                hit = _parse_hit(raw, cid, 0.0)
-                metric = None if hit is None else self._installed_named(cid, hit.metric)
-                if hit is None or metric is None:
-                    conn.output.append(raw)
+                parsed = parse_hit(raw)
+                metric = None if parsed is None else self._active_named(cid, parsed[0])
+                if parsed is None or metric is None:
+                    conn.output.append(raw)  # e.g. a metric deleted while its hit was on the way
                     continue
-                event = self._record(metric, cid, hit.values, None)
+                event = self._record(metric, cid, parsed[1], None)
                 if event.error is None:
                     new_hits.append(_hit_of(event))
-            failure = _failure_text(text)
+            failure = failure_text(text)
             kind = error_type_for(failure) if failure is not None else None
             if failure is not None and kind is not None:
                 self._record_failure(conn, failure, kind)
@@ -1273,11 +1208,20 @@ class DevDaemon:
                 except Exception:  # noqa: BLE001 - a CLI printer must not kill the session
                     _log.exception("on_hit callback failed")
 
-    def _installed_named(self, connection_id: str, name: str) -> Metric | None:
+    def _active(self, connection_id: str) -> list[Metric]:
+        """Enabled metrics of a connection that may be reporting: installed, or being
+        installed (a hit can arrive before the ``setBreakpoints`` answer is read), and
+        not refused by debugpy."""
+        found = []
         for metric in self._metrics.values():
-            if metric.name == name and connection_id in metric.installs:
-                return metric
-        return None
+            install = metric.installs.get(connection_id)
+            refused = install is not None and not install.verified
+            if metric.enabled and metric.applies_to(connection_id) and not refused:
+                found.append(metric)
+        return found
+
+    def _active_named(self, connection_id: str, name: str) -> Metric | None:
+        return next((m for m in self._active(connection_id) if m.name == name), None)
 
     def _record(
         self,
@@ -1317,17 +1261,16 @@ class DevDaemon:
     def _record_failure(self, conn: _Connection, text: str, kind: str) -> None:
         """Tie a failure report to the metric whose expression raised, when that is known.
 
-        debugpy's report names no logpoint. With one logpoint installed on the
+        debugpy's report names no logpoint. With one logpoint active on the
         connection it is that one; with several, the names in the message
         (``name 'x' is not defined``) pick the metric whose expressions use them.
         When that still leaves several (or none), the report is only noted in the
         diagnostics and counted: the real daemon picks an arbitrary metric.
         """
         cid = conn.record.connection_id
-        installed = [m for m in self._metrics.values() if cid in m.installs]
-        if not installed:
+        candidates = self._active(cid)
+        if not candidates:
             return  # no logpoint here: a line of the app's own
-        candidates = installed
         names = error_names(text)
         if len(candidates) > 1 and names:
             candidates = [
