@@ -180,16 +180,19 @@ def suspended_frame_note(location: Location, python_version: str | None) -> str 
     decision, and the text, belong to whoever settles debugpy's behaviour:
     set :data:`SUSPENDED_FRAME_NOTE`). Returns None when it does not apply.
     """
-    code = location.code
-    if SUSPENDED_FRAME_NOTE is None or not isinstance(code, types.CodeType):
-        return None
-    if not code.co_flags & _SUSPENDABLE:
+    if SUSPENDED_FRAME_NOTE is None or not _suspendable(location):
         return None
     try:
         major, minor = (int(part) for part in (python_version or "").split(".")[:2])
     except ValueError:
         return None
     return SUSPENDED_FRAME_NOTE if (major, minor) >= (3, 12) else None
+
+
+def _suspendable(location: Location) -> bool:
+    """The line is inside a generator or coroutine (as far as the file could be compiled)."""
+    code = location.code
+    return isinstance(code, types.CodeType) and bool(code.co_flags & _SUSPENDABLE)
 
 
 @dataclass
@@ -264,7 +267,8 @@ class Session:
         finally:
             guard.abort_calls = False
             self._clean_up(guard, daemon, woke, outcome)
-        if not outcome.hits:
+        if not outcome.hits and SUSPENDED_FRAME_NOTE is not None and _suspendable(self.location):
+            # Only then is the target asked which Python it runs (it may not answer).
             outcome.note = suspended_frame_note(self.location, self._target_python())
         return outcome
 
