@@ -310,7 +310,7 @@ class Api:
             "name": outcome.metric.name,
             "enabled": enabled,
             "storageUpdated": outcome.created,
-            "dapConfirmed": outcome.dap_confirmed if enabled else outcome.created,
+            "dapConfirmed": outcome.dap_confirmed,
             "actualLine": outcome.actual_line,
             "dapMessage": outcome.dap_message,
             "metadata": None,

@@ -604,17 +604,26 @@ class DevDaemon:
         self._sync_quietly([metric])
 
     def set_metric_enabled(self, metric_id: int, enabled: bool) -> MetricOutcome:
-        """``POST /api/v1/metrics/{id}/enable|disable``."""
+        """``POST /api/v1/metrics/{id}/enable|disable``.
+
+        ``dap_confirmed``: enabling, debugpy verified the logpoint everywhere it was
+        sent; disabling, it was installed somewhere and debugpy took it out.
+        """
         with self._lock:
             metric = self.get_metric(metric_id)
             changed = metric.enabled != enabled
             metric.enabled = enabled
+            was_installed = bool(metric.installs)
         warnings: list[str] = []
         if changed:
             self._sync_or_fail(metric)
             if enabled:
                 warnings = self._install_warnings(metric)
-        return MetricOutcome(metric, changed, warnings, *self._install_summary(metric))
+        if enabled:
+            return MetricOutcome(metric, changed, warnings, *self._install_summary(metric))
+        with self._lock:
+            removed = changed and was_installed and not metric.installs
+        return MetricOutcome(metric, changed, warnings, removed, None, None)
 
     def metric_events(
         self,

@@ -224,11 +224,13 @@ def test_update_toggle_delete_and_the_same_location(bot: Any, open_daemon: DevDa
 
     off = rest.ok("POST", f"/api/v1/metrics/{mid}/disable")
     assert (off["enabled"], off["storageUpdated"], off["status"]) == (False, True, "disabled")
+    assert off["dapConfirmed"] is True  # it was installed, and debugpy took it out
     time.sleep(0.3)
     quiet_from = time.time_ns() // 1000
     time.sleep(0.5)
     assert rest.ok("GET", f"/api/v1/events?metricId={mid}&since={quiet_from}") == []
-    assert rest.ok("POST", f"/api/v1/metrics/{mid}/disable")["storageUpdated"] is False
+    again_off = rest.ok("POST", f"/api/v1/metrics/{mid}/disable")
+    assert (again_off["storageUpdated"], again_off["dapConfirmed"]) == (False, False)
     on = rest.ok("POST", f"/api/v1/metrics/{mid}/enable")
     assert on["dapConfirmed"] is True and on["actualLine"] == TRADE_BOT_LINES["sleep"]
     poll(rest, mid, time.time_ns() // 1000, 1)
