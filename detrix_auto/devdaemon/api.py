@@ -38,6 +38,8 @@ __all__ = ["NOT_SERVED", "Api"]
 DEFAULT_LIMIT = 100
 MAX_METRICS_LIMIT = 1000
 MAX_EVENTS_LIMIT = 10_000
+#: The largest integer taken in a path or query (a signed 64-bit one, as in the real daemon).
+MAX_INT = 2**63 - 1
 
 #: Routes of the real daemon this one does not serve, and why (answered 404 with it).
 NOT_SERVED: dict[str, str] = {
@@ -401,9 +403,18 @@ def _is_app_route(method: str, path: str) -> bool:
 
 
 def _metric_id(text: str, what: str = "metric id") -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    if not text.isascii() or not text.isdigit():
         raise _Refused(400, f"{what} {text[:40]!r} is not a non-negative integer")
-    return int(text)
+    return _in_range(text, what, 0)
+
+
+def _in_range(text: str, what: str, minimum: int) -> int:
+    """``int(text)`` when it lies in ``minimum..MAX_INT`` (the JSON integers we answer with)."""
+    body = text.lstrip("-").lstrip("0") or "0"
+    value = int(text) if len(body) <= 19 else None  # never int() an unbounded string
+    if value is None or not minimum <= value <= MAX_INT:
+        raise _Refused(400, f"{what} {text[:40]!r} is out of range ({minimum}..{MAX_INT})")
+    return value
 
 
 def _query(target: str) -> dict[str, str]:
@@ -436,9 +447,9 @@ def _optional_int_param(query: dict[str, str], key: str) -> int | None:
     if text is None:
         return None
     body = text[1:] if text.startswith("-") else text
-    if not body.isascii() or not body.isdigit() or len(body) > 18:
+    if not body.isascii() or not body.isdigit():
         raise _Refused(400, f"query parameter {key!r} must be an integer, not {text[:40]!r}")
-    return int(text)
+    return _in_range(text, f"query parameter {key!r}", -MAX_INT)
 
 
 def _bool_param(query: dict[str, str], key: str) -> bool | None:
