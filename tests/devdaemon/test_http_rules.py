@@ -139,3 +139,27 @@ def test_a_request_split_into_bytes_is_still_one_request(
             received += chunk
     (response,) = parse_responses(received)
     assert response.status == 200 and response.body["service"] == "detrix"
+
+
+def test_expect_100_continue_is_answered_before_the_body(
+    servers: dict[str, tuple[str, int]],
+) -> None:
+    """curl sends a body over 1 KiB only after "100 Continue" (or a second's wait)."""
+    body = b'{"name": "' + b"x" * 2000 + b'"}'
+    head = (
+        "POST /api/v1/connections HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection(servers["daemon"], timeout=10) as sock:
+        sock.sendall(head)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    (response,) = parse_responses(received)
+    assert response.status == 422  # the body arrived and was read: fields are missing
