@@ -26,7 +26,6 @@ need it. ``require_token`` turns the own-user exemption off altogether.
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +87,3 @@ class Access:
         ):
             return None
         return caller.reason or "unauthorized"
-
-
-def own_uid() -> int:
-    return os.geteuid() if hasattr(os, "geteuid") else -1

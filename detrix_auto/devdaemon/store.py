@@ -11,6 +11,7 @@ misses one that shares a microsecond with another.
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
 from collections import deque
@@ -237,6 +238,4 @@ class EventStore:
 
 
 def _merge_newest_first(streams: list[Iterator[Event]]) -> Iterator[Event]:
-    import heapq
-
     return heapq.merge(*streams, key=lambda e: e.timestamp, reverse=True)
