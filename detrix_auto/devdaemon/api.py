@@ -134,7 +134,7 @@ class Api:
                 {"WWW-Authenticate": 'Bearer realm="detrix"'},
             )
         route = self._route(method, path)
-        if method not in ("GET", "DELETE"):
+        if method != "GET":  # every request that changes state, as on the control plane
             problem = media_problem(request)
             if problem is not None:
                 raise _Refused(*problem)
