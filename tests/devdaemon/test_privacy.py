@@ -124,7 +124,19 @@ def test_another_user_can_do_nothing_but_health(
         cid = http(daemon.url, "POST", API, reg_body(debuggee)).json()["connectionId"]
         results = attack(other_user, daemon, [["GET", "/health", None, {}]])
         assert results[0][0] == 200  # the real daemon's health is public too
-        results = attack(other_user, daemon, the_attacks(cid, trap.port, None))
+        every_route = [
+            *the_attacks(cid, trap.port, None),
+            ["GET", "/status", None, {}],
+            ["GET", "/api/v1/metrics/1", None, {}],
+            ["PUT", "/api/v1/metrics/1", {"enabled": False}, {}],
+            ["POST", "/api/v1/metrics/1/enable", None, {}],
+            ["POST", "/api/v1/metrics/1/disable", None, {}],
+            ["GET", "/api/v1/metrics/1/value", None, {}],
+            ["GET", "/api/v1/metrics/1/history", None, {}],
+            ["DELETE", "/api/v1/metrics/1", None, {}],
+            ["GET", "/api/v1/events?metricId=1", None, {}],
+        ]
+        results = attack(other_user, daemon, every_route)
         statuses = [status for status, _ in results]
         assert statuses == [401] * len(statuses), results
         for _, body in results:
