@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,49 @@ SAMPLE_APP = textwrap.dedent(
     """
 )
 SAMPLE_LINE = 8  # `time.sleep(0.02)`, just after `value = counter * 10`
+
+#: A small trading loop, watched by the tests of the daemon's metrics API as the
+#: original project's agent simulation watches its trade bot. Every value is a
+#: function of ``iteration``, so a test can tell a captured value is the one the
+#: app had at that line. ``# @name`` marks the lines metrics go on.
+TRADE_BOT = textwrap.dedent(
+    """\
+    import time
+
+    SYMBOLS = ["BTCUSD", "ETHUSD", "SOLUSD"]
+    iteration = 0
+    while True:
+        iteration += 1
+        symbol = SYMBOLS[iteration % 3]
+        quantity = iteration % 5 + 1
+        price = quantity * 12.5
+        entry = {"symbol": symbol, "n": iteration}  # @order
+        pnl = (iteration % 7) - 3.0
+        flag = iteration % 2 == 0  # @pnl
+        time.sleep(0.03)  # @sleep
+    """
+)
+TRADE_BOT_LINES = {
+    marker: number
+    for number, text in enumerate(TRADE_BOT.splitlines(), start=1)
+    for marker in re.findall(r"# @(\w+)", text)
+}
+TRADE_BOT_SYMBOLS = ["BTCUSD", "ETHUSD", "SOLUSD"]
+
+
+def metric_body(
+    cid: str, name: str, marker: str, *expressions: str, **extra: Any
+) -> dict[str, Any]:
+    """A ``POST /api/v1/metrics`` body for a line of :data:`TRADE_BOT` (run as app.py)."""
+    return {
+        "name": name,
+        "connectionId": cid,
+        "location": {"file": "app.py", "line": TRADE_BOT_LINES[marker]},  # in the app's cwd
+        "expressions": list(expressions),
+        "language": "python",
+        "enabled": True,
+        **extra,
+    }
 
 
 def private_tmp(home: Path) -> str:

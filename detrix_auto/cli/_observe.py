@@ -2,16 +2,24 @@
 
 The sequence: read the target's status (it must be asleep: its debugger takes
 one client at a time), start a :class:`~detrix_auto.devdaemon.DevDaemon` on
-127.0.0.1, store the logpoint, wake the target with ``{"daemon_url": ...}``
-(the target registers, the daemon attaches over DAP and sets the logpoint
-before the wake returns), stream hits, then always put the target back to
-sleep and stop the daemon, also on Ctrl-C or SIGTERM.
+127.0.0.1 with a random token, wake the target with ``{"daemon_url": ...}``
+(the target registers and the daemon attaches over DAP before the wake
+returns), add the metric with ``POST /api/v1/metrics``, poll ``GET
+/api/v1/events``, then always put the target back to sleep and stop the
+daemon, also on Ctrl-C or SIGTERM. Everything after the start goes through
+the daemon's REST API, the one scripts use (docs/metrics-api.md): no private
+calls.
 
 An expression that raises in the target gives no value: debugpy sends the
-exception's text in place of the logpoint message. Such a text is printed once
-(per distinct text) and observing goes on, since a value that is sometimes
-``None`` is normal; if the session ends without a single value, the exit
-status is 1.
+exception's text in place of the logpoint message, and the daemon records it
+as an error event. Such a text is printed once (per distinct text) and
+observing goes on, since a value that is sometimes ``None`` is normal. A
+session that ends without a single value exits with status 1, and says why.
+
+Bounds: the wake takes at most ``WAKE_TIMEOUT``; ``--for`` counts from the
+moment the logpoint is set; putting the target back to sleep and stopping the
+daemon take at most ``CLEANUP_BOUND`` seconds, and a second Ctrl-C or SIGTERM
+abandons them at once (saying how to finish by hand).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,23 +35,29 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
-from ..devdaemon import STATUS_CONNECTED, DevDaemon, MetricHit, MetricSpec
+from ..devdaemon import STATUS_CONNECTED, DevDaemon, MetricRuleError
+from ..devdaemon.metrics import check_expressions, check_name, display_text
 from ..discovery import iter_records
 from ._common import (
     SLEEP_TIMEOUT,
     WAKE_TIMEOUT,
     CliError,
+    ControlReply,
     Target,
     die,
+    http_call,
     resolve_target,
     running,
 )
-from ._source import Location, check_expressions, parse_location
+from ._source import Location, parse_location
+from ._source import check_expressions as check_source_expressions
 
 __all__ = ["cmd_demo", "cmd_observe"]
 
@@ -53,10 +67,24 @@ THREAD_EXPR = "__import__('threading').current_thread().name"
 MAX_REPORTS = 10
 #: After this long without a hit, say that the line has not run yet.
 QUIET_HINT_AFTER = 5.0
+#: Seconds allowed for putting the target back to sleep and stopping the daemon.
+CLEANUP_BOUND = 5.0
+#: How often the daemon's events are polled, and how many are read at a time.
+POLL_INTERVAL = 0.1
+POLL_LIMIT = 1000
+#: Seconds allowed for one call to the embedded daemon (adding a metric sets a logpoint).
+DAEMON_TIMEOUT = 20.0
+#: Code flags of generators and coroutines (``inspect.CO_*``).
+_SUSPENDABLE = 0x20 | 0x80 | 0x100 | 0x200
+
+#: The note for a line inside a generator or coroutine that ran before the wake,
+#: on Python 3.12+, where debugpy may not report from a frame started earlier.
+#: None until that behaviour is settled; :func:`suspended_frame_note` is the hook.
+SUSPENDED_FRAME_NOTE: str | None = None
 
 
 class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM while setting up: abandon the blocking call, then clean up."""
+    """Ctrl-C or SIGTERM while a blocking call runs: abandon it, then clean up."""
 
 
 class SignalGuard:
@@ -64,13 +92,17 @@ class SignalGuard:
 
     While ``abort_calls`` is true (setup: a blocking HTTP call may be running)
     the first signal raises :class:`Interrupted`; afterwards signals only set
-    ``stopped``, which the streaming loop polls, and cleanup runs to its end.
+    ``stopped``, which the streaming loop polls. During cleanup
+    (``cleaning``), a second signal overall raises :class:`Interrupted`, so a
+    user who insists is never kept waiting for a target that does not answer.
     """
 
     def __init__(self) -> None:
         self.stopped = threading.Event()
         self.signum: int | None = None
+        self.count = 0
         self.abort_calls = True
+        self.cleaning = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalGuard:
@@ -88,35 +120,28 @@ class SignalGuard:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        first = not self.stopped.is_set()
+        self.count += 1
         self.signum = self.signum or signum
         self.stopped.set()
-        if first and self.abort_calls:
+        if self.abort_calls:
             self.abort_calls = False
+            raise Interrupted()
+        if self.cleaning and self.count >= 2:
+            self.cleaning = False
             raise Interrupted()
 
 
-class _ObservingDaemon(DevDaemon):
-    """The embedded daemon, also noting logpoint failures as debugpy reports them.
+class DaemonApi:
+    """The embedded daemon's REST API, called with its token, as any script would."""
 
-    A logpoint whose expression raises makes debugpy send the exception's text
-    (plus a line end) as one ``stdout`` output event, without the ``DETRICS:``
-    prefix. The app's own ``print()`` arrives on the same channel but in
-    pieces (text, separator, line end as separate events), so one event that is
-    exactly one whole line is taken for a failure report.
-    """
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self._headers = {"Authorization": f"Bearer {token}"}
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.failures: queue.Queue[str] = queue.Queue()
-        self.on_output(self._note_failure)
-
-    def _note_failure(self, connection_id: str, category: str, text: str) -> None:
-        if category != "stdout" or not text.endswith("\n"):
-            return
-        stripped = text[:-1].rstrip("\r")
-        if stripped and "\n" not in stripped and not stripped.startswith("DETRICS:"):
-            self.failures.put(stripped)
+    def call(
+        self, method: str, path: str, body: Any = None, *, timeout: float = DAEMON_TIMEOUT
+    ) -> ControlReply:
+        return http_call(self.url, method, path, body, headers=self._headers, timeout=timeout)
 
 
 @dataclass
@@ -144,6 +169,30 @@ class Outcome:
     ended_by: str = ""  # "count", "time", "signal", "gone", "detached"
     elapsed: float = 0.0
     slept: bool = False
+    skipped: int = 0  # events the poll could not read back (more than POLL_LIMIT at once)
+    note: str | None = None  # why a line may never report (suspended_frame_note)
+
+
+def suspended_frame_note(location: Location, python_version: str | None) -> str | None:
+    """Hook: a note when ``location`` is inside a generator or coroutine on Python 3.12+.
+
+    A frame that was already running before the wake may not report there (the
+    decision, and the text, belong to whoever settles debugpy's behaviour:
+    set :data:`SUSPENDED_FRAME_NOTE`). Returns None when it does not apply.
+    """
+    if SUSPENDED_FRAME_NOTE is None or not _suspendable(location):
+        return None
+    try:
+        major, minor = (int(part) for part in (python_version or "").split(".")[:2])
+    except ValueError:
+        return None
+    return SUSPENDED_FRAME_NOTE if (major, minor) >= (3, 12) else None
+
+
+def _suspendable(location: Location) -> bool:
+    """The line is inside a generator or coroutine (as far as the file could be compiled)."""
+    code = location.code
+    return isinstance(code, types.CodeType) and bool(code.co_flags & _SUSPENDABLE)
 
 
 @dataclass
@@ -178,23 +227,25 @@ class Session:
                 f"try again shortly, or put it to sleep with `detrix-auto sleep "
                 f"{target.pid or target.url}`"
             )
-        spec = MetricSpec(
-            self.metric,
-            self.location.path,
-            self.location.line,
-            (*self.expressions, THREAD_EXPR),
+        token = secrets.token_urlsafe(32)
+        # The target registers with its own token (when we present it, it sends it on)
+        # and as its own user: both may register, nothing else.
+        daemon = DevDaemon(
+            "127.0.0.1",
+            0,
+            token=token,
+            app_tokens=[target.token.token] if target.token.token else [],
+            app_uids=_owner_uid(target.pid),
+            attach_timeout=15.0,
         )
-        daemon = _ObservingDaemon("127.0.0.1", 0, attach_timeout=15.0)
         try:
             daemon.start()
         except OSError as exc:
             die(f"cannot start the embedded daemon on 127.0.0.1: {exc.strerror or exc}")
-        hits: queue.Queue[MetricHit] = queue.Queue()
+        api = DaemonApi(daemon.url, token)
         outcome = Outcome()
         woke = False
         try:
-            daemon.add_metric(spec)
-            daemon.on_hit(hits.put)
             woke = True  # from here on a sleep is owed, even if the wake is interrupted
             reply = target.call(
                 "POST", "/detrix/wake", {"daemon_url": daemon.url}, timeout=WAKE_TIMEOUT
@@ -205,55 +256,68 @@ class Session:
                 woke = False  # someone else woke it in between: not ours to put to sleep
                 die(f"{target.label} was woken by someone else meanwhile; try again later")
             connection_id = str(reply.body.get("connection_id") or "")
-            self._check_logpoint(daemon, connection_id)
+            metric_id = self._add_metric(api, connection_id)
             self.on_ready(
                 {"debug_port": reply.body.get("debug_port"), "connection_id": connection_id}
             )
             guard.abort_calls = False
-            self._stream(daemon, connection_id, hits, guard, outcome)
+            self._stream(api, metric_id, connection_id, guard, outcome)
         except Interrupted:
             outcome.ended_by = "signal"
         finally:
             guard.abort_calls = False
-            try:
-                if woke:
-                    outcome.slept = self._sleep_again()
-            finally:
-                daemon.stop()
+            self._clean_up(guard, daemon, woke, outcome)
+        if not outcome.hits and SUSPENDED_FRAME_NOTE is not None and _suspendable(self.location):
+            # Only then is the target asked which Python it runs (it may not answer).
+            outcome.note = suspended_frame_note(self.location, self._target_python())
         return outcome
 
-    def _check_logpoint(self, daemon: DevDaemon, connection_id: str) -> None:
-        try:
-            results = daemon.breakpoint_results(connection_id)
-        except KeyError:
-            return
-        for item in results:
-            if item.get("metric") != self.metric:
-                continue
-            where = f"{self.location.path}:{self.location.line}"
-            if not item.get("verified"):
-                message = item.get("message") or "not verified"
-                die(f"debugpy did not accept the logpoint at {where}: {message}")
-            line = item.get("line")
-            if isinstance(line, int) and line != self.location.line:
-                die(
-                    f"line {self.location.line} of {self.location.path} holds no code "
-                    f"(debugpy would move the logpoint to line {line})"
-                )
+    def _add_metric(self, api: DaemonApi, connection_id: str) -> int:
+        """``POST /api/v1/metrics``; dies if debugpy refused or moved the logpoint."""
+        where = f"{self.location.path}:{self.location.line}"
+        reply = api.call(
+            "POST",
+            "/api/v1/metrics",
+            {
+                "name": self.metric,
+                "connectionId": connection_id,
+                "location": {"file": self.location.path, "line": self.location.line},
+                "expressions": [*self.expressions, THREAD_EXPR],
+                "enabled": True,
+            },
+        )
+        body = reply.body if isinstance(reply.body, dict) else {}
+        if reply.status not in (200, 201) or not isinstance(body.get("metricId"), int):
+            die(f"the embedded daemon refused the logpoint at {where}: {reply.error}")
+        if not body.get("dapConfirmed"):
+            message = body.get("dapMessage") or "not verified"
+            die(f"debugpy did not accept the logpoint at {where}: {message}")
+        line = body.get("actualLine")
+        if isinstance(line, int) and line != self.location.line:
+            die(
+                f"line {self.location.line} of {self.location.path} holds no code "
+                f"(debugpy would move the logpoint to line {line})"
+            )
+        return int(body["metricId"])
 
     def _stream(
         self,
-        daemon: _ObservingDaemon,
+        api: DaemonApi,
+        metric_id: int,
         connection_id: str,
-        hits: queue.Queue[MetricHit],
         guard: SignalGuard,
         outcome: Outcome,
     ) -> None:
         started = time.monotonic()
         deadline = started + self.seconds if self.seconds else None
         next_check = started + 0.5
+        since = 0
         hinted = False
         while True:
+            since = self._poll(api, metric_id, since, outcome)
+            if self.count is not None and len(outcome.hits) >= self.count:
+                outcome.ended_by = "count"
+                break
             if guard.stopped.is_set():
                 outcome.ended_by = "signal"
                 break
@@ -261,58 +325,56 @@ class Session:
             if deadline is not None and now >= deadline:
                 outcome.ended_by = "time"
                 break
-            wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
-            try:
-                raw = hits.get(timeout=wait)
-            except queue.Empty:
-                raw = None
-            if raw is not None and raw.metric == self.metric:
-                hit = self._convert(raw)
-                outcome.hits.append(hit)
-                self.on_hit(hit)
-                if self.count is not None and len(outcome.hits) >= self.count:
-                    outcome.ended_by = "count"
-                    break
-            self._drain_failures(daemon, outcome)
-            now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.5
-                ended = self._connection_ended(daemon, connection_id)
+                ended = self._connection_ended(api, connection_id)
                 if ended:
-                    self._drain_hits(hits, outcome)
+                    self._poll(api, metric_id, since, outcome)
                     outcome.ended_by = ended
                     break
                 if not hinted and not outcome.hits and now - started >= QUIET_HINT_AFTER:
                     hinted = True
                     if not outcome.failures:
                         self.on_quiet()
+            wait = POLL_INTERVAL if deadline is None else min(POLL_INTERVAL, deadline - now)
+            guard.stopped.wait(max(0.0, wait))
         outcome.elapsed = time.monotonic() - started
 
-    def _drain_hits(self, hits: queue.Queue[MetricHit], outcome: Outcome) -> None:
-        while True:
-            try:
-                raw = hits.get_nowait()
-            except queue.Empty:
-                return
-            if raw.metric == self.metric:
-                hit = self._convert(raw)
-                outcome.hits.append(hit)
-                self.on_hit(hit)
+    def _poll(self, api: DaemonApi, metric_id: int, since: int, outcome: Outcome) -> int:
+        """Read the events after ``since`` (µs); returns the next ``since``."""
+        reply = api.call(
+            "GET", f"/api/v1/events?metricId={metric_id}&since={since}&limit={POLL_LIMIT}"
+        )
+        if reply.status != 200 or not isinstance(reply.body, list):
+            raise CliError(f"the embedded daemon failed to report events: {reply.error}")
+        events = [e for e in reply.body if isinstance(e, dict)]
+        if len(events) == POLL_LIMIT:
+            outcome.skipped += 1
+        for event in reversed(events):  # the API answers newest first
+            stamp = event.get("timestamp")
+            if isinstance(stamp, int):
+                since = max(since, stamp + 1)
+            if self.count is not None and len(outcome.hits) >= self.count:
+                continue
+            error = event.get("error")
+            if isinstance(error, dict):
+                self._failure(str(error.get("errorMessage") or ""), outcome)
+                continue
+            hit = self._convert(event)
+            outcome.hits.append(hit)
+            self.on_hit(hit)
+        return since
 
-    def _drain_failures(self, daemon: _ObservingDaemon, outcome: Outcome) -> None:
-        while True:
-            try:
-                text = daemon.failures.get_nowait()
-            except queue.Empty:
-                return
-            seen = outcome.failures.get(text, 0)
-            outcome.failures[text] = seen + 1
-            if seen == 0 and len(outcome.failures) <= MAX_REPORTS:
-                self.on_failure(text)
+    def _failure(self, text: str, outcome: Outcome) -> None:
+        seen = outcome.failures.get(text, 0)
+        outcome.failures[text] = seen + 1
+        if seen == 0 and len(outcome.failures) <= MAX_REPORTS:
+            self.on_failure(text)
 
-    def _connection_ended(self, daemon: DevDaemon, connection_id: str) -> str:
-        record = daemon.connections.get(connection_id)
-        if record is None or record.status == STATUS_CONNECTED:
+    def _connection_ended(self, api: DaemonApi, connection_id: str) -> str:
+        reply = api.call("GET", f"/api/v1/connections/{quote(connection_id, safe='')}")
+        body = reply.body if isinstance(reply.body, dict) else {}
+        if reply.status == 200 and body.get("status") == STATUS_CONNECTED:
             return ""
         pid = self.target.pid
         if pid is not None:
@@ -324,23 +386,40 @@ class Session:
                 time.sleep(0.05)
         return "detached"
 
-    def _convert(self, raw: MetricHit) -> Hit:
-        values = list(raw.values)
+    def _convert(self, event: dict[str, Any]) -> Hit:
+        values = [display_text(v) for v in event.get("values") or [] if isinstance(v, dict)]
         thread: str | None = None
         if len(values) == len(self.expressions) + 1:
             thread = values.pop()
-        if len(values) == len(self.expressions):
-            pairs = list(zip(self.expressions, values, strict=True))
-        else:  # a value held the separator itself
-            pairs = [(" | ".join(self.expressions), "\x1f".join(values))]
-        return Hit(raw.timestamp, thread, pairs)
+        stamp = event.get("timestamp")
+        moment = stamp / 1_000_000 if isinstance(stamp, int) else time.time()
+        return Hit(moment, thread, list(zip(self.expressions, values, strict=False)))
 
-    def _sleep_again(self) -> bool:
+    def _clean_up(
+        self, guard: SignalGuard, daemon: DevDaemon, woke: bool, outcome: Outcome
+    ) -> None:
+        """Put the target back to sleep and stop the daemon, within ``CLEANUP_BOUND``."""
+        deadline = time.monotonic() + CLEANUP_BOUND
+        guard.cleaning = True
+        try:
+            if woke:
+                outcome.slept = self._sleep_again(deadline)
+        except Interrupted:
+            sys.stderr.write(
+                f"detrix-auto: interrupted while putting {self.target.label} back to sleep; "
+                f"run `detrix-auto sleep {self.target.pid or self.target.url}`\n"
+            )
+        finally:
+            guard.cleaning = False
+            daemon.stop()
+
+    def _sleep_again(self, deadline: float) -> bool:
         target = self.target
         if target.pid is not None and not running(target.pid):
             return False
+        timeout = max(0.5, min(SLEEP_TIMEOUT, deadline - time.monotonic()))
         try:
-            reply = target.call("POST", "/detrix/sleep", timeout=SLEEP_TIMEOUT)
+            reply = target.call("POST", "/detrix/sleep", timeout=timeout)
         except CliError as exc:
             if target.pid is None or running(target.pid):
                 sys.stderr.write(
@@ -353,6 +432,25 @@ class Session:
             )
             return False
         return True
+
+    def _target_python(self) -> str | None:
+        try:
+            reply = self.target.call("GET", "/detrix/info")
+        except CliError:
+            return None
+        body = reply.body if isinstance(reply.body, dict) else {}
+        version = body.get("python_version")
+        return version if isinstance(version, str) else None
+
+
+def _owner_uid(pid: int | None) -> list[int]:
+    """The uid the target runs as (so it may register), where /proc tells it."""
+    if pid is None:
+        return []
+    try:
+        return [os.stat(f"/proc/{pid}").st_uid]
+    except OSError:
+        return []
 
 
 # -- observe ---------------------------------------------------------------------------
@@ -378,10 +476,11 @@ def cmd_observe(args: argparse.Namespace) -> int:
     target = resolve_target(args.target)
     search = [str(target.record.get("cwd") or "")] if target.record else []
     location = parse_location(args.at, search)
-    check_expressions(expressions, location)
+    check_source_expressions(expressions, location)
     try:
-        MetricSpec(args.name, location.path, location.line, tuple(expressions))
-    except ValueError as exc:
+        check_name(args.name)
+        check_expressions(expressions)
+    except MetricRuleError as exc:
         die(str(exc), 2)
     as_json = bool(args.json)
     where = f"{location.path}:{location.line}"
@@ -460,12 +559,18 @@ def cmd_observe(args: argparse.Namespace) -> int:
     )
     with SignalGuard() as guard:
         outcome = session.run(guard)
-    return _finish_observe(target, outcome)
+    return _finish_observe(target, location, outcome)
 
 
-def _finish_observe(target: Target, outcome: Outcome) -> int:
+def _finish_observe(target: Target, location: Location, outcome: Outcome) -> int:
+    """The summary on stderr and the exit status: 0 only when values were seen."""
     hits = len(outcome.hits)
     after = f"{hits} hit(s) in {outcome.elapsed:.1f} s"
+    if outcome.skipped:
+        sys.stderr.write(
+            f"detrix-auto: hits arrived faster than {POLL_LIMIT} per poll {outcome.skipped} "
+            "time(s); some were not shown\n"
+        )
     if outcome.ended_by == "gone":
         sys.stderr.write(f"detrix-auto: {target.label} exited while observed ({after})\n")
         return 1
@@ -480,6 +585,13 @@ def _finish_observe(target: Target, outcome: Outcome) -> int:
     if not hits and outcome.failures:
         first = next(iter(outcome.failures))
         sys.stderr.write(f"detrix-auto: no values were captured: {first!r}\n")
+        return 1
+    if not hits:
+        note = f" ({outcome.note})" if outcome.note else ""
+        sys.stderr.write(
+            f"detrix-auto: nothing was observed: line {location.line} of {location.path} did "
+            f"not run while the logpoint was set{note}\n"
+        )
         return 1
     return 0
 

@@ -27,6 +27,7 @@ __all__ = [
     "HttpError",
     "Request",
     "json_response",
+    "media_problem",
     "parse_request",
     "text_response",
 ]
@@ -115,12 +116,15 @@ class Request:
         return "close" not in connection
 
 
-def parse_request(buffer: bytes | bytearray) -> tuple[Request | None, int]:
+def parse_request(
+    buffer: bytes | bytearray, *, max_body: int = MAX_BODY
+) -> tuple[Request | None, int]:
     """Parse one request from the start of ``buffer``.
 
     Returns ``(request, consumed)`` when a whole request is there, ``(None, 0)``
     when more bytes are needed, and raises :class:`HttpError` when the bytes
-    can never become an acceptable request.
+    can never become an acceptable request. The embedded daemon parses with
+    these same rules (``devdaemon/httpserver.py``); only its body limit may differ.
     """
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
@@ -147,8 +151,8 @@ def parse_request(buffer: bytes | bytearray) -> tuple[Request | None, int]:
         if not length_text.isdigit() or not length_text.isascii() or len(length_text) > 12:
             raise HttpError(400, "invalid Content-Length")
         length = int(length_text)
-        if length > MAX_BODY:
-            raise HttpError(413, f"body larger than {MAX_BODY} bytes")
+        if length > max_body:
+            raise HttpError(413, f"body larger than {max_body} bytes")
     start = end + 4
     if len(buffer) - start < length:
         return None, 0
@@ -193,6 +197,24 @@ def _parse_headers(lines: list[bytes]) -> dict[str, str]:
         else:
             headers[key] = text
     return headers
+
+
+def media_problem(request: Request) -> tuple[int, str] | None:
+    """A request body must be JSON (``application/json``) or absent.
+
+    Applied to every request that changes state, by the control plane and the
+    embedded daemon alike: no HTML form or other "simple" cross-site request
+    can carry one, and a daemon is never asked to guess a body's format.
+    """
+    content_type = request.header("content-type")
+    if content_type is None:
+        if request.body.strip():
+            return 415, "a request body must be sent as Content-Type: application/json"
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        return 415, "Content-Type must be application/json"
+    return None
 
 
 def json_response(

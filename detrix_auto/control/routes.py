@@ -17,7 +17,7 @@ from ..config import control_plane_url, default_home, parse_url
 from ..errors import ConfigError, DaemonError, DetrixError
 from ..token import TokenFileError, token_file_candidates
 from .auth import Caller, classify
-from .http import Request, error_response, json_response, text_response
+from .http import Request, error_response, json_response, media_problem, text_response
 from .loop import Connection, Deferred
 
 TYPE_CHECKING = False
@@ -92,7 +92,7 @@ class Router:
             return json_response(200, self._client.info(), keep_alive=keep)
         if request.path == "/detrix/discover":
             return json_response(200, self._discover(), keep_alive=keep)
-        problem = _state_change_problem(request)
+        problem = media_problem(request)
         if problem is not None:
             return error_response(problem[0], problem[1], keep_alive=keep)
         if request.path == "/detrix/files/read":
@@ -213,19 +213,6 @@ class Router:
             caller.how,
             self._scrub(outcome),
         )
-
-
-def _state_change_problem(request: Request) -> tuple[int, str] | None:
-    """Only JSON or empty bodies: no HTML form or simple cross-site request can wake us."""
-    content_type = request.header("content-type")
-    if content_type is None:
-        if request.body.strip():
-            return 415, "a request body must be sent as Content-Type: application/json"
-        return None
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        return 415, "Content-Type must be application/json"
-    return None
 
 
 def _wake_override(body: bytes) -> str | None:

@@ -1,13 +1,17 @@
-"""Embedded loopback Detrix daemon: the daemon's HTTP API and its DAP client.
+"""Embedded loopback Detrix daemon: the daemon's REST API and its DAP client.
 
-Used by the ``observe`` and ``demo`` commands and as the test double of the Rust
-daemon. Standard library only, on purpose: it must run wherever the client runs
-and must not share code paths (urllib3, debugpy) with the client it tests.
+Used by the ``observe`` and ``demo`` commands, by ``python -m
+detrix_auto.devdaemon`` for scripts written for the real daemon, and as the test
+double of the Rust daemon. Standard library only, on purpose: it must run
+wherever the client runs and must not share code paths (urllib3, debugpy) with
+the client it tests. Its HTTP parsing and access rules are the control plane's
+(``detrix_auto.control.http`` and ``.auth``), which are standard library too.
 """
 
 from __future__ import annotations
 
 from .dap import DapClient, DapError
+from .metrics import MetricRuleError, MetricSpec, ServiceError, log_message_for
 from .server import (
     STATUS_CONNECTED,
     STATUS_CONNECTING,
@@ -16,9 +20,7 @@ from .server import (
     ConnectionRecord,
     DevDaemon,
     MetricHit,
-    MetricSpec,
     connection_id_for,
-    log_message_for,
 )
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "DapError",
     "DevDaemon",
     "MetricHit",
+    "MetricRuleError",
     "MetricSpec",
+    "ServiceError",
     "connection_id_for",
     "log_message_for",
 ]

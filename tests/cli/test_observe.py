@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cli_support import (
@@ -19,6 +20,12 @@ from cli_support import (
     json_lines,
     one_error_line,
 )
+
+SECURITY = Path(__file__).resolve().parent.parent / "security"
+if str(SECURITY) not in sys.path:
+    sys.path.insert(0, str(SECURITY))
+
+from sechelpers import as_other_user  # noqa: E402
 
 HIT = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}  \[MainThread\]  value=(\d+)  counter=(\d+)$")
 
@@ -109,8 +116,9 @@ def test_mistakes_are_refused_before_the_target_is_touched(cli, spawn, tmp_path)
             1,
             f"name 'valu' is not defined at app.py:{OBSERVE_LINE}",
         ),
-        (["--at", at(app), "--expr", "{value}"], 2, "must not contain braces"),
-        (["--at", at(app), "--expr", "value", "--name", "a=b"], 2, "must not contain '='"),
+        (["--at", at(app), "--expr", "'{' + str(value)"], 2, "has unbalanced braces"),
+        (["--at", at(app), "--expr", "value", "--name", "a=b"], 2, "hold only letters, digits"),
+        (["--at", at(app), "--expr", "value", "--name", "all"], 2, "is reserved"),
     ]
     for args, code, message in cases:
         result = cli("observe", "app", *args)
@@ -211,3 +219,166 @@ def test_a_signal_stops_observing_and_the_target_sleeps_again(spawn, home, signu
     assert proc.returncode == 0, err
     assert "asleep again" in err and "Traceback" not in err
     assert app.status()["state"] == "sleeping"
+
+
+#: A loop whose line 8 never runs (the branch is never taken).
+NEVER = """\
+import time
+
+counter = 0
+while True:
+    counter += 1
+    time.sleep(0.05)
+    if counter < 0:
+        print("never")
+"""
+
+
+def test_a_line_that_never_runs_exits_1_and_says_so(cli, spawn):
+    app = spawn(NEVER)
+    result = cli("observe", "app", "--at", f"{app.script}:8", "--expr", "counter", "--for", "1")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert f"nothing was observed: line 8 of {app.script} did not run" in result.stderr
+    assert "stopped after 0 hit(s)" in result.stderr and "asleep again" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert app.status()["state"] == "sleeping"
+
+
+def _observe_in_background(app, home):
+    proc = subprocess.Popen(
+        cli_argv("observe", "app", "--at", at(app), "--expr", "value"),
+        env=base_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(home.parent),
+    )
+    first = proc.stdout.readline()
+    assert "value=" in first, proc.stderr.read() if not first else first
+    return proc
+
+
+def _connected_to(port):
+    """Whether some socket of this machine holds an open connection to 127.0.0.1:port."""
+    wanted = f":{port:04X}"
+    with open("/proc/net/tcp") as handle:
+        rows = handle.read().splitlines()[1:]
+    return any(r.split()[2].endswith(wanted) and r.split()[3] == "01" for r in rows)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+def test_clean_up_is_bounded_when_the_target_does_not_answer(spawn, home):
+    """A target that stops answering (SIGSTOP) cannot hold observe for the 15 s a
+    sleep may take elsewhere: the clean-up has 5 s in all (CLEANUP_BOUND)."""
+    from detrix_auto.cli._observe import CLEANUP_BOUND
+
+    app = spawn(APP)
+    proc = _observe_in_background(app, home)
+    try:
+        app.proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        app.proc.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    match = re.search(r"could not put .* back to sleep: .* did not answer within ([\d.]+)s", err)
+    assert match, err
+    assert float(match.group(1)) <= CLEANUP_BOUND
+    assert "not put back to sleep" in err and "Traceback" not in err
+    assert proc.returncode == 0  # values were observed; the summary says the rest
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+def test_a_second_signal_abandons_the_clean_up_and_says_how_to_finish(cli, spawn, home):
+    app = spawn(APP)
+    proc = _observe_in_background(app, home)
+    port = int(app.record["control_port"])
+    try:
+        app.proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        # Wait until observe's sleep request is waiting on the stopped target ...
+        deadline = time.monotonic() + 20
+        while not _connected_to(port):
+            assert time.monotonic() < deadline, "observe never asked the target to sleep"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)  # ... and insist.
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        app.proc.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert f"interrupted while putting app-{app.pid} (pid {app.pid}) back to sleep" in err, err
+    assert f"run `detrix-auto sleep {app.pid}`" in err
+    assert "Traceback" not in err
+    # The advice works: the target is still awake, and that command puts it to sleep.
+    assert app.status()["state"] == "awake"
+    assert cli("sleep", str(app.pid)).returncode == 0
+    assert app.status()["state"] == "sleeping"
+
+
+def test_the_embedded_daemon_of_observe_refuses_another_user(spawn, home, other_user):
+    sys.path.insert(
+        0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "security")
+    )
+
+    app = spawn(APP)
+    proc = _observe_in_background(app, home)
+    try:
+        daemon_url = app.status()["daemon_url"]
+        port = int(daemon_url.rsplit(":", 1)[1])
+        code = """
+results = []
+for method, path in job["requests"]:
+    request = f"{method} {path} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n"
+    raw = exchange(job["address"], request.encode())
+    results.append(int(raw.split(b" ", 2)[1]))
+print(json.dumps(results))
+"""
+        requests = [
+            ["GET", "/api/v1/connections"],
+            ["GET", "/api/v1/metrics"],
+            ["GET", "/api/v1/events"],
+            ["GET", "/health"],
+        ]
+        results = as_other_user(other_user, code, address=["127.0.0.1", port], requests=requests)
+        assert results == [401, 401, 401, 200]
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "asleep again" in err
+
+
+def test_the_suspended_frame_hook(monkeypatch):
+    """Where another decision will put its message: generators and coroutines on 3.12+."""
+    from detrix_auto.cli import _observe
+    from detrix_auto.cli._source import Location
+
+    def generator():
+        yield 1
+
+    async def coroutine():
+        return 1
+
+    def plain():
+        return 1
+
+    def where(function):
+        return Location("x.py", 1, code=function.__code__)
+
+    assert _observe.suspended_frame_note(where(generator), "3.12.1") is None  # no text yet
+    monkeypatch.setattr(_observe, "SUSPENDED_FRAME_NOTE", "a frame started before the wake")
+    assert _observe.suspended_frame_note(where(generator), "3.12.1") == (
+        "a frame started before the wake"
+    )
+    assert _observe.suspended_frame_note(where(coroutine), "3.13.0") is not None
+    assert _observe.suspended_frame_note(where(generator), "3.11.7") is None
+    assert _observe.suspended_frame_note(where(plain), "3.12.1") is None
+    assert _observe.suspended_frame_note(Location("x.py", 1), "3.12.1") is None
+    assert _observe.suspended_frame_note(where(generator), None) is None

@@ -1,7 +1,8 @@
-"""The daemon HTTP API (CONTRACT.md section 2) end to end, against real debugpy.
+"""The daemon's connection API (CONTRACT.md section 2) end to end, against real debugpy.
 
 Registrations go through the HTTP API with urllib, as a client would send them;
-hits are read back from the daemon object.
+hits are read back from the daemon object (the metrics and events routes have
+their own file, test_metrics_api.py).
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ def test_dead_peer_marks_the_connection_disconnected(
     assert dd.connections[cid].status == STATUS_FAILED
 
 
-# -- service-level failures: 500 JSON ----------------------------------------------------
+# -- service-level refusals: 400 JSON (the real daemon answers 500) -----------------------
 
 
 @pytest.mark.parametrize(
@@ -329,17 +330,35 @@ def test_dead_peer_marks_the_connection_disconnected(
         {"name": ""},
         {"workspaceRoot": ""},
         {"language": ""},
+        {"language": "go"},
         {"port": 80},
         {"port": 1023},
     ],
 )
-def test_service_level_refusals_are_500_json(
+def test_values_the_daemon_cannot_use_are_400_json(
     api: Any, reg_body: Any, overrides: dict[str, Any]
 ) -> None:
     reply = api("POST", API, reg_body(None, **overrides))
-    assert reply.status == 500
+    assert reply.status == 400
     assert reply.headers["Content-Type"] == "application/json"
-    assert isinstance(reply.json()["error"], str) and reply.json()["error"]
+    body = reply.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert (body["errorCode"], body["errorType"], body["retryable"]) == (
+        3001,
+        "CONFIG_INVALID",
+        False,
+    )
+
+
+def test_language_is_case_insensitive_and_hashed_lower_case(
+    api: Any, reg_body: Any, debuggee: Any
+) -> None:
+    reply = api("POST", API, reg_body(debuggee, language="Python"))
+    assert reply.status == 201, reply.body
+    assert reply.json()["connectionId"] == connection_id_for(
+        "devdaemon-test", "python", "/srv/app", "test-host"
+    )
+    assert reply.json()["connection"]["language"] == "python"
 
 
 def test_nothing_listening_is_500_and_failed_row(dd: DevDaemon, api: Any, reg_body: Any) -> None:
@@ -348,6 +367,7 @@ def test_nothing_listening_is_500_and_failed_row(dd: DevDaemon, api: Any, reg_bo
     reply = api("POST", API, reg_body(None, port=port))
     assert reply.status == 500
     assert "refused" in reply.json()["error"]
+    assert reply.json()["errorType"] == "ADAPTER_ERROR" and reply.json()["retryable"] is True
     assert time.monotonic() - start < 5  # refusals are retried only briefly
     (row,) = dd.connections.values()
     assert row.status == STATUS_FAILED and row.last_error
@@ -381,14 +401,17 @@ def test_content_type_must_be_json(api: Any, reg_body: Any) -> None:
         assert "error" in reply.json()
     past = json.dumps(reg_body(None, name="")).encode()
     ok = api("POST", API, raw=past, headers={"Content-Type": "application/json; charset=utf-8"})
-    assert ok.status == 500  # got past the media check to the service check
+    assert ok.status == 400  # got past the media check to the service check
+    assert "name must not be empty" in ok.json()["error"]
 
 
-@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b""])
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b"", b"[" * 100_000])
 def test_malformed_json_is_400(api: Any, raw: bytes) -> None:
     reply = api("POST", API, raw=raw, headers={"Content-Type": "application/json"})
-    assert reply.status == 400
-    assert reply.json()["errorCode"] == "BAD_JSON"
+    assert reply.status == (413 if len(raw) > 64 * 1024 else 400)
+    assert reply.json()["errorType"] == "CONFIG_INVALID"
+    deep = api("POST", API, raw=b"[" * 60_000, headers={"Content-Type": "application/json"})
+    assert deep.status == 400 and "malformed JSON" in deep.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -443,7 +466,8 @@ def test_bad_content_length_and_chunked_are_refused(dd: DevDaemon) -> None:
         dd,
         f"POST {API} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(),
     )
-    assert chunked.startswith(b"HTTP/1.1 411 ") and b'"error"' in chunked
+    # As the control plane answers it (test_http_rules.py compares the two).
+    assert chunked.startswith(b"HTTP/1.1 400 ") and b'"error"' in chunked
 
 
 def test_protocol_errors_are_json_not_html(dd: DevDaemon) -> None:
@@ -503,28 +527,75 @@ def test_connection_id_in_path_is_url_decoded(
 # -- auth --------------------------------------------------------------------------------
 
 
-def test_token_guards_api_with_empty_401(reg_body: Any, http: Any) -> None:
+def test_token_guards_every_route_but_health(reg_body: Any, http: Any) -> None:
+    """The daemon's token opens every route; a wrong one is refused, JSON 401.
+
+    A caller of our own user needs no token (the kernel vouches for it, as for
+    the control plane); other users are tested as other users in test_privacy.py.
+    """
     with DevDaemon(token="s3cret") as daemon:
         assert http(daemon.url, "GET", "/health").status == 200  # health is open
         for headers in (
-            {},
             {"Authorization": "Bearer wrong"},
             {"Authorization": "s3cret"},
-            {"Authorization": "Bearer s3cret "},
+            {"Authorization": "Basic s3cret"},
+            {"Authorization": "Bearer s3cret x"},
         ):
             for method, path, body in [
                 ("POST", API, reg_body(None)),
                 ("GET", API, None),
                 ("DELETE", f"{API}/x", None),
                 ("GET", f"{API}/x", None),
+                ("GET", "/api/v1/metrics", None),
+                ("GET", "/api/v1/events", None),
+                ("GET", "/api/v1/status", None),
             ]:
                 reply = http(daemon.url, method, path, body, headers=headers)
                 assert reply.status == 401, (headers, method, path)
-                assert reply.body == b"", reply.body
+                assert "invalid token" in reply.json()["error"]
+                assert reply.json()["errorType"] == "UNAUTHORIZED"
+                assert reply.headers["WWW-Authenticate"].startswith("Bearer")
         good = {"Authorization": "Bearer s3cret"}
         assert http(daemon.url, "GET", API, headers=good).json() == []
+        assert http(daemon.url, "GET", API).json() == []  # our own user, no token
         # past auth: the service check answers
-        assert http(daemon.url, "POST", API, reg_body(None, name=""), headers=good).status == 500
+        assert http(daemon.url, "POST", API, reg_body(None, name=""), headers=good).status == 400
+
+
+def test_without_a_token_bearer_headers_are_ignored(dd: DevDaemon, api: Any) -> None:
+    """A token-less daemon (tests, a bare ``-m`` run) serves its own user whatever an
+    app sends: an app presents its own DETRIX_TOKEN when it registers."""
+    assert api("GET", API, headers={"Authorization": "Bearer the-apps-token"}).status == 200
+
+
+def test_require_token_refuses_our_own_user_too(http: Any) -> None:
+    with DevDaemon(token="s3cret", require_token=True) as daemon:
+        refused = http(daemon.url, "GET", API)
+        assert refused.status == 401
+        assert "requires a token" in refused.json()["error"]
+        assert (
+            http(daemon.url, "GET", API, headers={"Authorization": "Bearer s3cret"}).status == 200
+        )
+
+
+def test_app_tokens_open_the_registration_routes_only(
+    reg_body: Any, http: Any, debuggee: Any
+) -> None:
+    with DevDaemon(token="owner", app_tokens=["app-token"], require_token=True) as daemon:
+        app = {"Authorization": "Bearer app-token"}
+        created = http(daemon.url, "POST", API, reg_body(debuggee), headers=app)
+        assert created.status == 201, created.body
+        cid = created.json()["connectionId"]
+        assert http(daemon.url, "GET", f"{API}/{cid}", headers=app).status == 200
+        for method, path in [
+            ("GET", API),
+            ("POST", f"{API}/cleanup"),
+            ("GET", "/api/v1/metrics"),
+            ("GET", "/api/v1/events"),
+            ("GET", "/api/v1/status"),
+        ]:
+            assert http(daemon.url, method, path, headers=app).status == 401, (method, path)
+        assert http(daemon.url, "DELETE", f"{API}/{cid}", headers=app).status == 204
 
 
 # -- robustness ------------------------------------------------------------------------
@@ -597,10 +668,12 @@ def test_metric_spec_validation() -> None:
     for bad in [
         dict(name="", path="a.py", line=1, expressions=("x",)),
         dict(name="a=b", path="a.py", line=1, expressions=("x",)),
+        dict(name="a%s", path="a.py", line=1, expressions=("x",)),
         dict(name="m", path="a.py", line=0, expressions=("x",)),
         dict(name="m", path="a.py", line=True, expressions=("x",)),
         dict(name="m", path="a.py", line=1, expressions=()),
-        dict(name="m", path="a.py", line=1, expressions=("{x}",)),
+        dict(name="m", path="a.py", line=1, expressions=("{x",)),
+        dict(name="m", path="a.py", line=1, expressions=("'}'",)),
         dict(name="m", path="a.py", line=1, expressions=("a\nb",)),
         dict(name="m", path="", line=1, expressions=("x",)),
     ]:
@@ -608,6 +681,8 @@ def test_metric_spec_validation() -> None:
             MetricSpec(**bad)  # type: ignore[arg-type]
     assert MetricSpec("m", "a.py", 1, ["x", "y"]).expressions == ("x", "y")  # type: ignore[arg-type]
     assert MetricSpec("m", "a.py", 1, "x").expressions == ("x",)  # type: ignore[arg-type]
+    # balanced braces are Python: a set, a dict, an f-string
+    assert MetricSpec("m", "a.py", 1, ("{x}", "f'{x:.2f}'")).expressions == ("{x}", "f'{x:.2f}'")
 
 
 def test_base_path_prefix_and_request_log(http: Any, reg_body: Any) -> None:
@@ -634,8 +709,11 @@ def test_module_runs_in_the_foreground_and_prints_its_url(tmp_path: Any, http: A
     import sys
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    token_file = tmp_path / "token"
+    token_file.write_text("t0k3n\n")
+    token_file.chmod(0o600)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "detrix_auto.devdaemon", "--port", "0", "--token", "t"],
+        [sys.executable, "-m", "detrix_auto.devdaemon", "--token-file", str(token_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -648,9 +726,14 @@ def test_module_runs_in_the_foreground_and_prints_its_url(tmp_path: Any, http: A
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         assert http(url, "GET", "/health").status == 200
-        assert http(url, "GET", API).status == 401
+        assert http(url, "GET", API, headers={"Authorization": "Bearer nope"}).status == 401
+        assert http(url, "GET", API, headers={"Authorization": "Bearer t0k3n"}).status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "requests need `Authorization: Bearer <token>`" in err, err
+        assert "Traceback" not in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -25,12 +25,8 @@ from detrix_auto.devdaemon.dap import (
     decode_header,
     encode_message,
 )
-from detrix_auto.devdaemon.server import (
-    ATTACH_ARGUMENTS,
-    INITIALIZE_ARGUMENTS,
-    _OutputParser,
-    _parse_hit,
-)
+from detrix_auto.devdaemon.output import OutputParser, failure_text, parse_hit
+from detrix_auto.devdaemon.server import ATTACH_ARGUMENTS, INITIALIZE_ARGUMENTS
 
 # -- framing -----------------------------------------------------------------------------
 
@@ -266,7 +262,7 @@ def test_connect_gives_up_on_refusal_after_retry_window() -> None:
 
 
 def test_parser_handles_split_batched_and_multiline_output() -> None:
-    parser = _OutputParser()
+    parser = OutputParser()
     assert parser.feed("DETRICS:a=") == ([], [])
     assert parser.feed("1\n") == (["DETRICS:a=1"], [])
     assert parser.feed("DETRICS:a=2\nDETRICS:b=3\x1f4\r\n") == (
@@ -282,16 +278,17 @@ def test_parser_handles_split_batched_and_multiline_output() -> None:
 
 
 def test_parse_hit_splits_values_on_unit_separator() -> None:
-    hit = _parse_hit("DETRICS:m=1\x1f\x1fx=y", "cid", 1.5)
-    assert hit is not None
-    assert (hit.metric, hit.values, hit.connection_id, hit.timestamp) == (
-        "m",
-        ("1", "", "x=y"),
-        "cid",
-        1.5,
-    )
-    assert _parse_hit("DETRICS:no-equals", "cid", 0) is None
-    assert _parse_hit("DETRICS:=v", "cid", 0) is None
+    assert parse_hit("DETRICS:m=1\x1f\x1fx=y") == ("m", ("1", "", "x=y"))
+    assert parse_hit("DETRICS:no-equals") is None
+    assert parse_hit("DETRICS:=v") is None
+    assert parse_hit("app=1") is None
+
+
+def test_failure_reports_are_whole_lines_alone_in_their_event() -> None:
+    assert failure_text("name 'x' is not defined\n") == "name 'x' is not defined"
+    assert failure_text("division by zero\r\n") == "division by zero"
+    for not_one in ("partial", "two\nlines\n", "\n", "DETRICS:m=1\n", ""):
+        assert failure_text(not_one) is None, not_one
 
 
 _values = st.text(
@@ -319,15 +316,15 @@ def test_parser_is_independent_of_event_boundaries(
     stream = "".join(line + os.linesep for line in lines)
     points = sorted({c for c in cuts if 0 < c < len(stream)})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
-    parser = _OutputParser()
+    parser = OutputParser()
     found: list[str] = []
     for chunk in chunks:
         got, other = parser.feed(chunk)
         found.extend(got)
         assert other == []
     assert found == lines
-    parsed = [_parse_hit(raw, "c", 0.0) for raw in found]
-    assert [(p.metric, list(p.values)) for p in parsed if p] == [(n, v) for n, v in hits]
+    parsed = [parse_hit(raw) for raw in found]
+    assert [(p[0], list(p[1])) for p in parsed if p] == [(n, v) for n, v in hits]
 
 
 # -- against real debugpy ----------------------------------------------------------------
