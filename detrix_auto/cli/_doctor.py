@@ -530,7 +530,10 @@ def _ssl_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
         context.verify_mode = ssl.CERT_NONE
         return context
     if settings.ca_bundle:
-        return ssl.create_default_context(cafile=settings.ca_bundle)
+        try:
+            return ssl.create_default_context(cafile=settings.ca_bundle)
+        except (ssl.SSLError, OSError):
+            return None  # an unusable bundle: the health check then says what TLS says
     return None
 
 

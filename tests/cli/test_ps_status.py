@@ -275,7 +275,7 @@ def test_wake_without_a_daemon_says_what_to_do_here(cli, spawn, tmp_path):
     result = cli("wake", "app", env={"PATH": path})
     assert result.returncode == 1
     line = one_error_line(result)
-    assert "cannot wake app-" in line and "daemon not reachable at http://127.0.0.1:9" in line
+    assert "cannot wake app-" in line and "Cannot connect to daemon at http://127.0.0.1:9" in line
     # no `detrix` here: the advice does not tell the operator to run it as if it were
     assert "not installed here (no `detrix` on PATH)" in line
     assert "https://github.com/flashus/detrix" in line

@@ -305,7 +305,7 @@ def test_daemon_user_is_a_name_or_a_uid(other_user):
     assert resolve({"daemon_user": "detrixsec"}, {}).daemon_uid == other_user[0]
     assert resolve({"daemon_user": 1234}, {}).daemon_uid == 1234
     assert resolve({}, {}).daemon_uid is None
-    with pytest.raises(ConfigError, match="DETRIX_DAEMON_USER='no-such-user-here' is not valid"):
+    with pytest.raises(ConfigError, match="Invalid DETRIX_DAEMON_USER='no-such-user-here'"):
         resolve({}, {"DETRIX_DAEMON_USER": "no-such-user-here"})
     for bad in ("a\x00b", "-1", "4294967295", True):
         with pytest.raises(ConfigError, match="a user name of this machine or a numeric uid"):
