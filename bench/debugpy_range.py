@@ -9,7 +9,7 @@ sleep with tracing removed, re-wake, the gated listener, each capability's
 fallback). Prints one table, and with ``--write`` rewrites the generated part of
 ``docs/compatibility.md``.
 
-    python bench/debugpy_range.py                                   # 3.10-3.13 from pyenv, every 1.8.x
+    python bench/debugpy_range.py          # 3.10-3.13 from pyenv, every 1.8.x
     python bench/debugpy_range.py --pythons 3.12 --debugpy 1.8.0,1.8.22
     python bench/debugpy_range.py --python /path/to/python3.14 ...  # any interpreter
 
@@ -152,7 +152,7 @@ def render(results: dict[str, dict[str, tuple[str, str]]], versions: list[str]) 
         for v, r in results[p].items()
         if r[0] not in ("works",)
     ]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 if __name__ == "__main__":
