@@ -94,6 +94,21 @@ CAPABILITY_NAMES = (
     "quiet_listen",
 )
 
+#: What happens without each capability, in a sentence (``doctor`` prints it).
+FALLBACKS = {
+    "gate": "wake is refused: an ungated debugger would be code execution for any local user",
+    "session": "the keeper asks the daemon over the network whether it still holds the process",
+    "forget": "after sleep, logpoints may keep being evaluated until the process exits",
+    "untrace": "tracing stays after the first wake, as with debugpy alone (slower code)",
+    "attach_watch": "a client that attaches without a wake sees no logpoints fire",
+    "nodelay": "each DAP message waits for a delayed ACK (~40 ms)",
+    "exit": "interpreter exit may wait for debugpy's threads",
+    "quiet_listen": "the first wake reads every installed package's metadata (slower)",
+}
+
+#: The debugpy releases this version of detrix-auto was tested with (bench/debugpy_range.py).
+TESTED_DEBUGPY = ("1.8.0", "1.8.22")
+
 #: Environment variables debugpy's import sets for pydevd (``force_pydevd``), and the
 #: one we set for it: all put back as they were once the import is done.
 _IMPORT_ENV = {

@@ -537,6 +537,72 @@ def _ssl_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
     return None
 
 
+#: Run in a fresh interpreter: what this debugpy offers detrix-auto (``_pydevd``'s probe).
+_DEBUGGER_PROBE = (
+    "import json, detrix_auto._pydevd as p; p.import_debugpy(); "
+    "print(json.dumps(p.capabilities().as_dict()))"
+)
+
+
+def check_debugger() -> list[Finding]:
+    """Which of debugpy's private parts detrix-auto needs are there, and what is lost if not.
+
+    Probed in a fresh interpreter (importing debugpy here would load it into the
+    doctor for nothing), with the same start-up hook off.
+    """
+    from .. import _pydevd
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _DEBUGGER_PROBE],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        caps = json.loads(run.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        caps, detail = None, str(exc)
+    except (ValueError, IndexError):
+        caps, detail = None, run.stderr.strip()[-300:] or f"exit status {run.returncode}"
+    if caps is None:
+        return [
+            Finding(
+                "debugger",
+                "error",
+                f"debugpy is installed but its import failed here: {detail}",
+                "reinstall debugpy in this environment",
+            )
+        ]
+    version, missing = caps["debugpy"], caps["missing"]
+    low, high = _pydevd.TESTED_DEBUGPY
+    tested = f"tested with debugpy {low} to {high}"
+    found = []
+    if not missing:
+        found.append(
+            Finding(
+                "debugger",
+                "ok",
+                f"debugpy {version}: every part detrix-auto uses is there (tracing by "
+                f"{caps['tracing']}; {tested})",
+            )
+        )
+    for name, why in missing.items():
+        level = "error" if name == "gate" else "warn"
+        found.append(
+            Finding(
+                f"debugger:{name}",
+                level,
+                f"debugpy {version} lacks what '{name}' needs ({why}): "
+                f"{_pydevd.FALLBACKS.get(name, 'unknown effect')}",
+                f"install a debugpy detrix-auto was {tested}",
+            )
+        )
+    return found
+
+
 def check_token(env: Mapping[str, str]) -> list[Finding]:
     """Which token a client started from here would use, and whether that file is safe."""
     found: list[Finding] = []
@@ -1255,6 +1321,8 @@ def cmd_doctor(args: argparse.Namespace, *, hook_ran_here: bool = False) -> int:
     facts = local_facts()
     env = dict(os.environ)
     findings = check_interpreter(facts, hook_ran_here=hook_ran_here)
+    if facts["debugpy"]:
+        findings += check_debugger()
     findings += check_settings(env, python=str(facts["executable"]), pid=args.pid)
     findings += check_daemon(env)
     findings += check_token(env)

@@ -521,3 +521,23 @@ def test_a_process_in_another_network_namespace_is_not_declared_uninstrumented(h
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_doctor_shows_what_this_debugpy_offers(cli):
+    """The capability record of the installed debugpy, probed in a fresh interpreter."""
+    result = cli("doctor", "--json")
+    findings = {f["check"]: f for f in json.loads(result.stdout)["findings"]}
+    line = findings["debugger"]
+    assert line["level"] == "ok", line
+    assert "every part detrix-auto uses is there" in line["text"]
+
+
+def test_doctor_names_a_missing_capability_and_what_it_costs(monkeypatch):
+    """A debugpy without the gate: an error that says wake is refused, and why."""
+    from detrix_auto.cli import _doctor
+
+    record = {"debugpy": "9.9.9", "tracing": "settrace", "missing": {"gate": "moved"}}
+    monkeypatch.setattr(_doctor, "_DEBUGGER_PROBE", f"print({json.dumps(record)!r})")
+    (finding,) = _doctor.check_debugger()
+    assert finding.check == "debugger:gate" and finding.level == "error"
+    assert "debugpy 9.9.9 lacks" in finding.text and "wake is refused" in finding.text
