@@ -472,6 +472,9 @@ def forget_session() -> bool:
     try:
         api = _module("_pydevd_bundle.pydevd_api").PyDevdAPI()
         io = _module("_pydevd_bundle.pydevd_io")
+        for path in list(getattr(py_db, "breakpoints", None) or ()):
+            if isinstance(path, str) and len(_BREAKPOINT_FILES) < _MAX_BREAKPOINT_FILES:
+                _BREAKPOINT_FILES.add(_same_file_key(path))
         py_db.enable_output_redirection(False, False)
         for std in ("stdout", "stderr"):
             # Keep the wrapper alive: before 3.12.10/3.13.3 print() holds only a
@@ -574,6 +577,7 @@ def stop_tracing() -> bool:
         if caps.tracing == "sys.monitoring":
             monitoring = _module("_pydevd_sys_monitoring.pydevd_sys_monitoring")
             monitoring.update_monitor_events()
+            _clear_local_events()
             _disable_local_events()
         elif getattr(py_db, "frame_eval_func", None) is not None:
             _log.debug("disarm: pydevd uses frame evaluation here; tracing left as is")
@@ -660,10 +664,12 @@ def _stop_settrace() -> None:
         _log.debug("disarm: pydevd's all-threads helper failed: %s", exc)
     if helper != 0:
         _log.debug("disarm: some threads stop tracing only at their next line")
-    # ...and every running frame's local one (called for 'line' and 'return').
+    # ...and every running frame's local one (called for 'line' and 'return'); a
+    # frame that has none (pydevd's own threads, never traced) keeps none.
     for ident, top in sys._current_frames().items():
         for frame in _stack(top):
-            frame.f_trace = None if ident == me else _remove_trace
+            if frame.f_trace is not None:
+                frame.f_trace = None if ident == me else _remove_trace
     tracing.SetTrace(None)  # this thread: at once
     if me != threading.main_thread().ident:
         _in_main_thread(_untrace_main)  # the main thread without waiting for its next line
@@ -685,7 +691,11 @@ def _set_global_trace(tracing: Any, func: Any, me: int) -> int:
     if lib is None:
         result: int = tracing.set_trace_to_threads(func, create_dummy_thread=False)
         return result
-    skip = {t.ident for t in threading.enumerate() if getattr(t, "pydev_do_not_trace", False)}
+    skip = {
+        t.ident
+        for t in threading.enumerate()
+        if getattr(t, "pydev_do_not_trace", False) or getattr(t, "is_pydev_daemon_thread", False)
+    }
     set_trace = _original_settrace()
     failed = 0
     for ident in list(sys._current_frames()):
@@ -779,6 +789,80 @@ def _clear_removers() -> None:
                 frame.f_trace = None
 
 
+#: Files that held breakpoints in this process (canonical keys): their code objects are
+#: the ones pydevd gave local events to. Bounded: a daemon names a few files.
+_BREAKPOINT_FILES: set[str] = set()
+_MAX_BREAKPOINT_FILES = 4096
+
+
+def _same_file_key(path: str) -> str:
+    try:
+        return os.path.normcase(os.path.realpath(path))
+    except (OSError, ValueError):
+        return path
+
+
+def _clear_local_events() -> None:
+    """3.12+: take pydevd's local events off every code object it gave them to.
+
+    pydevd enables ``LINE``/``JUMP`` (and ``PY_RETURN`` for stepping) on the
+    code objects of files with breakpoints and on running frames, and leaves
+    them set when the breakpoints go: each such location then still costs an
+    event until it is disabled. The code objects are found without walking the
+    heap: those of every frame on every thread's stack, and those of the
+    modules whose files held breakpoints (their functions, classes' methods,
+    and every code object nested in those). Whatever this misses (code made by
+    ``exec``), :func:`_disable_local_events` switches off at its next event.
+    """
+    import types
+
+    monitoring: Any = getattr(sys, "monitoring", None)
+    if monitoring is None:
+        return
+    tool = monitoring.DEBUGGER_ID
+    if monitoring.get_tool(tool) != "pydevd":
+        return
+    codes: set[types.CodeType] = set()
+    for top in sys._current_frames().values():
+        codes.update(frame.f_code for frame in _stack(top))
+    if _BREAKPOINT_FILES:
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str) and _same_file_key(path) in _BREAKPOINT_FILES:
+                codes.update(_module_code(module))
+    pending = list(codes)
+    while pending:
+        code = pending.pop()
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType) and const not in codes:
+                codes.add(const)
+                pending.append(const)
+    for code in codes:
+        if monitoring.get_local_events(tool, code):
+            monitoring.set_local_events(tool, code, 0)
+
+
+def _module_code(module: Any) -> Iterator[Any]:
+    """The code objects of a module's functions, and of its classes' methods."""
+    import types
+
+    seen: set[int] = set()
+    pending: list[Any] = list(vars(module).values())
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (staticmethod, classmethod)):
+            obj = obj.__func__
+        if isinstance(obj, property):
+            pending.extend(f for f in (obj.fget, obj.fset, obj.fdel) if f is not None)
+        elif isinstance(obj, types.FunctionType):
+            yield obj.__code__
+        elif isinstance(obj, type) and obj.__module__ == module.__name__:
+            pending.extend(vars(obj).values())
+
+
 def _disable_local_events() -> None:
     """3.12+: let code objects that held logpoints shed their local events.
 
@@ -829,7 +913,8 @@ def install_hooks(on_initialize: Callable[[], None]) -> None:
 
 
 class _InitializeListener:
-    """pydevd ``IDAPMessagesListener``: calls back on a client's ``initialize``."""
+    """pydevd ``IDAPMessagesListener``: calls back on a client's ``initialize``, and
+    remembers every file a ``setBreakpoints`` named (see :func:`_clear_local_events`)."""
 
     def __init__(self, callback: Callable[[], None]) -> None:
         self._callback = callback
@@ -839,11 +924,15 @@ class _InitializeListener:
 
     def after_receive(self, message_as_dict: Any) -> None:
         try:
-            if (
-                message_as_dict.get("type") == "request"
-                and message_as_dict.get("command") == "initialize"
-            ):
+            if message_as_dict.get("type") != "request":
+                return
+            command = message_as_dict.get("command")
+            if command == "initialize":
                 self._callback()
+            elif command == "setBreakpoints":
+                path = message_as_dict.get("arguments", {}).get("source", {}).get("path")
+                if isinstance(path, str) and len(_BREAKPOINT_FILES) < _MAX_BREAKPOINT_FILES:
+                    _BREAKPOINT_FILES.add(_same_file_key(path))
         except Exception:  # noqa: BLE001, S110 - never break pydevd's reader
             pass
 

@@ -69,19 +69,46 @@ OVERHEAD_APP = textwrap.dedent(
     def side():
         return sum(range(100))
 
-    def probe():  # what the tracer sees, for a failing test's message
+    def stack(frame):
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+    def probe():  # every way tracing could be left behind, for the exact assertion
         state = {"gettrace": repr(sys.gettrace())}
+        gettrace = getattr(threading, "gettrace", None)  # 3.10+: for threads started later
+        state["threading"] = repr(gettrace()) if gettrace else "None"
+        # A trace function left on any frame of any thread (set per frame by tracers).
+        state["frames"] = sorted({
+            f"{frame.f_code.co_name}:{type(frame.f_trace).__name__}"
+            for top in sys._current_frames().values()
+            for frame in stack(top)
+            if frame.f_trace is not None
+        })
         mon = getattr(sys, "monitoring", None)
-        if mon is not None:  # 3.12+: global events still on for the debugger tool
-            # (Local events stay set on code that held a logpoint; our callback
-            # answers DISABLE, which switches each location off at its first hit.)
-            state["events"] = mon.get_events(mon.DEBUGGER_ID)
-        try:
-            from _pydevd_bundle.pydevd_trace_dispatch import global_cache_skips
-            state["cold_skipped"] = global_cache_skips.get(cold.__code__)
-            state["skips"] = len(global_cache_skips)
-        except Exception as exc:
-            state["error"] = repr(exc)
+        if mon is not None:  # 3.12+: events of any tool, global and on any code object
+            tools = [t for t in range(6) if mon.get_tool(t) is not None]
+            state["events"] = {t: mon.get_events(t) for t in tools if mon.get_events(t)}
+            import gc, types
+            codes = set()
+            for obj in gc.get_objects():
+                code = getattr(obj, "__code__", None)
+                if isinstance(code, types.CodeType):
+                    codes.add(code)
+            for top in sys._current_frames().values():
+                codes.update(frame.f_code for frame in stack(top))
+            pending = list(codes)
+            while pending:
+                for const in pending.pop().co_consts:
+                    if isinstance(const, types.CodeType) and const not in codes:
+                        codes.add(const)
+                        pending.append(const)
+            state["local"] = sorted(
+                f"{code.co_name}@{t}={mon.get_local_events(t, code)}"
+                for code in codes
+                for t in tools
+                if mon.get_local_events(t, code)
+            )
         return state
 
     stop = sys.argv[1]
@@ -219,15 +246,23 @@ def _probe(app: App, line_timeout: float) -> dict[str, Any]:
 def _still_traced(app: App) -> str:
     """What tracing the app still has, as its probe reports it: '' when none.
 
-    Exact, unlike a timing: the main thread's ``sys.gettrace()`` and, on
-    3.12+, the debugger tool's global events.
+    Exact, unlike a timing: the main thread's ``sys.gettrace()``, the trace
+    function threads started later would get, a trace function on any frame of
+    any thread, and on 3.12+ the ``sys.monitoring`` events of every tool, global
+    and local to any code object the app has.
     """
     probe = _probe(app, line_timeout=20)
     if not probe:
         return "no probe"
     left = [] if probe["gettrace"] == "None" else [f"tracer {probe['gettrace']}"]
+    if probe["threading"] != "None":
+        left.append(f"threading tracer {probe['threading']}")
+    if probe["frames"]:
+        left.append(f"frame tracers {probe['frames']}")
     if probe.get("events"):
         left.append(f"sys.monitoring events {probe['events']}")
+    if probe.get("local"):
+        left.append(f"sys.monitoring local events {probe['local']}")
     return ", ".join(left)
 
 
