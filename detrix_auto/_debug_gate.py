@@ -152,11 +152,12 @@ class GatedListener:
             if why is None:
                 _log.audit("debug-attach peer=%s %s accepted", _format(peer), who)
                 return conn, peer
+            # Said before the close: whoever sees the connection end can read why.
+            _log.audit("debug-attach peer=%s refused: %s", _format(peer), why)
             try:
                 conn.close()
             except OSError:
                 pass
-            _log.audit("debug-attach peer=%s refused: %s", _format(peer), why)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -50,6 +50,7 @@ while time.monotonic() < deadline:
     sock = s
     break
 received = b""
+closed = False  # the other end closed the connection (the gate refused it)
 if sock is not None:
     sock.settimeout(job["answer_wait"])
     try:
@@ -57,11 +58,14 @@ if sock is not None:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
+                closed = True
                 break
             received += chunk
+    except ConnectionResetError:
+        closed = True
     except OSError:
         pass
-print(json.dumps({"connected": sock is not None, "received": len(received),
+print(json.dumps({"connected": sock is not None, "received": len(received), "closed": closed,
                   "head": received[:200].decode("latin-1")}), flush=True)
 """
 
@@ -103,7 +107,7 @@ def test_the_first_connection_after_listen_is_gated(spawn, daemon, other_user, c
     for attempt in range(RACE_RUNS):
         port = quiet_port()  # nobody but this app ever listens there
         app = spawn(env={"DETRIX_DEBUG_PORT": str(port), "DETRIX_LOG_LEVEL": "info"})
-        attacker = _attacker(other_user, port, seconds=60)
+        attacker = _attacker(other_user, port, seconds=60, answer_wait=30)
         try:
             code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
         except OSError as exc:
@@ -112,7 +116,7 @@ def test_the_first_connection_after_listen_is_gated(spawn, daemon, other_user, c
             raise AssertionError(f"run {attempt}: wake failed ({exc!r}): {out}\n{err}") from None
         result = _result(attacker)
         assert result["connected"], f"run {attempt}: the attacker never reached the port"
-        if result["received"]:
+        if result["received"] or not result["closed"]:
             _, err = app.stop()
             raise AssertionError(f"run {attempt}: the attacker got a DAP session: {result}\n{err}")
         # The owner's wake is unharmed, on the port the attacker raced for.
@@ -135,8 +139,8 @@ def test_a_failed_wake_leaves_nothing_to_attach_to(spawn, other_user):
         assert port > 0
         # Seconds later, no race at all: the attacker simply connects.
         time.sleep(0.5)
-        result = _result(_attacker(other_user, port, seconds=10))
-        assert result["received"] == 0, result
+        result = _result(_attacker(other_user, port, seconds=10, answer_wait=30))
+        assert result["received"] == 0 and result["closed"], result
         _, err = app.stop()
         assert "refused: the client is not awake" in err, err
 
