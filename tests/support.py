@@ -201,14 +201,19 @@ def wait_for_record(
     raise AssertionError(f"no discovery record for pid {pid} under {home}")
 
 
-def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; fail after
+    ``timeout`` seconds, saying what was awaited and the last value seen."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what} not met within {timeout}s (last: {value!r})")
 
 
 def free_port() -> int:

@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
-from support import wait_for_record  # noqa: F401 - shared, re-exported
+from support import clean_env, wait_for_record, wait_until  # noqa: F401 - shared, re-exported
 
 #: The checkout these tests belong to.
 ROOT_DIR = Path(__file__).resolve().parents[2]
@@ -40,16 +39,6 @@ COMMENT_LINE = 8
 MARKER = "CLI_TEST_MARKER"
 
 
-def base_env(home: Path, **extra: str) -> dict[str, str]:
-    """The test's environment without DETRIX_* or PYTHONPATH leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
-    env.pop("PYTHONPATH", None)
-    env["DETRIX_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "detrix_auto", *args]
 
@@ -62,7 +51,7 @@ def run_cli(
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI; from outside the source tree, so the installed package is tested."""
-    full = base_env(home)
+    full = clean_env(home)
     full.update(env or {})
     return subprocess.run(
         cli_argv(*args),
@@ -93,16 +82,6 @@ def processes_with(marker_value: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

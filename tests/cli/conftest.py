@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import MARKER, base_env, processes_with, run_cli, wait_for
+from cli_support import MARKER, clean_env, processes_with, run_cli, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,7 @@ def no_process_left_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv(MARKER, marker)
     yield marker
     try:
-        wait_for(lambda: not processes_with(marker), timeout=5)
+        wait_until(lambda: not processes_with(marker), timeout=5)
     except AssertionError:
         leftovers = processes_with(marker)
         for pid in leftovers:
@@ -58,7 +58,7 @@ def procs(home: Path) -> Iterator[Any]:
     def start(
         argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[str]:
-        full = base_env(home)
+        full = clean_env(home)
         full.update(env or {})
         proc = subprocess.Popen(
             argv,

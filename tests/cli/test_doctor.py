@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import APP, base_env, cli_argv, wait_for
+from cli_support import APP, clean_env, cli_argv, wait_until
 from doubles import Fault, FaultDaemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def _installed_parent() -> str:
 
 
 def doctor(home, *args, env=None, python=None, cwd="/", pre=()):
-    full = base_env(home)
+    full = clean_env(home)
     full.update(env or {})
     argv = cli_argv("doctor", *args, "--json")
     if python:
@@ -86,7 +86,7 @@ def test_report_shape_and_a_healthy_setup(home, tmp_path):
     assert "daemon.pid does not exist" in found["daemon"][0]["text"]
     human = subprocess.run(
         cli_argv("doctor"),
-        env=base_env(home, HOME=str(tmp_path)),
+        env=clean_env(home, HOME=str(tmp_path)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -316,7 +316,7 @@ def test_an_instrumented_process(home, spawn, procs):
 
 def _uninstrumented(home, procs, argv, env=None):
     proc = procs(argv, env=env)
-    wait_for(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().count(b"\0") >= len(argv))
+    wait_until(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().count(b"\0") >= len(argv))
     report, found = doctor(home, str(proc.pid))
     assert not report["ok"]
     assert level(found, "process") == ["error"]
@@ -380,7 +380,7 @@ def _listening(pid):
 
 def _found_by_socket(home, proc):
     """doctor PID on a process without a record: found through its socket, and said so."""
-    wait_for(lambda: _listening(proc.pid), timeout=20)
+    wait_until(lambda: _listening(proc.pid), timeout=20)
     report, found = doctor(home, str(proc.pid))
     assert report["ok"], report  # warnings only: it works, it is just not listed
     assert level(found, "process") == ["warn"]
@@ -421,7 +421,7 @@ def test_processes_without_a_record_are_found_by_their_socket(home, tmp_path, pr
         inherited.set_inheritable(True)
         proc = subprocess.Popen(
             argv,
-            env=base_env(home, DETRIX_ENABLE="1", DETRIX_DISCOVERY="0"),
+            env=clean_env(home, DETRIX_ENABLE="1", DETRIX_DISCOVERY="0"),
             pass_fds=[inherited.fileno()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -456,7 +456,7 @@ def test_read_only_home_one_stderr_line_and_doctor_finds_it(home, tmp_path, spaw
     script.write_text(APP)
     # the app sees DETRIX_HOME (and TMPDIR, the last fallback) as an empty read-only
     # file system; this test and doctor see the ordinary directory
-    env = base_env(home, DETRIX_ENABLE="1", TMPDIR=str(home))
+    env = clean_env(home, DETRIX_ENABLE="1", TMPDIR=str(home))
     env.pop("XDG_RUNTIME_DIR", None)
     proc = subprocess.Popen(
         ["unshare", "-m", "sh", "-c", READ_ONLY_APP, "sh", sys.executable, str(script)],
@@ -501,14 +501,14 @@ def test_a_process_in_another_network_namespace_is_not_declared_uninstrumented(h
             sys.executable,
             str(script),
         ],
-        env=base_env(home, DETRIX_ENABLE="1", DETRIX_DISCOVERY="0"),
+        env=clean_env(home, DETRIX_ENABLE="1", DETRIX_DISCOVERY="0"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         try:
-            wait_for(lambda: proc.poll() is not None or _listening(proc.pid), timeout=20)
+            wait_until(lambda: proc.poll() is not None or _listening(proc.pid), timeout=20)
         except AssertionError:
             pass
         if proc.poll() is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import ROOT_DIR, base_env, cli_argv, wait_for, wait_for_record
+from cli_support import ROOT_DIR, clean_env, cli_argv, wait_for_record, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +135,7 @@ def _argv_env(
     kind: str, flag: str, interpreters: dict[str, Any], home: Path, program: list[str]
 ) -> tuple[list[str], dict[str, str]]:
     user_home = interpreters["home" if kind == "user" else "empty_home"]
-    env = base_env(home, DETRIX_ENABLE="1", HOME=str(user_home))
+    env = clean_env(home, DETRIX_ENABLE="1", HOME=str(user_home))
     env.pop("PYTHONUSERBASE", None)
     flags: list[str] = []
     if flag.startswith("PYTHON"):
@@ -204,10 +204,10 @@ def test_doctor_names_the_flag_that_skipped_the_hook(
     proc = procs(argv, env=env)
     python = str(interpreters[kind]).encode()
     # `detrix-auto run` execs the interpreter: wait until it has
-    wait_for(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(python + b"\0"))
+    wait_until(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(python + b"\0"))
     result = subprocess.run(
         [*cli_argv("doctor", str(proc.pid), "--json")],
-        env=base_env(home),
+        env=clean_env(home),
         capture_output=True,
         text=True,
         timeout=60,
@@ -225,7 +225,7 @@ def test_doctor_names_the_flag_that_skipped_the_hook(
 
 
 def test_doctor_in_a_user_site_install_says_which_flags_skip_it(interpreters, home):
-    env = base_env(home, HOME=str(interpreters["home"]))
+    env = clean_env(home, HOME=str(interpreters["home"]))
     env.pop("PYTHONUSERBASE", None)
     done = subprocess.run(
         [str(interpreters["user"]), "-m", "detrix_auto", "doctor", "--json"],
@@ -284,7 +284,7 @@ def test_uninstall_leaves_nothing_importable(tmp_path, wheel, home, editable):
     _pip("--python", str(python), "install", "-q", "--no-deps", *source)
     assert _importable(python)
     # use it as people do, so that whatever gets compiled at run time is there too
-    env = base_env(home)
+    env = clean_env(home)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
     app = subprocess.Popen(
         [str(venv / "bin" / "detrix-auto"), "run", "--", str(python), "-c", "input()"],

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from cli_support import base_env, wait_for, wait_for_record
+from cli_support import clean_env, wait_for_record, wait_until
 
 from detrix_auto.config import default_name_base
 
@@ -54,7 +54,7 @@ def _names(cli):
 
 def test_spawned_children_are_named_after_their_parent_and_role(cli, spawn):
     shop = spawn(SHOP, name="shop.py")
-    names = wait_for(
+    names = wait_until(
         lambda: (n := _names(cli)) and {"shop-worker", "shop-resource-tracker"} <= set(n) and n,
         timeout=30,
     )
@@ -76,7 +76,7 @@ def test_a_c_program_started_from_a_shell_keeps_its_plain_name(home, procs):
         ["sh", "-c", '"$0" -c "import time; time.sleep(30)"; :', sys.executable],
         env={"DETRIX_ENABLE": "1"},
     )
-    child = wait_for(lambda: _children(shell.pid), timeout=20)[0]
+    child = wait_until(lambda: _children(shell.pid), timeout=20)[0]
     record = wait_for_record(home, child)
     assert record["name"] == f"python-c-{child}"
     os.kill(child, signal.SIGTERM)
@@ -90,7 +90,7 @@ def test_an_explicit_name_wins_for_children_too(home, spawn):
         """
     )
     parent = spawn(child, env={"DETRIX_NAME": "billing"}, name="parent.py")
-    child = wait_for(lambda: _children(parent.pid), timeout=20)[0]
+    child = wait_until(lambda: _children(parent.pid), timeout=20)[0]
     record = wait_for_record(home, child)
     assert record["name"] == f"billing-{child}"
     os.kill(child, signal.SIGTERM)
@@ -144,7 +144,7 @@ def test_no_parent_lookup_for_an_argv_passed_in(tmp_path):
     code = "from detrix_auto.config import default_name_base as d; print(d(['python', '-c', 'x']))"
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env=base_env(tmp_path),
+        env=clean_env(tmp_path),
         capture_output=True,
         text=True,
         check=True,

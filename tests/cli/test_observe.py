@@ -15,7 +15,7 @@ from cli_support import (
     BLANK_LINE,
     COMMENT_LINE,
     OBSERVE_LINE,
-    base_env,
+    clean_env,
     cli_argv,
     json_lines,
     one_error_line,
@@ -200,7 +200,7 @@ def test_a_signal_stops_observing_and_the_target_sleeps_again(spawn, home, signu
     app = spawn(APP)
     proc = subprocess.Popen(
         cli_argv("observe", "app", "--at", at(app), "--expr", "value"),
-        env=base_env(home),
+        env=clean_env(home),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -248,7 +248,7 @@ def test_a_line_that_never_runs_exits_1_and_says_so(cli, spawn):
 def _observe_in_background(app, home):
     proc = subprocess.Popen(
         cli_argv("observe", "app", "--at", at(app), "--expr", "value"),
-        env=base_env(home),
+        env=clean_env(home),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from cli_support import one_error_line, wait_for
+from cli_support import one_error_line, wait_until
 
 WSGI = textwrap.dedent(
     """\
@@ -52,7 +52,7 @@ def test_a_woken_master_marks_its_later_workers_and_wake_says_why(cli, procs, da
         workers = [row for row in rows.values() if row["forked_from"] == master.pid]
         return workers[0] if len(workers) == 1 else None
 
-    rows = wait_for(lambda: (r := _ps(cli)) and master.pid in r and worker_of(r) and r, 30)
+    rows = wait_until(lambda: (r := _ps(cli)) and master.pid in r and worker_of(r) and r, 30)
     first = worker_of(rows)
     assert rows[master.pid]["workers"] == [first["pid"]]
     assert rows[master.pid]["forked_from"] is None
@@ -86,7 +86,7 @@ def test_a_woken_master_marks_its_later_workers_and_wake_says_why(cli, procs, da
         worker = worker_of(rows)
         return worker if worker and worker["pid"] != first["pid"] else None
 
-    later = wait_for(lambda: replaced(_ps(cli)), 30)
+    later = wait_until(lambda: replaced(_ps(cli)), 30)
     rows = _ps(cli)
     assert later["state"] == "sleeping" and later["wakeable"] is False
     assert f"forked from pid {master.pid}" in later["note"]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import base_env
+from cli_support import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Observe a running process"
@@ -71,7 +71,7 @@ def test_the_walkthrough_runs_as_written(home, tmp_path):
     assert blocks
     work = tmp_path / "work"
     work.mkdir()
-    env = base_env(home, HOME=str(tmp_path))  # no daemon.pid, no token file of the user's
+    env = clean_env(home, HOME=str(tmp_path))  # no daemon.pid, no token file of the user's
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     if not os.path.exists(os.path.join(bin_dir, "python")):
         pytest.skip("no `python` next to this interpreter")

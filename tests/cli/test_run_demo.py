@@ -12,7 +12,7 @@ import textwrap
 from cli_support import (
     APP,
     OBSERVE_LINE,
-    base_env,
+    clean_env,
     cli_argv,
     json_lines,
     one_error_line,
@@ -44,7 +44,7 @@ def test_run_execs_the_command_with_activation_on(home, tmp_path):
     script.write_text(REPORT)
     proc = subprocess.Popen(
         cli_argv("run", "--", sys.executable, str(script)),
-        env=base_env(home),
+        env=clean_env(home),
         stdout=subprocess.PIPE,
         text=True,
         cwd=str(tmp_path),
@@ -60,7 +60,7 @@ def test_run_execs_the_command_with_activation_on(home, tmp_path):
     # signals reach the command itself
     proc = subprocess.Popen(
         cli_argv("run", sys.executable, str(script), "wait"),
-        env=base_env(home),
+        env=clean_env(home),
         stdout=subprocess.PIPE,
         text=True,
         cwd=str(tmp_path),
@@ -73,7 +73,7 @@ def test_run_execs_the_command_with_activation_on(home, tmp_path):
     # an explicit DETRIX_ENABLE is respected
     proc = subprocess.run(
         cli_argv("run", "--", sys.executable, str(script)),
-        env=base_env(home, DETRIX_ENABLE="0"),
+        env=clean_env(home, DETRIX_ENABLE="0"),
         capture_output=True,
         text=True,
         timeout=30,
@@ -118,7 +118,7 @@ def test_run_errors(cli):
 def _demo_env(home, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    return base_env(home, TMPDIR=str(scratch)), scratch
+    return clean_env(home, TMPDIR=str(scratch)), scratch
 
 
 def test_demo_shows_live_values_and_leaves_nothing_behind(home, tmp_path):

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 
@@ -241,14 +241,6 @@ def registration(debuggee: Debuggee | None = None, **overrides: Any) -> dict[str
     }
     body.update(overrides)
     return body
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f}s")
-        time.sleep(interval)
 
 
 # Helpers reach the tests as fixtures: importing ``conftest`` by name is ambiguous

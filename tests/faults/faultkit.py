@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import clean_env, http_json
+from support import clean_env, http_json, wait_until
 
 #: Seconds: every daemon timeout of the app under test, except register.
 TIMEOUT = 1.0
@@ -73,28 +73,6 @@ APP = textwrap.dedent(
 )
 
 LIVE_STATUSES = (2, 3)  # connecting, connected
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s (last: {value!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def live_rows(daemon: Any) -> list[str]:

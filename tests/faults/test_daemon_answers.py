@@ -28,14 +28,13 @@ from faultkit import (
     UNDER,
     FaultApp,
     blackhole,
-    free_port,
     live_rows,
     settle,
     start_app,
     trickle,
-    wait_until,
     warm_up,
 )
+from support import free_port, wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import faultkit
 import pytest
-from faultkit import LIVENESS, RETRY_MAX, FaultApp, live_rows, settle, wait_until, warm_up
+from faultkit import LIVENESS, RETRY_MAX, FaultApp, live_rows, settle, warm_up
+from support import wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 

@@ -26,15 +26,14 @@ from faultkit import (
     FaultApp,
     children_of,
     counts,
-    free_port,
     http_json,
     live_rows,
     pid_running,
     settle,
     wait_for_record,
-    wait_until,
     warm_up,
 )
+from support import free_port, wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 from detrix_auto.discovery import iter_records

@@ -656,12 +656,3 @@ def authorization_headers(daemon: FaultDaemon) -> list[str]:
             if key.lower() == "authorization":
                 found.append(value)
     return found
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)

@@ -27,8 +27,8 @@ from sechelpers import (
     parse_responses,
     raw_http,
     start_app,
-    wait_until,
 )
+from support import wait_until
 
 JSON = {"Content-Type": "application/json"}
 

@@ -21,15 +21,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sechelpers import (
-    TOKEN,
-    FaultDaemon,
-    ImpostorDaemon,
-    raw_http,
-    start_app,
-    wait_until,
-)
-from support import clean_env
+from sechelpers import TOKEN, FaultDaemon, ImpostorDaemon, raw_http, start_app
+from support import clean_env, wait_until
 
 from detrix_auto.config import resolve
 from detrix_auto.errors import ConfigError
@@ -205,7 +198,8 @@ SCENARIO = textwrap.dedent(
     import json, sys
     from pathlib import Path
     sys.path[:0] = [sys.argv[1], sys.argv[2]]
-    from sechelpers import TOKEN, ImpostorDaemon, raw_http, start_app, wait_until
+    from sechelpers import TOKEN, ImpostorDaemon, raw_http, start_app
+    from support import wait_until
 
     work, uid, gid = Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     home = work / "user"

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sechelpers import TOKEN, as_other_user, wait_until
+from sechelpers import TOKEN, as_other_user
+from support import wait_until
 
 import detrix_auto
 from detrix_auto.control import files as files_module

@@ -14,7 +14,8 @@ import socket
 import sys
 
 import pytest
-from sechelpers import TOKEN, FaultDaemon, spawn_as_other_user, start_app, wait_until
+from sechelpers import TOKEN, FaultDaemon, spawn_as_other_user, start_app
+from support import wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 

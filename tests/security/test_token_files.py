@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sechelpers import as_other_user, raw_http, start_app, wait_until
+from sechelpers import as_other_user, raw_http, start_app
+from support import wait_until
 
 from detrix_auto.token import (
     TokenFileError,

@@ -21,8 +21,8 @@ from sechelpers import (
     parse_responses,
     raw_http,
     start_app,
-    wait_until,
 )
+from support import wait_until
 
 import detrix_auto
 from detrix_auto.token import TokenFileError, read_token_file
