@@ -27,6 +27,7 @@ def at(app, line=OBSERVE_LINE):
     return f"{app.script}:{line}"
 
 
+@pytest.mark.e2e
 def test_observe_prints_the_real_values_then_puts_the_target_back_to_sleep(cli, spawn):
     app = spawn(APP)
     result = cli(
