@@ -136,6 +136,8 @@ def test_the_readme_from_the_top_runs_as_written(tmp_path):
     assert "detrix-auto demo: watch a value change" in out, out
     assert re.search(r"^Saw \d+ value\(s\)", out, re.M), out
     assert "nothing is left running" in out
+    # its hints start with the step the README states, as the shell is not activated yet
+    assert "  source .venv/bin/activate " in out, out
     # ps: the table, with the program asleep
     table = re.search(r"^PID +NAME +STATE +CONTROL +DEBUG +UPTIME +COMMAND$", out, re.M)
     assert table, out
