@@ -8,7 +8,7 @@ One command builds what it needs and measures everything of issue 6::
     python bench/performance.py --quick                # a few minutes per Python
     python bench/performance.py --runs 50 --no-write   # more runs, print only
     python bench/performance.py --pythons 3.10,3.11,3.12,3.13,3.14,3.15 --chroot \
-        --only startup --runs 100                      # start-up on every Python
+        --only startup --startup-core --runs 400       # start-up on every Python
 
 ``--chroot`` takes the Pythons this machine lacks (3.14 and 3.15) from the
 Debian sid chroot that ``.ci/sid-chroot`` builds (root only): the script and
@@ -449,6 +449,13 @@ class Envs:
     orig_missing: str = ""  # why detrix-py is not measured on this Python, if it is not
 
 
+#: The start-up variants of the table across Pythons (``--startup-core``).
+CORE_STARTUP = (
+    "bare interpreter",
+    "detrix-auto installed, disabled",
+    "detrix-auto enabled, sleeping",
+)
+
 #: What ``.ci/sid-chroot`` provides, and where this script runs inside it.
 CHROOT_PYTHONS = ("3.14", "3.15")
 CHROOT_DIR = "/opt/detrix-bench"
@@ -602,9 +609,16 @@ class Config:
     mem_runs: int
     status_requests: int
     work: str
+    startup_core: bool = False
 
 
 def config(args: argparse.Namespace) -> Config:
+    cfg = _config(args)
+    cfg.startup_core = bool(getattr(args, "startup_core", False))
+    return cfg
+
+
+def _config(args: argparse.Namespace) -> Config:
     if args.quick:
         return Config(
             runs=max(30, args.runs or 30),
@@ -747,6 +761,8 @@ class Bench:
                     clean_env(),
                 ),
             ]
+        if self.cfg.startup_core:
+            variants = [v for v in variants if v[0] in CORE_STARTUP]
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
         warmup = 3
         rounds = warmup + self.cfg.runs
@@ -1614,26 +1630,30 @@ def run_in_chroot(
     shutil.copy2(wheel, wheels / wheel.name)
     out = here / f"result-{version}.json"
     out.unlink(missing_ok=True)
-    argv = [
-        "bash",
-        str(ROOT / ".ci" / "sid-chroot"),
-        "exec",
-        chroot,
-        f"python{version}",
-        f"{CHROOT_DIR}/bench/performance.py",
-        "--pythons",
-        version,
-        "--only",
-        "startup",
-        "--no-original",
-        "--no-write",
-        "--runs",
-        str(cfg.runs),
-        "--wheel",
-        f"{CHROOT_DIR}/wheels/{wheel.name}",
-        "--json-out",
-        f"{CHROOT_DIR}/result-{version}.json",
-    ] + (["--quick"] if cfg.quick else [])
+    argv = (
+        [
+            "bash",
+            str(ROOT / ".ci" / "sid-chroot"),
+            "exec",
+            chroot,
+            f"python{version}",
+            f"{CHROOT_DIR}/bench/performance.py",
+            "--pythons",
+            version,
+            "--only",
+            "startup",
+            "--no-original",
+            "--no-write",
+            "--runs",
+            str(cfg.runs),
+            "--wheel",
+            f"{CHROOT_DIR}/wheels/{wheel.name}",
+            "--json-out",
+            f"{CHROOT_DIR}/result-{version}.json",
+        ]
+        + (["--quick"] if cfg.quick else [])
+        + (["--startup-core"] if cfg.startup_core else [])
+    )
     log(f"Python {version}: into the chroot {chroot}")
     done = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL)
     if done.returncode != 0 or not out.exists():
@@ -1677,6 +1697,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="take Pythons this machine lacks (3.14, 3.15) from .ci/sid-chroot's Debian "
         "chroot (root; start-up only)",
+    )
+    parser.add_argument(
+        "--startup-core",
+        action="store_true",
+        help="start-up: only bare, disabled and sleeping (many more runs in the same time)",
     )
     # Used by --chroot for the run inside the chroot.
     parser.add_argument("--wheel", help=argparse.SUPPRESS)
