@@ -7,6 +7,13 @@ One command builds what it needs and measures everything of issue 6::
     python bench/performance.py --pythons 3.10,3.11,3.12,3.13
     python bench/performance.py --quick                # a few minutes per Python
     python bench/performance.py --runs 50 --no-write   # more runs, print only
+    python bench/performance.py --pythons 3.10,3.11,3.12,3.13,3.14,3.15 --chroot \
+        --only startup --startup-core --runs 400       # start-up on every Python
+
+``--chroot`` takes the Pythons this machine lacks (3.14 and 3.15) from the
+Debian sid chroot that ``.ci/sid-chroot`` builds (root only): the script and
+the wheel are copied in and the start-up part runs there, with that Python's
+own ``bare`` and ``auto`` environments (under ``/opt/detrix-bench`` inside).
 
 For every Python it makes three virtual environments under ``bench/.venvs/``
 (git-ignored): ``bare`` (debugpy and urllib3, no detrix-auto), ``auto`` (the
@@ -22,7 +29,10 @@ Only public tooling: ``subprocess``, ``time.perf_counter``, ``os.wait4``
 
 Results go to ``docs/performance.md``: the hand-written parts of that file
 (everything outside the ``bench:`` markers) are kept, and only the sections of
-the Pythons measured are replaced.
+the Pythons measured are replaced. With ``--only``, a Python's section is
+printed but not written (it would lose the parts not measured), while the
+start-up table across Pythons is written whenever start-up was measured on
+more than one.
 """
 
 from __future__ import annotations
@@ -457,10 +467,26 @@ class Envs:
     orig_missing: str = ""  # why detrix-py is not measured on this Python, if it is not
 
 
-def find_python(version: str) -> str:
+#: The start-up variants of the table across Pythons (``--startup-core``).
+CORE_STARTUP = (
+    "bare interpreter",
+    "detrix-auto installed, disabled",
+    "detrix-auto enabled, sleeping",
+)
+
+#: What ``.ci/sid-chroot`` provides, and where this script runs inside it.
+CHROOT_PYTHONS = ("3.14", "3.15")
+CHROOT_DIR = "/opt/detrix-bench"
+
+
+def host_python(version: str) -> str | None:
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
         return sys.executable
-    found = shutil.which(f"python{version}")
+    return shutil.which(f"python{version}")
+
+
+def find_python(version: str) -> str:
+    found = host_python(version)
     if found is None:
         raise SystemExit(
             f"python{version} is not on PATH (with pyenv: export PYENV_VERSION=... "
@@ -601,9 +627,16 @@ class Config:
     mem_runs: int
     status_requests: int
     work: str
+    startup_core: bool = False
 
 
 def config(args: argparse.Namespace) -> Config:
+    cfg = _config(args)
+    cfg.startup_core = bool(getattr(args, "startup_core", False))
+    return cfg
+
+
+def _config(args: argparse.Namespace) -> Config:
     if args.quick:
         return Config(
             runs=max(30, args.runs or 30),
@@ -746,6 +779,8 @@ class Bench:
                     clean_env(),
                 ),
             ]
+        if self.cfg.startup_core:
+            variants = [v for v in variants if v[0] in CORE_STARTUP]
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
         warmup = 3
         rounds = warmup + self.cfg.runs
@@ -1216,7 +1251,7 @@ def headline(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def report(bench: Bench, cfg: Config, elapsed: float) -> str:
+def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
     envs, r = bench.envs, bench.results
     out = [f"### Python {envs.full_version}", ""]
     pkgs = ", ".join(f"{k} {v}" for k, v in envs.packages.items())
@@ -1551,11 +1586,16 @@ How much detrix-auto costs, measured against the original client (`detrix-py`)
 and against the floor (what the interpreter and debugpy themselves cost).
 
 Rerun: `python bench/performance.py [--pythons 3.10,3.11,3.12,3.13] [--runs N] [--quick]`
-(with pyenv, expose the interpreters first, as `.ci/run` does). The script builds
+(with pyenv, expose the interpreters first, as `.ci/run` does); add `--chroot` to
+take 3.14 and 3.15 from the Debian sid chroot `.ci/sid-chroot` builds (root; only
+start-up is measured there). The script builds
 its virtual environments under `bench/.venvs/` (git-ignored), measures, prints the
 tables and rewrites the generated sections below; everything outside the
 `bench:` markers is hand-written and kept.
 """
+
+#: Headings of the generated sections that are not one Python's.
+SUMMARY_HEADINGS = {"startup-pythons": "Start-up on every Python"}
 
 BEGIN = "<!-- bench:{key}:begin -->"
 END = "<!-- bench:{key}:end -->"
@@ -1569,6 +1609,14 @@ def write_doc(sections: dict[str, str]) -> None:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if pattern.search(text):
             text = pattern.sub(lambda _m, block=block: block, text)
+        elif not re.fullmatch(r"py[\d.]+", key):
+            # A table across Pythons: its own section, before the per-Python ones.
+            heading = SUMMARY_HEADINGS.get(key, key)
+            marker = "## Results\n"
+            if marker in text:
+                text = text.replace(marker, f"## {heading}\n\n{block}\n\n{marker}", 1)
+            else:
+                text = text.rstrip() + f"\n\n## {heading}\n\n{block}\n"
         else:
             # New Python: insert in version order among the existing result sections.
             keys = re.findall(r"<!-- bench:(py[\d.]+):begin -->", text)
@@ -1593,6 +1641,120 @@ def _vkey(key: str) -> tuple[int, ...]:
     return tuple(int(x) for x in key[2:].split("."))
 
 
+def startup_table(measured: dict[str, tuple[str, dict[str, list[tuple[float, float]]]]]) -> str:
+    """Disabled and sleeping start-up against the bare interpreter, one row per Python.
+
+    Each ratio comes from the interleaved runs of one Python (medians of the
+    same run); the interquartile range of the bare runs shows that run's noise.
+    """
+    rows = []
+    for version in sorted(measured, key=lambda v: tuple(int(x) for x in v.split("."))):
+        full, s = measured[version]
+        bare = [x[0] for x in s["bare interpreter"]]
+        disabled = [x[0] for x in s["detrix-auto installed, disabled"]]
+        sleeping = [x[0] for x in s["detrix-auto enabled, sleeping"]]
+        cpu_bare = median([x[1] for x in s["bare interpreter"]])
+        cpu_disabled = median([x[1] for x in s["detrix-auto installed, disabled"]])
+        rows.append(
+            [
+                full,
+                ms(median(bare)),
+                ms(pct(bare, 75) - pct(bare, 25), 2),
+                ms(median(disabled)),
+                ratio(median(disabled), median(bare)),
+                ratio(cpu_disabled, cpu_bare),
+                ms(median(sleeping)),
+                ratio(median(sleeping), median(bare)),
+                str(len(bare)),
+            ]
+        )
+    return "\n".join(
+        [
+            f"`python -c pass` to exit, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+            f"{os.cpu_count()} CPUs; the variants of one Python interleaved, medians. "
+            "3.14 and 3.15 are Debian sid's builds, run in the chroot of `.ci/sid-chroot` "
+            "(`--chroot`); the others pyenv's.",
+            "",
+            table(
+                [
+                    "Python",
+                    "bare ms",
+                    "bare IQR",
+                    "disabled ms",
+                    "disabled / bare",
+                    "CPU: disabled / bare",
+                    "sleeping ms",
+                    "sleeping / bare",
+                    "runs",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
+def run_in_chroot(
+    version: str, wheel: Path, cfg: Config, only: set[str]
+) -> tuple[Envs, dict[str, Any], float]:
+    """Measure start-up on a Python of the sid chroot: run this very script inside it."""
+    if "startup" not in only:
+        raise SystemExit(f"Python {version} comes from the chroot, where only startup is measured")
+    if only != {"startup"}:
+        log(f"Python {version} (chroot): measuring start-up only")
+    chroot = run(["bash", str(ROOT / ".ci" / "sid-chroot"), "ensure"]).stdout.strip()
+    here = Path(chroot + CHROOT_DIR)
+    (here / "bench").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(__file__), here / "bench" / "performance.py")
+    wheels = here / "wheels"
+    if wheels.exists():
+        shutil.rmtree(wheels)
+    wheels.mkdir()
+    shutil.copy2(wheel, wheels / wheel.name)
+    out = here / f"result-{version}.json"
+    out.unlink(missing_ok=True)
+    argv = (
+        [
+            "bash",
+            str(ROOT / ".ci" / "sid-chroot"),
+            "exec",
+            chroot,
+            f"python{version}",
+            f"{CHROOT_DIR}/bench/performance.py",
+            "--pythons",
+            version,
+            "--only",
+            "startup",
+            "--no-original",
+            "--no-write",
+            "--runs",
+            str(cfg.runs),
+            "--wheel",
+            f"{CHROOT_DIR}/wheels/{wheel.name}",
+            "--json-out",
+            f"{CHROOT_DIR}/result-{version}.json",
+        ]
+        + (["--quick"] if cfg.quick else [])
+        + (["--startup-core"] if cfg.startup_core else [])
+    )
+    log(f"Python {version}: into the chroot {chroot}")
+    done = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL)
+    if done.returncode != 0 or not out.exists():
+        raise SystemExit(f"the start-up run in the chroot failed for Python {version}")
+    data = json.loads(out.read_text())
+    envs = Envs(version, data["full_version"], Path("bare"), Path("auto"), None)
+    envs.packages = dict(data["packages"])
+    envs.orig_missing = "only start-up is measured in the Debian chroot"
+    return envs, dict(data["results"]), float(data["elapsed"])
+
+
+class Measured:
+    """What :func:`report` needs of a run made elsewhere (in the chroot)."""
+
+    def __init__(self, envs: Envs, results: dict[str, Any]) -> None:
+        self.envs = envs
+        self.results = results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1612,6 +1774,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated subset: startup,memory,latency,forks,overhead"
     )
+    parser.add_argument(
+        "--chroot",
+        action="store_true",
+        help="take Pythons this machine lacks (3.14, 3.15) from .ci/sid-chroot's Debian "
+        "chroot (root; start-up only)",
+    )
+    parser.add_argument(
+        "--startup-core",
+        action="store_true",
+        help="start-up: only bare, disabled and sleeping (many more runs in the same time)",
+    )
+    # Used by --chroot for the run inside the chroot.
+    parser.add_argument("--wheel", help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         raise SystemExit("the benchmark reads /proc: run it on Linux")
@@ -1620,29 +1796,54 @@ def main(argv: list[str] | None = None) -> int:
     for version in versions:
         if not re.fullmatch(r"3\.\d+", version):
             raise SystemExit(f"--pythons wants versions like 3.11, not {version!r}")
-    only = {x.strip() for x in args.only.split(",") if x.strip()} or {
-        "startup",
-        "memory",
-        "latency",
-        "forks",
-        "overhead",
-    }
+    phases = ("startup", "memory", "latency", "forks", "overhead")
+    only = {x.strip() for x in args.only.split(",") if x.strip()} or set(phases)
     VENVS.mkdir(parents=True, exist_ok=True)
-    wheel = build_wheel()
+    wheel = Path(args.wheel) if args.wheel else build_wheel()
     sections = {}
+    startups: dict[str, tuple[str, dict[str, list[tuple[float, float]]]]] = {}
     for version in versions:
         started = time.perf_counter()
-        envs = prepare(version, wheel, with_original=not args.no_original)
-        log(f"Python {envs.full_version}: measuring")
-        with tempfile.TemporaryDirectory(prefix="detrix-bench-") as tmp:
-            bench = Bench(envs, cfg, Path(tmp))
-            for name in ("startup", "memory", "latency", "forks", "overhead"):
-                if name in only:
-                    getattr(bench, name)()
-        text = report(bench, cfg, time.perf_counter() - started)
+        in_chroot = args.chroot and host_python(version) is None and version in CHROOT_PYTHONS
+        if in_chroot:
+            envs, results, elapsed = run_in_chroot(version, wheel, cfg, only)
+            measured = Measured(envs, results)
+            text = report(measured, cfg, elapsed)
+            complete = True  # start-up is all the chroot measures
+        else:
+            envs = prepare(version, wheel, with_original=not args.no_original)
+            log(f"Python {envs.full_version}: measuring")
+            with tempfile.TemporaryDirectory(prefix="detrix-bench-") as tmp:
+                bench = Bench(envs, cfg, Path(tmp))
+                for name in phases:
+                    if name in only:
+                        getattr(bench, name)()
+            elapsed = time.perf_counter() - started
+            results = bench.results
+            text = report(bench, cfg, elapsed)
+            complete = only == set(phases)
+        if args.json_out:
+            Path(args.json_out).write_text(
+                json.dumps(
+                    {
+                        "full_version": envs.full_version,
+                        "packages": envs.packages,
+                        "results": results,
+                        "elapsed": elapsed,
+                    }
+                )
+            )
         print(text)
         print()
-        sections[f"py{version}"] = text
+        if complete:
+            sections[f"py{version}"] = text
+        if "startup" in results:
+            startups[version] = (envs.full_version, results["startup"])
+    if len(startups) > 1:
+        summary = startup_table(startups)
+        print(summary)
+        print()
+        sections["startup-pythons"] = summary
     if not args.no_write:
         write_doc(sections)
         log(f"wrote {DOC.relative_to(ROOT)}")

@@ -10,6 +10,14 @@ Rules, in order of importance:
 2. Run once: a venv's site-packages can be processed twice (CPython gh-75723).
 3. Cost almost nothing: only modules the interpreter already has, plus
    ``_socket`` and ``_thread``.
+
+Why a ``.pth`` import line and no PEP 829 ``.start`` file: the line checks
+``DETRIX_ENABLE`` itself and imports nothing while disabled, and Python 3.15
+still runs it. A ``.start`` file would make 3.15 skip that line and resolve the
+entry with ``pkgutil`` and ``re`` in every interpreter of the environment, then
+import this package: about 10 ms per start even when disabled (measured in
+``bench/performance.py``). Python 3.18 is to ignore ``.pth`` import lines; a
+``.start`` file is needed from then on, and ``doctor`` says so.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ _HELPER_MARKERS = ("debugpy/adapter", "debugpy\\adapter", "debugpy.adapter", "py
 
 
 def start_from_site() -> None:
-    """Entry point of the ``.pth`` line and of the PEP 829 ``.start`` file."""
+    """Entry point of the ``.pth`` line (and of the sitecustomize shim)."""
     global _ran
     if _ran:
         return

@@ -339,3 +339,136 @@ def _child_pid(app):
     except OSError:
         return None
     return kids[0] if kids else None
+
+
+# -- which hook file runs, per Python version (PEP 829) ---------------------------------
+
+HOOK_FILES_PROBE = (
+    "import json, sys; rt = sys.modules.get('detrix_auto._runtime'); print(json.dumps({"
+    "'loaded': sorted(m for m in sys.modules if m.startswith('detrix_auto') or m == 'pkgutil'),"
+    "'started': bool(rt and rt.is_started())}))"
+)
+
+
+def _installed_dirs() -> list[str]:
+    """Where this interpreter imports detrix_auto, debugpy and urllib3 from (an editable
+    install keeps detrix_auto in the source tree)."""
+    import debugpy
+    import urllib3
+
+    import detrix_auto
+
+    dirs: list[str] = []
+    for module in (detrix_auto, debugpy, urllib3):
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+        if parent not in dirs:
+            dirs.append(parent)
+    return dirs
+
+
+def _venv_with_hook_files(where: Path, *, start: bool) -> tuple[str, Path]:
+    """A fresh venv holding the installed ``detrix_auto.pth`` (and a ``.start`` if asked)."""
+    import sysconfig
+
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120
+    )
+    python = str(where / "bin" / "python")
+    site_dir = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+    )
+    installed_pth = Path(sysconfig.get_paths()["purelib"]) / "detrix_auto.pth"
+    (site_dir / "detrix_auto.pth").write_text(installed_pth.read_text())
+    # plain path lines, read before detrix_auto.pth: the dependencies become
+    # importable, their own .pth files do not run
+    (site_dir / "a_test_deps.pth").write_text("\n".join(_installed_dirs()) + "\n")
+    if start:
+        (site_dir / "detrix_auto.start").write_text("detrix_auto._boot:start_from_site\n")
+    return python, site_dir
+
+
+def _probe_hook_files(python: str, home: Path, cwd: Path, **env: str) -> dict:
+    proc = subprocess.run(
+        [python, "-c", HOOK_FILES_PROBE],
+        env=clean_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(cwd),
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_the_wheel_ships_the_pth_hook_and_no_start_file():
+    """A .start file would cost every interpreter start on 3.15 (see _boot's docstring)."""
+    import site
+    import sysconfig
+
+    candidates = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    assert not any(os.path.exists(os.path.join(p, "detrix_auto.start")) for p in candidates)
+
+
+@pytest.mark.parametrize("start", [False, True], ids=["pth-only", "pth-and-start"])
+def test_doctor_tells_which_hook_file_runs_on_this_python(tmp_path, home, start):
+    """What doctor says about detrix_auto.start is what this interpreter really does."""
+    python, site_dir = _venv_with_hook_files(tmp_path / "venv", start=start)
+    disabled = _probe_hook_files(python, home, tmp_path)
+    enabled = _probe_hook_files(python, home, tmp_path, DETRIX_ENABLE="1")
+    assert enabled["started"] is True  # the hook runs either way
+    result = subprocess.run(
+        [python, "-m", "detrix_auto", "doctor", "--json"],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
+    findings = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "pep829"]
+    levels = [f["level"] for f in findings]
+    start_runs = start and sys.version_info >= (3, 15)
+    if start_runs:
+        # 3.15 calls the .start entry in every interpreter, even disabled ...
+        assert "detrix_auto._boot" in disabled["loaded"] and "pkgutil" in disabled["loaded"]
+        assert levels == ["warn"] and "even with DETRIX_ENABLE unset" in findings[0]["text"]
+        assert f"rm {site_dir / 'detrix_auto.start'}" in findings[0]["fix"]
+    else:
+        # ... while the .pth line alone imports nothing, on every version
+        assert disabled["loaded"] == [], disabled
+        if sys.version_info >= (3, 15):
+            assert levels == ["ok"] and "import line" in findings[0]["text"]
+        elif start:
+            assert levels == ["ok"] and "is not read by Python" in findings[0]["text"]
+        else:
+            assert levels == []
+    assert not any(f["level"] == "error" and f["check"] in ("hook", "pep829") for f in findings)
+
+
+@pytest.mark.parametrize(
+    ("version", "pth", "start", "expected"),
+    [
+        ((3, 10), True, False, []),
+        ((3, 14), True, True, ["ok"]),
+        ((3, 15), True, False, ["ok"]),
+        ((3, 17), True, True, ["warn"]),
+        ((3, 15), False, True, ["warn"]),
+        ((3, 18), True, False, ["error"]),
+        ((3, 18), True, True, ["ok"]),
+        ((3, 18), False, False, []),
+    ],
+)
+def test_doctor_hook_file_rules_per_version(version, pth, start, expected):
+    """The same rules for versions this machine may not have (3.18 drops .pth import lines)."""
+    from detrix_auto.cli._doctor import check_start_files
+
+    found = check_start_files(version, ["/site"] if pth else [], ["/site"] if start else [])
+    assert [f.level for f in found] == expected
+    for finding in found:
+        assert f"Python {version[0]}.{version[1]}" in finding.text
+        assert finding.level == "ok" or finding.fix

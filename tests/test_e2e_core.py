@@ -17,6 +17,9 @@ from support import SAMPLE_APP, SAMPLE_LINE, wait_until
 
 from detrix_auto.devdaemon import MetricSpec
 
+#: The wake-and-logpoint path; tox's debugpy-oldest env runs these (-m e2e).
+pytestmark = pytest.mark.e2e
+
 
 def _metric(app, name="value", expressions=("value",), line=SAMPLE_LINE):
     return MetricSpec(name=name, path=str(app.script), line=line, expressions=tuple(expressions))

@@ -180,7 +180,9 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
             )
         else:
             found.append(Finding("hook", "ok", f"detrix_auto.pth is installed in {where}"))
-    elif not foreign:
+    elif not foreign and not (
+        facts["start"] and _version_tuple(facts["version"]) >= START_FILES_FROM
+    ):
         found.append(
             Finding(
                 "hook",
@@ -200,26 +202,7 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
                 "drop -S (with -S only an explicit detrix_auto.init() works)",
             )
         )
-    if facts["start"]:
-        found.append(
-            Finding(
-                "pep829",
-                "ok",
-                "detrix_auto.start (the PEP 829 entry Python 3.15+ reads) is in "
-                f"{facts['start'][0]}",
-            )
-        )
-    elif pth:
-        level = "error" if sys.version_info >= (3, 15) else "warn"
-        found.append(
-            Finding(
-                "pep829",
-                level,
-                "detrix_auto.start is missing next to detrix_auto.pth: Python 3.15+ runs the "
-                "hook only through it",
-                f"reinstall: {python} -m pip install --force-reinstall detrix-auto",
-            )
-        )
+    found.extend(check_start_files(_version_tuple(facts["version"]), pth, list(facts["start"])))
     package = facts["package"]
     installed = os.path.join(pth[0], "detrix_auto", "__init__.py") if pth else ""
     if (
@@ -262,6 +245,98 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
             )
         )
     return found
+
+
+#: PEP 829, as Python 3.15's ``site`` implements it: ``.start`` entry points are
+#: read from 3.15 on, and the *presence* of ``NAME.start`` suppresses the import
+#: lines of ``NAME.pth``; import lines in ``.pth`` files are ignored from 3.18 on.
+START_FILES_FROM = (3, 15)
+PTH_IMPORTS_IGNORED_FROM = (3, 18)
+#: What a ``.start`` entry costs every interpreter start of the environment on
+#: 3.15, measured (``bench/performance.py``): CPython imports ``pkgutil`` and
+#: ``re`` to resolve it, and the entry imports ``detrix_auto`` even when disabled.
+START_FILE_COST = "about 10 ms"
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, _, rest = version.partition(".")
+    minor = rest.split(".")[0]
+    try:
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except ValueError:
+        return sys.version_info[0], sys.version_info[1]
+
+
+def check_start_files(
+    version: tuple[int, int], pth_dirs: list[str], start_dirs: list[str]
+) -> list[Finding]:
+    """Which of ``detrix_auto.pth`` and ``detrix_auto.start`` runs on this Python version.
+
+    detrix-auto ships only the ``.pth`` hook: its import line runs on every
+    version up to 3.17 and costs nothing while disabled, whereas any ``.start``
+    file costs every interpreter start (see ``START_FILE_COST``). A
+    ``detrix_auto.start`` found here was left by an older detrix-auto or put
+    there by hand.
+    """
+    shown = f"Python {version[0]}.{version[1]}"
+    start = os.path.join(start_dirs[0], "detrix_auto.start") if start_dirs else ""
+    if version < START_FILES_FROM:
+        if start:
+            return [
+                Finding(
+                    "pep829",
+                    "ok",
+                    f"{start} is not read by {shown} (only 3.15+ read .start files); "
+                    "detrix_auto.pth is the hook here",
+                )
+            ]
+        return []
+    if version >= PTH_IMPORTS_IGNORED_FROM:
+        if start:
+            return [Finding("pep829", "ok", f"{shown} runs the hook through {start} (PEP 829)")]
+        if not pth_dirs:
+            return []  # reported by the "hook" check
+        return [
+            Finding(
+                "pep829",
+                "error",
+                f"{shown} ignores import lines in .pth files (PEP 829), so detrix_auto.pth "
+                "does nothing here and DETRIX_ENABLE=1 has no effect",
+                "start programs with `detrix-auto run -- python app.py` (its sitecustomize "
+                "shim works on every version)",
+            )
+        ]
+    if start and pth_dirs:
+        return [
+            Finding(
+                "pep829",
+                "warn",
+                f"{start} makes {shown} skip detrix_auto.pth's import line and call the .start "
+                "entry in every interpreter of this environment, even with DETRIX_ENABLE unset: "
+                f"{START_FILE_COST} added to each start (the hook works either way)",
+                f"delete it (rm {start}); detrix_auto.pth alone runs the hook on {shown}",
+            )
+        ]
+    if start:
+        return [
+            Finding(
+                "pep829",
+                "warn",
+                f"{shown} runs the hook through {start}, which adds {START_FILE_COST} to every "
+                "interpreter start of this environment, even with DETRIX_ENABLE unset",
+                "reinstall detrix-auto, whose detrix_auto.pth costs nothing while disabled",
+            )
+        ]
+    if pth_dirs:
+        return [
+            Finding(
+                "pep829",
+                "ok",
+                f"{shown} runs detrix_auto.pth's import line (PEP 829 deprecates such lines; "
+                "they run until 3.18); no detrix_auto.start, so start-up stays free while disabled",
+            )
+        ]
+    return []
 
 
 def _check_customize(facts: dict[str, Any]) -> list[Finding]:

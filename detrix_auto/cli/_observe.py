@@ -771,7 +771,8 @@ def _demo_summary(outcome: Outcome, hits: list[Hit], seconds: float) -> int:
     print("The app was put back to sleep and stopped; nothing is left running.", file=out)
     print(
         "\nNext, try it on your own program:\n"
-        "  DETRIX_ENABLE=1 python app.py &     # or: detrix-auto run -- python app.py\n"
+        + _activation_hint()
+        + "  DETRIX_ENABLE=1 python app.py &     # or: detrix-auto run -- python app.py\n"
         "  detrix-auto ps                      # find it\n"
         "  detrix-auto observe app --at app.py:LINE --expr VARIABLE\n"
         "  detrix-auto doctor                  # if it does not show up",
@@ -779,3 +780,19 @@ def _demo_summary(outcome: Outcome, hits: list[Hit], seconds: float) -> int:
     )
     out.flush()
     return 0
+
+
+def _activation_hint() -> str:
+    """A first line for the hints when this is a virtual environment the shell has not
+    activated: bare ``detrix-auto`` and ``python`` would then be other programs (or none)."""
+    if sys.prefix == sys.base_prefix:
+        return ""
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))
+    found = shutil.which("detrix-auto")
+    if found and os.path.realpath(os.path.dirname(found)) == os.path.realpath(bin_dir):
+        return ""
+    activate = os.path.join(sys.prefix, "bin", "activate")
+    if not os.path.isfile(activate):
+        return ""
+    shown = os.path.relpath(activate) if activate.startswith(os.getcwd() + os.sep) else activate
+    return f"  source {shown:<28} # first: the commands below are this environment's\n"

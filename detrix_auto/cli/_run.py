@@ -4,24 +4,48 @@ The command replaces this process (``os.execvpe``), so its signals, exit code
 and process id are its own. Activation reaches interpreters whose
 site-packages lack ``detrix_auto.pth`` through the ``sitecustomize`` shim put
 first on ``PYTHONPATH``; ``DETRIX_AUTO_PATH`` tells the shim where this
-``detrix_auto`` lives, for an interpreter that cannot import it otherwise.
+``detrix_auto`` and its dependencies (debugpy, urllib3) live, for an
+interpreter that cannot import them otherwise. Installed from a wheel they
+share one site-packages; an editable install keeps ``detrix_auto`` in the
+source tree and the dependencies in the environment, so each is named.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
 from ._common import die
 
-__all__ = ["cmd_run", "package_parent", "run_environment", "shim_dir"]
+__all__ = ["cmd_run", "import_roots", "package_parent", "run_environment", "shim_dir"]
+
+#: What the woken target imports besides ``detrix_auto`` itself.
+DEPENDENCIES = ("debugpy", "urllib3")
 
 
 def package_parent() -> str:
     """The directory that contains our ``detrix_auto`` package."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.path.dirname(package)
+
+
+def import_roots() -> list[str]:
+    """The ``sys.path`` entries this interpreter imports ``detrix_auto`` and its dependencies
+    from, ours first, without importing the dependencies."""
+    roots = [package_parent()]
+    for name in DEPENDENCIES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if locations:
+            root = os.path.dirname(os.path.abspath(locations[0]))
+            if root not in roots:
+                roots.append(root)
+    return roots
 
 
 def shim_dir() -> str | None:
@@ -46,7 +70,7 @@ def run_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if shim not in existing:
         env["PYTHONPATH"] = os.pathsep.join([shim, *existing])
-    env["DETRIX_AUTO_PATH"] = package_parent()
+    env["DETRIX_AUTO_PATH"] = os.pathsep.join(import_roots())
     return env
 
 

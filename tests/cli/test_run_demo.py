@@ -55,7 +55,11 @@ def test_run_execs_the_command_with_activation_on(home, tmp_path):
     assert report["pid"] == proc.pid  # exec'd: same process, no wrapper in between
     assert report["enable"] == "1" and report["started"] is True
     assert report["pythonpath"].split(os.pathsep)[0].endswith(("_shim", "sitecustomize_shim"))
-    assert os.path.isdir(os.path.join(report["auto_path"], "detrix_auto"))
+    # ours first, then wherever the dependencies are (the same site-packages for a wheel)
+    auto_path = report["auto_path"].split(os.pathsep)
+    assert os.path.isdir(os.path.join(auto_path[0], "detrix_auto"))
+    for dependency in ("debugpy", "urllib3"):
+        assert any(os.path.isdir(os.path.join(p, dependency)) for p in auto_path), auto_path
 
     # signals reach the command itself
     proc = subprocess.Popen(
@@ -177,20 +181,25 @@ def test_demo_ctrl_c_cleans_up(home, tmp_path):
 
 def test_demo_falls_back_to_the_shim_without_the_pth(home, tmp_path, bare_python):
     """A fresh interpreter whose site-packages lack the hook still runs the demo."""
-    site = subprocess.run(
+    # Where detrix_auto, debugpy and urllib3 are imported from: one site-packages for
+    # a wheel, the source tree plus the environment's site-packages when editable.
+    roots = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import detrix_auto, os; print(os.path.dirname(os.path.dirname(detrix_auto.__file__)))",
+            "import os, detrix_auto, debugpy, urllib3\n"
+            "for m in (detrix_auto, debugpy, urllib3):\n"
+            "    print(os.path.dirname(os.path.dirname(m.__file__)))",
         ],
         capture_output=True,
         text=True,
         cwd="/",
         check=True,
         timeout=30,
-    ).stdout.strip()
+    ).stdout.split()
     env, scratch = _demo_env(home, tmp_path)
-    env["PYTHONPATH"] = site  # importable, but not a site dir: its .pth files do not run
+    # importable, but not site dirs: their .pth files do not run
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(roots))
     argv = cli_argv("demo", "--seconds", "1")
     argv[0] = bare_python
     result = subprocess.run(

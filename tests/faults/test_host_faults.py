@@ -315,7 +315,13 @@ def test_fork_during_a_wake(
     fork does not take the listener along): its wake fails with a clear 500.
     Forked before (during the health check), the child wakes on its own.
     """
-    app = fault_app(source=FORK_APP, name="fork_app.py")  # never woken before
+    # never woken before; the delays below only hold the parent in its phase, so the
+    # timeouts leave seconds of room (1 s against 0.8 s failed on a loaded machine)
+    app = fault_app(
+        source=FORK_APP,
+        name="fork_app.py",
+        env={"DETRIX_HEALTH_CHECK_TIMEOUT": "5", "DETRIX_REGISTER_TIMEOUT": "5"},
+    )
     with FaultDaemon(backend=daemon) as slow:
         slow_port = int(slow.url.rsplit(":", 1)[1])
         slow.faults[phase] = Fault(delay=0.8 if phase == "health" else 1.2)  # < timeouts
