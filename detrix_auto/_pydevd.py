@@ -647,7 +647,11 @@ def _original_settrace() -> Any:
 
 
 def _stop_settrace() -> None:
-    """3.10/3.11: pydevd's tracer off on every thread, now or at its next event."""
+    """pydevd's ``sys.settrace`` tracer off on every thread (3.10/3.11, or a debugpy
+    older than 1.8.6 on 3.12+): now, or on 3.10/3.11 at each thread's next event."""
+    if sys.version_info >= (3, 12):
+        _stop_settrace_everywhere()
+        return
     tracing = _module("pydevd_tracing")
     with _REMOVER_LOCK:
         _REMOVER_ACTIVE[0] = True
@@ -673,6 +677,22 @@ def _stop_settrace() -> None:
     tracing.SetTrace(None)  # this thread: at once
     if me != threading.main_thread().ident:
         _in_main_thread(_untrace_main)  # the main thread without waiting for its next line
+
+
+def _stop_settrace_everywhere() -> None:
+    """3.12+: ``sys.settrace`` is one interpreter-wide instrumentation, on while any
+    thread has a tracer, so a self-removing tracer left on a thread blocked in C (our
+    control thread, waiting in ``accept()``) would keep every thread slow (3.4x
+    measured). There is no per-loop flag to outwit here either, so every thread's
+    tracer and every frame's go at once, through threading's own all-threads call.
+    """
+    settrace_all = getattr(threading, "settrace_all_threads", None)
+    if settrace_all is not None:
+        settrace_all(None)
+    for top in sys._current_frames().values():
+        for frame in _stack(top):
+            if frame.f_trace is not None:
+                frame.f_trace = None
 
 
 def _set_global_trace(tracing: Any, func: Any, me: int) -> int:
