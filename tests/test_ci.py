@@ -20,21 +20,41 @@ def _dependencies() -> list[str]:
     return re.findall(r'"([^"]+)"', found.group(1))
 
 
-def test_the_oldest_debugpy_ci_pins_is_the_lower_bound_the_metadata_admits():
-    """tox -e debugpy-oldest must test exactly the oldest debugpy a user can get."""
+def _python_of_tox_env(name: str) -> str:
+    text = (ROOT / "tox.ini").read_text(encoding="utf-8")
+    section = text.split(f"[testenv:{name}]", 1)[1].split("\n[", 1)[0]
+    found = re.search(r"^base_python\s*=\s*python(3\.\d+)", section, flags=re.M)
+    assert found, f"tox env {name} names no base_python"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("env", ["debugpy-oldest", "debugpy-oldest-313"])
+def test_the_oldest_debugpy_ci_pins_is_the_lower_bound_the_metadata_admits(env):
+    """Each debugpy-oldest env tests exactly the oldest debugpy a user of its Python gets."""
+    from packaging.requirements import Requirement
+
     constraints = ROOT / ".ci" / "debugpy-oldest.txt"
     if not constraints.exists():
         pytest.skip("no .ci directory (an sdist?)")
-    debugpy = [d for d in _dependencies() if re.match(r"debugpy\b", d)]
+    python = _python_of_tox_env(env)
+    debugpy = [
+        Requirement(d)
+        for d in _dependencies()
+        if re.match(r"debugpy\b", d)
+        and (
+            Requirement(d).marker is None
+            or Requirement(d).marker.evaluate({"python_version": python})
+        )
+    ]
     assert len(debugpy) == 1, debugpy
-    lower = re.search(r">=\s*([\w.]+)", debugpy[0])
-    assert lower, f"{debugpy[0]!r} has no lower bound"
+    lower = [spec.version for spec in debugpy[0].specifier if spec.operator == ">="]
+    assert lower, f"{debugpy[0]} has no lower bound"
     pins = [
         line.strip()
         for line in constraints.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert pins == [f"debugpy=={lower.group(1)}"]
+    assert pins == [f"debugpy=={lower[0]}"]
 
 
 def test_every_python_ci_runs_is_a_declared_classifier():
