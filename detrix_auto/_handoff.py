@@ -17,7 +17,7 @@ import sys
 import threading
 from types import TracebackType
 
-__all__ = ["WAKE_SWITCH_INTERVAL", "quick_handoffs"]
+__all__ = ["WAKE_SWITCH_INTERVAL", "forget_after_fork", "quick_handoffs"]
 
 #: Switch interval (seconds) while a wake runs: 0.1 ms keeps a cold wake beside a
 #: CPU-bound host within a small multiple of the idle wake.
@@ -55,3 +55,19 @@ class quick_handoffs:  # lower case: reads like a function in ``with quick_hando
                 if abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6:
                     sys.setswitchinterval(_saved)
                 _saved = None
+
+
+def forget_after_fork() -> None:
+    """In a forked child: the parent's wake (and its short interval) did not come along.
+
+    A fork made while a wake ran would otherwise leave the child with the short
+    switch interval for good (nobody there will leave the block that set it)
+    and with a lock its owner thread, gone, may have held.
+    """
+    global _lock, _holders, _saved
+    _lock = threading.Lock()
+    short = abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6
+    if _holders and _saved is not None and short:
+        sys.setswitchinterval(_saved)
+    _holders = 0
+    _saved = None

@@ -147,6 +147,16 @@ _probed: Capabilities | None = None
 _probe_lock = threading.Lock()
 
 
+def forget_after_fork() -> None:
+    """In a forked child: locks a thread of the parent may have held are fresh again.
+
+    (debugpy itself cannot listen again in such a child; ``Debugger`` says so.)
+    """
+    global _probe_lock, _REMOVER_LOCK
+    _probe_lock = threading.Lock()
+    _REMOVER_LOCK = threading.Lock()
+
+
 # -- import ----------------------------------------------------------------------
 
 

@@ -449,9 +449,12 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     try:
-        mainthread = sys.modules.get("detrix_auto._mainthread")
-        if mainthread is not None:
-            mainthread.forget_after_fork()
+        # Modules with process-wide locks or state that a thread of the parent
+        # (a wake under way) may have held at the fork: only those already loaded.
+        for name in ("detrix_auto._mainthread", "detrix_auto._handoff", "detrix_auto._pydevd"):
+            module = sys.modules.get(name)
+            if module is not None:
+                module.forget_after_fork()
         _reset_if_forked()
     except Exception as exc:  # noqa: BLE001 - a fork must never fail because of us
         from . import _log

@@ -295,6 +295,8 @@ FORK_APP = textwrap.dedent(
             if pid == 0:
                 beat = beat + ".childbeat"
                 open(beat, "w").close()
+                with open(beat + ".interval", "w") as f:  # the parent's wake is not ours
+                    f.write(repr(sys.getswitchinterval()))
                 with open(child_file, "w") as f:
                     f.write(str(os.getpid()))
         time.sleep(0.05)
@@ -336,6 +338,8 @@ def test_fork_during_a_wake(
                 lambda: child_file.exists() and child_file.read_text(), timeout=10, what="the child"
             )
         )
+        interval = Path(str(app.beat) + ".childbeat.interval")
+        assert float(interval.read_text()) == 0.005, "the child kept the wake's switch interval"
         try:
             child = wait_for_record(app.home, app.proc, pid=child_pid)
             child_url = child["control_url"]
