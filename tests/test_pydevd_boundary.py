@@ -53,7 +53,7 @@ def _mentions(tree: ast.AST, *, strings: bool = True) -> list[str]:
             if strings and id(node) not in docs and IDENTIFIER.match(node.value):
                 names = [node.value]
         for name in names:
-            if name == "_pydevd":  # our own module
+            if name in ("_pydevd", "detrix_auto._pydevd"):  # our own module
                 continue
             if "pydev" in name.lower() or name == "py_db":
                 found.append(f"line {getattr(node, 'lineno', '?')}: {name[:60]!r}")
