@@ -114,7 +114,7 @@ FALLBACKS = {
     "exit": "interpreter exit may wait for debugpy's threads",
     "quiet_listen": "the first wake reads every installed package's metadata (slower)",
     "resume": "coroutines and generators suspended before the wake are not observed "
-    "(their logpoints fire only in ones started after it)",
+    "until their function is called again (3.12+)",
 }
 
 #: The debugpy releases this version of detrix-auto was tested with (bench/debugpy_range.py).

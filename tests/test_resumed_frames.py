@@ -14,6 +14,7 @@ Python (3.10/3.11 trace by ``sys.settrace``, which sees resumed frames itself).
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -79,6 +80,9 @@ ASYNC_APP = (
                 if os.path.exists(stop + ".probe"):
                     os.unlink(stop + ".probe")
                     print(json.dumps({"probe": probe()}), flush=True)
+                if os.path.exists(stop + ".again"):  # the same function, called anew
+                    os.unlink(stop + ".again")
+                    asyncio.create_task(ticker())
                 await asyncio.sleep(0.05)
 
         async def main(stop):
@@ -128,9 +132,9 @@ def _line(source: str) -> int:
     return next(i for i, text in enumerate(source.splitlines(), 1) if "# @line" in text)
 
 
-def _start(spawn, tmp_path: Path, kind: str) -> tuple[App, Path]:
+def _start(spawn, tmp_path: Path, kind: str, prefix: str = "") -> tuple[App, Path]:
     stop = tmp_path / "stop"
-    app = spawn(APPS[kind], str(stop), name=f"{kind}_app.py")
+    app = spawn(prefix + APPS[kind], str(stop), name=f"{kind}_app.py")
     # Let the loop run (and the frame get suspended) well before the wake.
     wait_until(lambda: app.proc.stdout is not None and "started" in app.proc.stdout.readline())
     time.sleep(0.3)
@@ -208,3 +212,33 @@ def _probe(app: App, stop: Path) -> dict:
         if not line and app.proc.poll() is not None:
             break
     raise AssertionError(f"no probe answer from the app (exit {app.proc.poll()})")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.settrace sees resumed frames itself")
+def test_without_the_capability_the_wake_works_and_a_new_call_is_observed(spawn, daemon, tmp_path):
+    """The fallback ``doctor`` states: a debugpy without what ``resume`` needs still
+    wakes; the suspended coroutine reports nothing until its function is called anew."""
+    from test_pydevd_capabilities import WITHOUT
+
+    prefix = WITHOUT.replace("sys.argv[2]", '"resume"')
+    app, stop = _start(spawn, tmp_path, "asyncio", prefix)
+    line = _line(prefix + ASYNC_APP)
+    daemon.add_metric(
+        MetricSpec(name="value", path=str(app.script), line=line, expressions=("value",))
+    )
+    code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
+    assert code == 200, body
+    cid = body["connection_id"]
+    wait_until(
+        lambda: any(item.get("verified") for item in daemon.breakpoint_results(cid)),
+        timeout=20,
+        what="the logpoint verified",
+    )
+    time.sleep(1.0)
+    assert daemon.hits("value") == []
+    Path(str(stop) + ".again").touch()
+    daemon.wait_for_hits("value", count=3, timeout=20)
+    assert app.request("POST", "/detrix/sleep")[0] == 200
+    stop.touch()
+    out, err = app.stop()
+    assert "Traceback" not in err, err
