@@ -13,7 +13,9 @@ Python (3.10/3.11 trace by ``sys.settrace``, which sees resumed frames itself).
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
 import sys
 import textwrap
 import time
@@ -214,10 +216,21 @@ def _probe(app: App, stop: Path) -> dict:
     raise AssertionError(f"no probe answer from the app (exit {app.proc.poll()})")
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.settrace sees resumed frames itself")
+@functools.cache
+def _tracing() -> str:
+    """How this debugpy traces here (``_pydevd``'s probe, in a fresh interpreter)."""
+    code = "import detrix_auto._pydevd as p; p.import_debugpy(); print(p.capabilities().tracing)"
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return run.stdout.strip().splitlines()[-1]
+
+
 def test_without_the_capability_the_wake_works_and_a_new_call_is_observed(spawn, daemon, tmp_path):
     """The fallback ``doctor`` states: a debugpy without what ``resume`` needs still
     wakes; the suspended coroutine reports nothing until its function is called anew."""
+    if _tracing() != "sys.monitoring":
+        pytest.skip("pydevd traces by sys.settrace here, which sees resumed frames itself")
     from test_pydevd_capabilities import WITHOUT
 
     prefix = WITHOUT.replace("sys.argv[2]", '"resume"')
