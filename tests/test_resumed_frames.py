@@ -85,7 +85,7 @@ ASYNC_APP = (
                 if os.path.exists(stop + ".again"):  # the same function, called anew
                     os.unlink(stop + ".again")
                     asyncio.create_task(ticker())
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # @other
 
         async def main(stop):
             task = asyncio.create_task(ticker())
@@ -130,8 +130,8 @@ GENERATOR_APP = (
 APPS = {"asyncio": ASYNC_APP, "generator": GENERATOR_APP}
 
 
-def _line(source: str) -> int:
-    return next(i for i, text in enumerate(source.splitlines(), 1) if "# @line" in text)
+def _line(source: str, marker: str = "line") -> int:
+    return next(i for i, text in enumerate(source.splitlines(), 1) if f"# @{marker}" in text)
 
 
 def _start(spawn, tmp_path: Path, kind: str, prefix: str = "") -> tuple[App, Path]:
@@ -214,6 +214,26 @@ def _probe(app: App, stop: Path) -> dict:
         if not line and app.proc.poll() is not None:
             break
     raise AssertionError(f"no probe answer from the app (exit {app.proc.poll()})")
+
+
+def test_a_logpoint_added_while_awake_reaches_a_frame_already_passed_over(spawn, daemon, tmp_path):
+    """The first breakpoints are elsewhere in the file: the suspended coroutine has
+    resumed (and been judged to have none) many times before its own logpoint comes."""
+    app, stop = _start(spawn, tmp_path, "asyncio")
+    path = str(app.script)
+    other = _line(ASYNC_APP, "other")
+    daemon.add_metric(MetricSpec(name="other", path=path, line=other, expressions=("stop",)))
+    _wake(app, daemon)
+    daemon.wait_for_hits("other", count=5, timeout=20)
+    daemon.add_metric(
+        MetricSpec(name="value", path=path, line=_line(ASYNC_APP), expressions=("value",))
+    )
+    daemon.wait_for_hits("value", count=3, timeout=20)
+    _check_values(_values(daemon))
+    assert app.request("POST", "/detrix/sleep")[0] == 200
+    stop.touch()
+    out, err = app.stop()
+    assert "Traceback" not in err, err
 
 
 @functools.cache
