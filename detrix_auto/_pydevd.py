@@ -45,6 +45,14 @@ The capabilities, and what happens without each:
 ``quiet_listen``
     skip debugpy's environment report on the first ``listen()`` (hundreds of
     file reads). Without it the first wake is slower.
+``resume``
+    3.12+ (``sys.monitoring``): trace the lines of coroutines and generators
+    that were suspended when the breakpoints came (:func:`_watch_resumes`).
+    pydevd turns on line events for the code on every thread's stack and for
+    code that starts later, but a suspended frame is on no stack and only
+    resumes, which pydevd does not watch. Without it the logpoints in an
+    ``async`` loop (or a paused generator) that began before the wake never
+    fire. Not needed by ``sys.settrace`` tracing, which sees resumed frames.
 """
 
 from __future__ import annotations
@@ -92,6 +100,7 @@ CAPABILITY_NAMES = (
     "nodelay",
     "exit",
     "quiet_listen",
+    "resume",
 )
 
 #: What happens without each capability, in a sentence (``doctor`` prints it).
@@ -104,6 +113,8 @@ FALLBACKS = {
     "nodelay": "each DAP message waits for a delayed ACK (~40 ms)",
     "exit": "interpreter exit may wait for debugpy's threads",
     "quiet_listen": "the first wake reads every installed package's metadata (slower)",
+    "resume": "coroutines and generators suspended before the wake are not observed "
+    "until their function is called again (3.12+)",
 }
 
 #: The debugpy releases this version of detrix-auto was tested with (bench/debugpy_range.py).
@@ -284,6 +295,12 @@ def _probe() -> Capabilities:
             lacking.append("PyDB.trace_dispatch")
     if lacking:
         missing["untrace"] = "missing: " + ", ".join(lacking)
+    if tracing == "sys.monitoring":
+        lacking = _lacking(monitoring, "update_monitor_events", "enable_code_tracing")
+        if not hasattr(getattr(getattr(sys, "monitoring", None), "events", None), "PY_RESUME"):
+            lacking.append("sys.monitoring.events.PY_RESUME")
+        if lacking:
+            missing["resume"] = "missing: " + ", ".join(lacking)
 
     if _lacking(py_db_class, "add_dap_messages_listener"):
         missing["attach_watch"] = "PyDB.add_dap_messages_listener is missing"
@@ -940,6 +957,11 @@ def install_hooks(on_initialize: Callable[[], None]) -> None:
             _send_without_delay(py_db)
         except Exception as exc:  # noqa: BLE001
             _log.debug("could not set TCP_NODELAY on DAP sockets: %s", exc)
+    if caps.tracing == "sys.monitoring" and caps.has("resume"):
+        try:
+            _watch_resumes()
+        except Exception as exc:  # noqa: BLE001
+            _log.debug("could not watch resumed frames: %s", exc)
 
 
 class _InitializeListener:
@@ -965,6 +987,75 @@ class _InitializeListener:
                     _BREAKPOINT_FILES.add(_same_file_key(path))
         except Exception:  # noqa: BLE001, S110 - never break pydevd's reader
             pass
+
+
+def _watch_resumes() -> None:
+    """3.12+: have pydevd decide about a frame that resumes as about one that starts.
+
+    When breakpoints change, pydevd (``update_monitor_events``) turns on the
+    global ``PY_START`` and ``PY_RESUME`` events but registers a callback for
+    ``PY_START`` only, and gives line events to the code on every thread's
+    stack. A coroutine awaiting (or a generator paused) at that moment is on
+    no stack and never starts again: its code never gets line events, and its
+    logpoints never fire. So after each of pydevd's updates, while it wants
+    ``PY_RESUME`` (it has breakpoints), :func:`_resume_event` is that event's
+    callback: it asks pydevd's own ``enable_code_tracing`` about the resumed
+    frame, exactly what pydevd does for a starting one, and then disables
+    itself at that location (``DISABLE``), so each resume point costs one call
+    per breakpoint change (pydevd's ``restart_events`` re-enables them). When
+    breakpoints go, pydevd unregisters the callback itself; sleep leaves
+    nothing (``stop_tracing``).
+    """
+    global _ENABLE_CODE_TRACING
+    monitoring = _module("_pydevd_sys_monitoring.pydevd_sys_monitoring")
+    original = monitoring.update_monitor_events
+    _ENABLE_CODE_TRACING = monitoring.enable_code_tracing
+    if getattr(original, "_detrix_resume", False):
+        return
+
+    def update_monitor_events(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        _trace_resumes()
+        return result
+
+    update_monitor_events._detrix_resume = True  # type: ignore[attr-defined]
+    monitoring.update_monitor_events = update_monitor_events
+    _trace_resumes()
+
+
+def _trace_resumes() -> None:
+    """Register :func:`_resume_event` if pydevd now wants ``PY_RESUME`` events."""
+    global _ENABLE_CODE_TRACING
+    try:
+        monitor: Any = getattr(sys, "monitoring", None)
+        tool = monitor.DEBUGGER_ID
+        resume = monitor.events.PY_RESUME
+        if monitor.get_tool(tool) != "pydevd" or not monitor.get_events(tool) & resume:
+            return
+        previous = monitor.register_callback(tool, resume, _resume_event)
+        if previous not in (None, _resume_event, _disable_event):
+            # This pydevd watches resumes itself: leave it to it.
+            monitor.register_callback(tool, resume, previous)
+            _ENABLE_CODE_TRACING = None
+    except Exception as exc:  # noqa: BLE001 - pydevd's updates must go on
+        _log.debug("could not watch resumed frames: %s", exc)
+
+
+#: pydevd's ``enable_code_tracing(thread_ident, code, frame)``, once :func:`_watch_resumes` ran.
+_ENABLE_CODE_TRACING: Any = None
+
+
+def _resume_event(code: Any, instruction_offset: int) -> Any:
+    """``PY_RESUME`` callback: pydevd traces the resumed frame's code if it has breakpoints."""
+    enable = _ENABLE_CODE_TRACING
+    if enable is not None:
+        try:
+            frame = sys._getframe(1)
+            if frame.f_code is code:
+                enable(threading.get_ident(), code, frame)
+        except Exception:  # noqa: BLE001, S110 - never raise into the host's frame
+            pass
+    return _DISABLE
 
 
 def _send_without_delay(py_db: Any) -> None:
