@@ -23,12 +23,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _debug_gate, _log, _pydevd
+from . import _debug_gate, _log, _native, _pydevd
 from ._handoff import quick_handoffs
 from ._status import daemon_at_rest, status_document
 from .config import DEFAULT_DAEMON_URL, Settings, control_plane_url, same_origin
@@ -105,7 +104,7 @@ class Client:
                 warm=self.debugger.imported,
             )
         )
-        self.op_lock = threading.Lock()
+        self.op_lock = _native.Lock()
         self.links = Links()
         self.sessions = Sessions()
         self.keeper = Keeper(self)
