@@ -309,7 +309,14 @@ class Debugger:
 
 def _import_failed(exc: BaseException) -> DebuggerError:
     """debugpy is installed but its import failed: say what failed, not "install it"."""
+    hint = ""
+    if _native.gevent_patched():
+        hint = (
+            "; gevent has monkey-patched this process, and debugpy was imported in pydevd's "
+            "gevent mode (GEVENT_SUPPORT=True): report this with your gevent and debugpy "
+            "versions, or import debugpy in the main thread before the first wake"
+        )
     return DebuggerError(
         f"debugpy is installed but failed to import ({type(exc).__name__}: {exc}); the "
-        "debugger cannot start in this process"
+        f"debugger cannot start in this process{hint}"
     )

@@ -287,6 +287,7 @@ class Client:
             changes["last_error"] = None
         self.cell.update(state=State.WAKING, **changes)
         settings = self.settings
+        patched_before = _native.gevent_patched()
         try:
             daemon = self._daemon_factory(url, settings)
             daemon.health(settings.health_check_timeout)
@@ -315,8 +316,16 @@ class Client:
             self._wake_failed(str(exc))
             raise
         except Exception as exc:  # noqa: BLE001 - a foreign failure becomes ours
-            self._wake_failed(str(exc))
-            raise DebuggerError(f"wake failed unexpectedly: {type(exc).__name__}: {exc}") from None
+            message = f"wake failed unexpectedly: {type(exc).__name__}: {exc}"
+            if not patched_before and _native.gevent_patched():
+                # Locks and imports held across patch_all() by this wake's thread break.
+                message = (
+                    "gevent monkey-patched this process while this wake ran "
+                    f"({type(exc).__name__}: {exc}); wake again now that it has, or wake only "
+                    "after the application has called patch_all()"
+                )
+            self._wake_failed(message)
+            raise DebuggerError(message) from None
         self.links.paid(connection_id)
         if connection_id != expected:
             self.links.remember(Link(daemon, connection_id, token))
