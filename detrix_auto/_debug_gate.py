@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from . import _log, netowner
+from . import _log, _native, netowner
 from .config import is_ipv4_literal, is_loopback
 from .errors import DebuggerError
 
@@ -102,7 +102,7 @@ def _not_on_this_host(host: str) -> bool:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        with _native.socket_class()(family, socket.SOCK_DGRAM) as probe:
             probe.bind((host, 0))
     except OSError as exc:
         return exc.errno == errno.EADDRNOTAVAIL
@@ -117,7 +117,7 @@ def addresses_of(url: str) -> frozenset[str]:
         host = urlsplit(url).hostname
         if not host:
             return frozenset()
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        infos = _native.original("socket", "getaddrinfo")(host, None, type=socket.SOCK_STREAM)
     except (OSError, ValueError, UnicodeError):
         return frozenset()
     return frozenset(str(info[4][0]) for info in infos)
@@ -144,7 +144,7 @@ class GatedListener:
 
     def accept(self) -> tuple[Any, Any]:
         while True:
-            conn, peer = self._sock.accept()
+            conn, peer = _accept(self._sock)
             try:
                 why, who = _policy.verdict(conn, peer)
             except Exception as exc:  # noqa: BLE001 - fail closed
@@ -161,6 +161,17 @@ class GatedListener:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _accept(listener: socket.socket) -> tuple[socket.socket, Any]:
+    """``listener.accept()``, made with the class of ``_native``: the standard library's
+    ``accept`` builds its socket from the ``socket`` module's class, gevent's if patched."""
+    fd, peer = listener._accept()  # type: ignore[attr-defined]
+    cls = _native.socket_class()
+    conn: socket.socket = cls(listener.family, listener.type, listener.proto, fileno=fd)
+    if socket.getdefaulttimeout() is None and listener.gettimeout() is not None:
+        conn.setblocking(True)
+    return conn, peer
 
 
 def _format(peer: Any) -> str:
@@ -181,7 +192,9 @@ def open_listener(host: str, port: int) -> GatedListener:
             f"the debugger can listen only on an IPv4 address such as 127.0.0.1, not {host!r}: "
             "set DETRIX_DEBUG_HOST accordingly (or leave it unset)"
         )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # The standard library's socket even under gevent: pydevd's threads accept on it
+    # and use what it accepts; a gevent socket would wait in a hub of theirs.
+    sock = _native.socket_class()(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # As pydevd does: a fixed port can be reused at once after a restart. On
         # Linux this never lets another socket bind over a listening one.

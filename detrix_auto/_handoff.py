@@ -14,8 +14,9 @@ frequent switches only while a wake runs.
 from __future__ import annotations
 
 import sys
-import threading
 from types import TracebackType
+
+from . import _native
 
 __all__ = ["WAKE_SWITCH_INTERVAL", "forget_after_fork", "quick_handoffs"]
 
@@ -23,7 +24,7 @@ __all__ = ["WAKE_SWITCH_INTERVAL", "forget_after_fork", "quick_handoffs"]
 #: CPU-bound host within a small multiple of the idle wake.
 WAKE_SWITCH_INTERVAL = 0.0001
 
-_lock = threading.Lock()
+_lock = _native.Lock()
 _holders = 0
 _saved: float | None = None
 
@@ -65,7 +66,7 @@ def forget_after_fork() -> None:
     and with a lock its owner thread, gone, may have held.
     """
     global _lock, _holders, _saved
-    _lock = threading.Lock()
+    _lock = _native.Lock()
     short = abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6
     if _holders and _saved is not None and short:
         sys.setswitchinterval(_saved)

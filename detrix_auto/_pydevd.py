@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from . import _log
+from . import _log, _native
 
 __all__ = [
     "UNKNOWN",
@@ -126,6 +126,10 @@ _IMPORT_ENV = {
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # else a frozen-modules warning on the host's stderr
 }
 _DEBUGPY_SETS = ("PYDEVD_USE_FRAME_EVAL", "PYDEVD_DEBUG", "PYDEVD_DEBUG_FILE")
+#: pydevd's gevent mode, read once as pydevd is imported: set for that import when gevent
+#: has patched threading (pydevd then keeps unpatched copies of threading, socket, time,
+#: select and queue for its own threads, and re-applies tracing on greenlet switches).
+_GEVENT_ENV = {"GEVENT_SUPPORT": "True"}
 
 
 class Capabilities:
@@ -181,11 +185,14 @@ def import_debugpy() -> Any:
     them is put back as it was once the import is done: the environment is the
     host's, and its child processes must not inherit our choices.
     """
-    names = (*_IMPORT_ENV, *_DEBUGPY_SETS)
+    wanted = dict(_IMPORT_ENV)
+    if _native.gevent_patched("threading"):
+        wanted.update(_GEVENT_ENV)
+    names = (*_IMPORT_ENV, *_GEVENT_ENV, *_DEBUGPY_SETS)
     environ = os.environ
     before = {name: environ.get(name) for name in names}
     try:
-        for name, value in _IMPORT_ENV.items():
+        for name, value in wanted.items():
             if before[name] is None:
                 environ[name] = value
         import debugpy
@@ -318,7 +325,7 @@ def _probe() -> Capabilities:
 # -- the listener ----------------------------------------------------------------------
 
 
-def hand_listener(sock: Any) -> threading.Event | None:
+def hand_listener(sock: Any) -> _native.Event | None:
     """Make pydevd use ``sock`` (bound and listening) as its debug listener.
 
     Returns an event set once pydevd has taken it, or ``None`` when this
@@ -329,7 +336,7 @@ def hand_listener(sock: Any) -> threading.Event | None:
         return None
     pydevd: Any = sys.modules["pydevd"]
     original = pydevd.create_server_socket
-    taken = threading.Event()
+    taken = _native.Event()  # set on pydevd's thread, waited for on ours (never gevent's)
 
     def create_server_socket(host: str, port: int) -> Any:
         if taken.is_set():
@@ -342,7 +349,7 @@ def hand_listener(sock: Any) -> threading.Event | None:
     return taken
 
 
-def listener_taken_back(taken: threading.Event) -> None:
+def listener_taken_back(taken: _native.Event) -> None:
     """After ``listen()``: pydevd's own factory again for anything later."""
     pydevd = sys.modules.get("pydevd")
     current = getattr(pydevd, "create_server_socket", None)
@@ -475,9 +482,9 @@ class _StandInMain:
         raise AttributeError(name)
 
 
-def not_traced(thread: threading.Thread) -> None:
+def not_traced(thread: Any) -> None:
     """Mark one of our threads so that pydevd never traces it."""
-    thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+    thread.pydev_do_not_trace = True
 
 
 # -- forgetting a session the daemon just closed -----------------------------------------

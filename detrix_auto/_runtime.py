@@ -17,6 +17,7 @@ import _thread
 import os
 import sys
 
+from . import _native
 from .errors import AlreadyInitializedError, NotInitializedError
 
 TYPE_CHECKING = False
@@ -90,7 +91,7 @@ def start(settings: Settings, *, eager: bool = False, explicit: bool = False) ->
     if eager or settings.start_state != "sleeping":
         client = get_client()
         if settings.start_state == "warm":
-            _thread.start_new_thread(client.warm, ())
+            _native.start_new_thread(client.warm, ())
         elif settings.start_state == "awake":
             client.keep_awake()
 
@@ -398,7 +399,7 @@ def _restart_later(caller: Any) -> Any:
     if sys.version_info < (3, 13) or caller is None:
         return None
     main = getattr(_thread, "_get_main_thread_ident", None)
-    if main is None or main() != _thread.get_ident():
+    if main is None or main() != _native.get_ident():
         return None
     from ._mainthread import call_soon_in_main
 

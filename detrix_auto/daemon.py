@@ -35,21 +35,24 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
+    ConnectTimeoutError,
     HTTPError,
     MaxRetryError,
+    NameResolutionError,
     NewConnectionError,
     ProtocolError,
     SSLError,
@@ -58,6 +61,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
+from . import _native
 from .config import daemon_url_problem, is_loopback
 from .errors import DaemonError
 
@@ -161,44 +165,52 @@ def _arm(sock: socket.socket) -> None:
     sock.settimeout(left)
 
 
-class _DeadlineSocket(socket.socket):
-    def recv(self, *args: Any) -> bytes:
-        _arm(self)
-        return super().recv(*args)
+# The standard library's socket class even where gevent patched ``socket``: the
+# daemon client runs on our own OS threads, which block for real (``_native``).
+if TYPE_CHECKING:
+    _Socket = socket.socket
+else:
+    _Socket = _native.socket_class()
 
-    def recv_into(self, *args: Any) -> int:
-        _arm(self)
-        return super().recv_into(*args)
 
-    def send(self, *args: Any) -> int:
+class _DeadlineSocket(_Socket):
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
         _arm(self)
-        return super().send(*args)
+        return super().recv(*args, **kwargs)
 
-    def sendall(self, *args: Any) -> None:
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
         _arm(self)
-        super().sendall(*args)
+        return super().recv_into(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        _arm(self)
+        return super().send(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        _arm(self)
+        super().sendall(*args, **kwargs)
 
 
 class _DeadlineSSLSocket(ssl.SSLSocket):
-    def recv(self, *args: Any) -> bytes:
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
         _arm(self)
-        return super().recv(*args)
+        return super().recv(*args, **kwargs)
 
-    def recv_into(self, *args: Any) -> int:
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
         _arm(self)
-        return super().recv_into(*args)
+        return super().recv_into(*args, **kwargs)
 
-    def read(self, *args: Any) -> Any:
+    def read(self, *args: Any, **kwargs: Any) -> Any:
         _arm(self)
-        return super().read(*args)
+        return super().read(*args, **kwargs)
 
-    def send(self, *args: Any) -> int:
+    def send(self, *args: Any, **kwargs: Any) -> int:
         _arm(self)
-        return super().send(*args)
+        return super().send(*args, **kwargs)
 
-    def sendall(self, *args: Any) -> None:
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
         _arm(self)
-        super().sendall(*args)
+        super().sendall(*args, **kwargs)
 
 
 def _deadline_socket(sock: socket.socket) -> socket.socket:
@@ -208,16 +220,43 @@ def _deadline_socket(sock: socket.socket) -> socket.socket:
     return wrapped
 
 
+def _connect(conn: HTTPConnection) -> socket.socket:
+    """urllib3's ``_new_conn``; where gevent patched ``socket``, on the unpatched one.
+
+    gevent's socket would run a gevent hub in the calling thread (one of ours),
+    left behind when it ends; its resolver would start a thread pool there.
+    """
+    if not _native.gevent_patched("socket"):
+        return HTTPConnection._new_conn(conn)
+    timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else None
+    try:
+        sock: socket.socket = _native.create_connection(
+            (conn._dns_host, conn.port),
+            timeout,
+            source_address=conn.source_address,
+            socket_options=conn.socket_options,
+        )
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    except TimeoutError as exc:
+        raise ConnectTimeoutError(
+            conn, f"Connection to {conn.host} timed out. (connect timeout={timeout})"
+        ) from exc
+    except OSError as exc:
+        raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+    return sock
+
+
 class _HTTPConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
-        sock = _deadline_socket(super()._new_conn())
+        sock = _deadline_socket(_connect(self))
         _checked(sock)
         return sock
 
 
 class _HTTPSConnection(HTTPSConnection):
     def _new_conn(self) -> socket.socket:
-        sock = _deadline_socket(super()._new_conn())
+        sock = _deadline_socket(_connect(self))
         _checked(sock)  # before the TLS handshake: nothing at all goes to a squatter
         _arm(sock)  # bounds the TLS handshake too
         return sock
@@ -231,12 +270,55 @@ def _checked(sock: socket.socket) -> None:
         raise
 
 
+class _Slots:
+    """The pool's LIFO queue of connections, on locks that block the OS thread.
+
+    urllib3's is ``queue.LifoQueue``, which gevent replaces with a greenlet queue
+    when it patches ``queue``: used from our threads (a wake's worker, the keeper)
+    it would start a gevent hub in each. Only what urllib3 calls is here.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self.maxsize = maxsize
+        self._items: list[Any] = []
+        self._lock = _native.Lock()
+        self._more = _native.Event()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        with self._lock:
+            if self.maxsize > 0 and len(self._items) >= self.maxsize:
+                raise queue.Full  # urllib3 puts back at most what it took
+            self._items.append(item)
+            self._more.set()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._items:
+                    item = self._items.pop()
+                    if not self._items:
+                        self._more.clear()
+                    return item
+            if not block:
+                raise queue.Empty
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise queue.Empty
+            self._more.wait(left)
+
+
 class _HTTPPool(HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
+    QueueCls = _Slots  # type: ignore[assignment]
 
 
 class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+    QueueCls = _Slots  # type: ignore[assignment]
 
 
 def _tls_context(verify_ssl: bool, ca_bundle: str | None) -> ssl.SSLContext:
@@ -465,7 +547,7 @@ def _short(text: str, limit: int = 200) -> str:
 MAX_CLIENTS = 4
 
 _clients: dict[tuple[str, bool, str | None, int | None], HttpDaemonClient] = {}
-_clients_lock = threading.Lock()
+_clients_lock = _native.Lock()
 
 
 def client_for(
@@ -512,7 +594,7 @@ def _forget_after_fork() -> None:
     """
     global _clients, _clients_lock
     _clients = {}
-    _clients_lock = threading.Lock()
+    _clients_lock = _native.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -51,7 +51,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import _debug_gate, _log, _pydevd
+from . import _debug_gate, _log, _native, _pydevd
 from .errors import DebuggerError
 
 __all__ = ["DETACH_WAIT", "LISTEN_TIMEOUT", "Debugger"]
@@ -71,7 +71,7 @@ class Debugger:
     """The process's single debug listener."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = _native.RLock()
         self._module: Any = None
         self.host = ""
         self.port = 0
@@ -111,6 +111,7 @@ class Debugger:
     def _prepare_locked(self) -> Any:
         if self._module is not None:
             return self._module
+        _native.settle_platform()  # before debugpy's import asks for it, under gevent
         try:
             debugpy = _pydevd.import_debugpy()
         except ModuleNotFoundError as exc:
@@ -165,7 +166,7 @@ class Debugger:
             _pydevd.trace_main_thread_itself()
             return self.port
 
-    def _listen_bounded(self, debugpy: Any, listener: Any, taken: threading.Event) -> None:
+    def _listen_bounded(self, debugpy: Any, listener: Any, taken: _native.Event) -> None:
         """``debugpy.listen()`` on a helper thread, waited for at most ``LISTEN_TIMEOUT``."""
         outcome: list[BaseException | None] = []
 
@@ -176,7 +177,7 @@ class Debugger:
             except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
                 outcome.append(exc)
 
-        thread = threading.Thread(target=run, name="detrix-listen", daemon=True)
+        thread = _native.Thread(run, "detrix-listen")
         _pydevd.not_traced(thread)
         thread.start()
         thread.join(LISTEN_TIMEOUT)
@@ -257,9 +258,7 @@ class Debugger:
             if self._watching is session:
                 return
             self._watching = session
-        thread = threading.Thread(
-            target=self._disarm_after, args=(session,), name="detrix-disarm", daemon=True
-        )
+        thread = _native.Thread(self._disarm_after, "detrix-disarm", (session,))
         _pydevd.not_traced(thread)
         thread.start()
 
@@ -310,7 +309,14 @@ class Debugger:
 
 def _import_failed(exc: BaseException) -> DebuggerError:
     """debugpy is installed but its import failed: say what failed, not "install it"."""
+    hint = ""
+    if _native.gevent_patched():
+        hint = (
+            "; gevent has monkey-patched this process, and debugpy was imported in pydevd's "
+            "gevent mode (GEVENT_SUPPORT=True): report this with your gevent and debugpy "
+            "versions, or import debugpy in the main thread before the first wake"
+        )
     return DebuggerError(
         f"debugpy is installed but failed to import ({type(exc).__name__}: {exc}); the "
-        "debugger cannot start in this process"
+        f"debugger cannot start in this process{hint}"
     )

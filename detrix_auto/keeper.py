@@ -29,7 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from . import _log
+from . import _log, _native
 from ._pydevd import UNKNOWN
 from .contract import holds_connection
 from .errors import DaemonError, DetrixError
@@ -115,9 +115,9 @@ class Backoff:
 class Keeper:
     def __init__(self, client: Kept) -> None:
         self._client = client
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # its start and end do not race a wake
-        self._event = threading.Event()
+        self._thread: _native.ThreadLike | None = None
+        self._lock = _native.Lock()  # its start and end do not race a wake
+        self._event = _native.Event()
         self.backoff = Backoff(0.5, client.settings.wake_retry_max)
         self._last_look = 0.0  # last look of any kind (rate-limits pokes)
         self._last_network = 0.0  # last read-back of our connection from the daemon
@@ -129,7 +129,7 @@ class Keeper:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._thread = threading.Thread(target=self._run, name="detrix-keeper", daemon=True)
+            self._thread = _native.Thread(self._run, "detrix-keeper")
             self._thread.start()
 
     def nudge(self) -> None:

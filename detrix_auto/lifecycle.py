@@ -23,12 +23,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _debug_gate, _log, _pydevd
+from . import _debug_gate, _log, _native, _pydevd
 from ._handoff import quick_handoffs
 from ._status import daemon_at_rest, status_document
 from .config import DEFAULT_DAEMON_URL, Settings, control_plane_url, same_origin
@@ -105,7 +104,7 @@ class Client:
                 warm=self.debugger.imported,
             )
         )
-        self.op_lock = threading.Lock()
+        self.op_lock = _native.Lock()
         self.links = Links()
         self.sessions = Sessions()
         self.keeper = Keeper(self)
@@ -288,6 +287,7 @@ class Client:
             changes["last_error"] = None
         self.cell.update(state=State.WAKING, **changes)
         settings = self.settings
+        patched_before = _native.gevent_patched()
         try:
             daemon = self._daemon_factory(url, settings)
             daemon.health(settings.health_check_timeout)
@@ -316,8 +316,16 @@ class Client:
             self._wake_failed(str(exc))
             raise
         except Exception as exc:  # noqa: BLE001 - a foreign failure becomes ours
-            self._wake_failed(str(exc))
-            raise DebuggerError(f"wake failed unexpectedly: {type(exc).__name__}: {exc}") from None
+            message = f"wake failed unexpectedly: {type(exc).__name__}: {exc}"
+            if not patched_before and _native.gevent_patched():
+                # Locks and imports held across patch_all() by this wake's thread break.
+                message = (
+                    "gevent monkey-patched this process while this wake ran "
+                    f"({type(exc).__name__}: {exc}); wake again now that it has, or wake only "
+                    "after the application has called patch_all()"
+                )
+            self._wake_failed(message)
+            raise DebuggerError(message) from None
         self.links.paid(connection_id)
         if connection_id != expected:
             self.links.remember(Link(daemon, connection_id, token))

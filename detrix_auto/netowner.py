@@ -36,6 +36,8 @@ import struct
 import sys
 import time
 
+from . import _native
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -221,7 +223,7 @@ def server_end(sock: Any, *, settle: float = 0.05) -> TcpSocket | None:
         if waiting_on is None or time.monotonic() >= deadline:
             # No connection and no listener here: the server is elsewhere.
             return None
-        time.sleep(pause)
+        _native.sleep(pause)
         pause = min(pause * 2, 0.01)
 
 

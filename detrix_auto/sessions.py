@@ -17,12 +17,11 @@ keeps weak references only, so a session that ended is never kept alive here.
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
 from typing import Any
 
-from . import _pydevd
+from . import _native, _pydevd
 
 __all__ = ["Sessions"]
 
@@ -36,7 +35,7 @@ class Sessions:
         self._settled: weakref.ref[Any] | None = None
         self._settled_until = 0.0
         self._past: list[weakref.ref[Any]] = []
-        self._past_lock = threading.Lock()  # keeper and wake both touch it; no I/O under it
+        self._past_lock = _native.Lock()  # keeper and wake both touch it; no I/O under it
 
     # -- the current session -----------------------------------------------------
 

@@ -9,10 +9,11 @@ which is held only for that, never across I/O.
 from __future__ import annotations
 
 import enum
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
+
+from . import _native
 
 __all__ = ["Snapshot", "State", "StateCell"]
 
@@ -48,7 +49,7 @@ class StateCell:
     """One mutable reference to the current :class:`Snapshot`."""
 
     def __init__(self, initial: Snapshot) -> None:
-        self.lock = threading.Lock()
+        self.lock = _native.Lock()
         self._current = replace(initial, since=time.time())
 
     @property

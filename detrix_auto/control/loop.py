@@ -28,11 +28,10 @@ Every descriptor is checked before use and before close (``control/fds.py``).
 from __future__ import annotations
 
 import _socket
-import _thread
 import errno
-import select
 import time
 
+from .. import _native
 from . import fds
 from .http import (
     MAX_BODY,
@@ -130,7 +129,7 @@ class EventLoop:
         self._stopping = False
         self._lost = False
         # Jobs, results and the wake-up pair are shared with the workers: _lock.
-        self._lock = _thread.allocate_lock()
+        self._lock = _native.Lock()
         self._jobs: list[tuple[Connection, Deferred]] = []
         self._done: list[tuple[Connection, bytes, bool]] = []
         self._workers = 0  # live worker threads
@@ -506,9 +505,7 @@ def _start_worker(target: Callable[[], None]) -> None:
     from .._mainthread import ensure_threading
 
     ensure_threading()  # before 3.13 the first importer of threading becomes "main"
-    import threading
-
-    threading.Thread(target=target, name="detrix-worker", daemon=True).start()
+    _native.Thread(target, "detrix-worker").start()
 
 
 class _Poller:
@@ -516,7 +513,7 @@ class _Poller:
 
     def __init__(self) -> None:
         self._masks: dict[int, int] = {}
-        self._poll = select.poll() if hasattr(select, "poll") else None
+        self._poll: Any = _native.poll()
 
     def set(self, fd: int, mask: int) -> None:
         """Watch ``fd`` for ``mask``; 0 stops watching it."""
@@ -541,13 +538,14 @@ class _Poller:
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         if self._poll is not None:
-            return self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+            ready: list[tuple[int, int]] = self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+            return ready
         readers = [fd for fd, m in self._masks.items() if m & READ]
         writers = [fd for fd, m in self._masks.items() if m & WRITE]
         if not readers and not writers:
-            time.sleep(timeout)
+            _native.sleep(timeout)
             return []
-        r, w, _ = select.select(readers, writers, [], timeout)
+        r, w, _ = _native.select(readers, writers, [], timeout)
         events: dict[int, int] = {}
         for fd in r:
             events[fd] = events.get(fd, 0) | READ

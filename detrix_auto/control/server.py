@@ -34,6 +34,7 @@ import _thread
 import os
 import time
 
+from .. import _native
 from ..errors import ControlPlaneError
 from . import fds
 
@@ -79,7 +80,7 @@ class ControlServer:
         self._sock = self._bind(host, port)
         self._ident = fds.identity(self._sock)
         self.port: int = self._sock.getsockname()[1]
-        self._lock = _thread.allocate_lock()
+        self._lock = _native.Lock()
         self._phase = NEW
         self._loop: Any = None
         #: A client accepted while a fork paused us: served first on resume.
@@ -87,9 +88,9 @@ class ControlServer:
         #: Where the connection that ends the idle thread for a fork comes from.
         self._wakeup_peer: Any = None
         # Held by the serving thread while it runs: close() and forks wait on it.
-        self._running = _thread.allocate_lock()
+        self._running = _native.Lock()
         # Held from a thread's start until it has said who it is (_thread_ident, _native_id).
-        self._starting = _thread.allocate_lock()
+        self._starting = _native.Lock()
         self._thread_ident = 0
         self._native_id = 0
 
@@ -145,7 +146,7 @@ class ControlServer:
         self._running.acquire()
         self._starting.acquire()
         try:
-            _thread.start_new_thread(self._serve, ())
+            _native.start_new_thread(self._serve, ())
         except BaseException:
             self._starting.release()
             self._running.release()
@@ -155,7 +156,7 @@ class ControlServer:
             raise
 
     def _serve(self) -> None:
-        self._thread_ident = _thread.get_ident()
+        self._thread_ident = _native.get_ident()
         self._native_id = _thread.get_native_id()
         self._starting.release()
         try:
@@ -208,7 +209,7 @@ class ControlServer:
                 if exc.errno in _TRANSIENT:
                     continue
                 if exc.errno in _EXHAUSTED:
-                    time.sleep(0.1)  # out of descriptors: the host needs them more
+                    _native.sleep(0.1)  # out of descriptors: the host needs them more
                     continue
                 with self._lock:
                     if self._phase in (CLOSED, PAUSING):
@@ -289,7 +290,7 @@ class ControlServer:
         the threads of ``/proc/self/stat``, and a thread outlives the end of
         its Python code by a little. True when paused.
         """
-        if _thread.get_ident() == self._thread_ident:
+        if _native.get_ident() == self._thread_ident:
             return False  # forking from our own thread
         if self._phase != ACCEPTING:
             return False
@@ -347,7 +348,7 @@ class ControlServer:
         # Its Python part is over (we hold the GIL again); the OS thread ends
         # within microseconds: poll, yielding the CPU to it meanwhile.
         task = f"/proc/self/task/{self._native_id}"
-        yield_cpu = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+        yield_cpu = getattr(os, "sched_yield", None) or (lambda: _native.sleep(0))
         while True:
             try:
                 os.stat(task)
@@ -413,7 +414,7 @@ class ControlServer:
         # Wait (bounded) for a serving thread we could wake, unless we are it.
         if (
             (ours or loop is not None)
-            and _thread.get_ident() != self._thread_ident
+            and _native.get_ident() != self._thread_ident
             and self._running.acquire(timeout=CLOSE_TIMEOUT)
         ):
             self._running.release()

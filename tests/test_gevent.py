@@ -1,0 +1,191 @@
+"""A gevent application, monkey-patched with ``patch_all()``: woken, watched, put to sleep.
+
+Real gevent, a real subprocess started with ``DETRIX_ENABLE=1`` (or calling
+``init()`` after it patched), the embedded daemon. The logpoints sit in a
+greenlet's function; the app spawns a greenlet per iteration.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+from support import wait_until
+
+from detrix_auto.devdaemon import MetricSpec
+
+pytest.importorskip(
+    "gevent",
+    reason="gevent is not installed for this Python (no wheel for it: the gevent tests skip)",
+)
+
+pytestmark = pytest.mark.e2e
+
+#: ``{before}`` runs before gevent patches (a pause at import, or nothing);
+#: ``{after}`` right after ``patch_all()``. ``value`` is set at the line marked
+#: ``# @set``; the logpoint goes on the line after it.
+APP = textwrap.dedent(
+    """\
+    import os, sys, time
+    {before}
+    from gevent import monkey
+    monkey.patch_all()
+    {after}
+    import gevent
+    print("patched", flush=True)
+
+    def work(n):
+        value = n * 10  # @set
+        env = os.environ.get("GEVENT_SUPPORT", "unset")
+        gevent.sleep(0.01)
+        return value, env
+
+    n = 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        n += 1
+        gevent.joinall([gevent.spawn(work, n), gevent.spawn(gevent.sleep, 0.01)])
+    """
+)
+
+
+def _app_source(before: str = "", after: str = "") -> str:
+    return APP.format(before=before, after=after)
+
+
+def _line(source: str, marker: str) -> int:
+    for number, text in enumerate(source.splitlines(), start=1):
+        if marker in text:
+            return number
+    raise AssertionError(marker)
+
+
+def _watch(daemon, app, source: str) -> None:
+    daemon.add_metric(
+        MetricSpec(
+            name="value",
+            path=str(app.script),
+            line=_line(source, "# @set") + 1,
+            expressions=("value", "n"),
+        )
+    )
+    daemon.add_metric(
+        MetricSpec(
+            name="env",
+            path=str(app.script),
+            line=_line(source, "# @set") + 2,
+            expressions=("os.environ.get('GEVENT_SUPPORT', 'unset')",),
+        )
+    )
+
+
+def _wait_patched(app) -> None:
+    line = app.proc.stdout.readline()
+    assert line.strip() == "patched", line
+
+
+def _wake(app, daemon) -> dict:
+    started = time.monotonic()
+    code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url}, timeout=30)
+    assert code == 200, body
+    assert time.monotonic() - started < 15
+    return body
+
+
+def _values_are_real(hits) -> None:
+    for hit in hits:
+        value, n = (int(v) for v in hit.values)
+        assert value == n * 10  # the greenlet's own values at that line
+
+
+def _ends_cleanly(app) -> None:
+    out, err = app.stop()
+    assert "Traceback" not in err, err
+    assert "greenlet.error" not in err, err
+
+
+def test_a_logpoint_in_a_greenlet_reports_and_the_host_env_is_untouched(spawn, daemon):
+    source = _app_source()
+    app = spawn(source)
+    _wait_patched(app)
+    _watch(daemon, app, source)
+    body = _wake(app, daemon)
+    hits = daemon.wait_for_hits("value", count=5, timeout=30)
+    _values_are_real(hits)
+    assert hits[-1].connection_id == body["connection_id"]
+    # pydevd's gevent mode was set for debugpy's import only: the host never sees it.
+    env = daemon.wait_for_hits("env", count=2, timeout=30)
+    assert {hit.values[0] for hit in env} == {"unset"}, env
+    assert app.status()["state"] == "awake"
+    _ends_cleanly(app)
+
+
+def test_wake_sleep_wake_again(spawn, daemon):
+    source = _app_source()
+    app = spawn(source)
+    _wait_patched(app)
+    _watch(daemon, app, source)
+    first = _wake(app, daemon)
+    daemon.wait_for_hits("value", count=2, timeout=30)
+    assert app.request("POST", "/detrix/sleep", timeout=30) == (200, {"status": "sleeping"})
+    time.sleep(0.3)
+    before = len(daemon.hits("value"))
+    time.sleep(0.5)
+    assert len(daemon.hits("value")) <= before + 1  # asleep: the logpoints stopped
+    second = _wake(app, daemon)
+    assert second["debug_port"] == first["debug_port"]
+    wait_until(lambda: len(daemon.hits("value")) >= before + 3, timeout=30)
+    _values_are_real(daemon.hits("value"))
+    assert daemon.registrations == 2
+    assert app.request("POST", "/detrix/sleep", timeout=30)[0] == 200
+    _ends_cleanly(app)
+
+
+def test_the_control_plane_answers_during_start_up_and_a_later_wake_works(spawn, daemon):
+    """Requests while the app still sleeps at import (before patch_all), then a wake after."""
+    source = _app_source(before="time.sleep(2.0)")
+    app = spawn(source)
+    worst = 0.0
+    for _ in range(5):  # the control plane's loop and parser load now, before gevent
+        started = time.monotonic()
+        assert app.status()["state"] == "sleeping"
+        assert app.request("GET", "/detrix/health")[0] == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.1)
+    assert worst < 1.0
+    _wait_patched(app)
+    for _ in range(3):
+        assert app.status()["state"] == "sleeping"
+    _watch(daemon, app, source)
+    _wake(app, daemon)
+    _values_are_real(daemon.wait_for_hits("value", count=3, timeout=30))
+    assert app.request("POST", "/detrix/sleep", timeout=30)[0] == 200
+    _ends_cleanly(app)
+
+
+def test_patch_all_before_our_start(spawn, daemon):
+    """The app patches first, then starts detrix-auto itself with init()."""
+    source = _app_source(after="import detrix_auto; detrix_auto.init()")
+    app = spawn(source, env={"DETRIX_ENABLE": ""})
+    _wait_patched(app)
+    _watch(daemon, app, source)
+    _wake(app, daemon)
+    _values_are_real(daemon.wait_for_hits("value", count=3, timeout=30))
+    assert app.request("POST", "/detrix/sleep", timeout=30)[0] == 200
+    _wake(app, daemon)
+    assert app.request("POST", "/detrix/sleep", timeout=30)[0] == 200
+    _ends_cleanly(app)
+
+
+def test_status_answers_at_once_while_greenlets_run(spawn):
+    source = _app_source()
+    app = spawn(source)
+    _wait_patched(app)
+    worst = 0.0
+    for _ in range(20):
+        started = time.monotonic()
+        assert app.status()["state"] == "sleeping"
+        worst = max(worst, time.monotonic() - started)
+    assert worst < 0.5, worst
+    _ends_cleanly(app)
