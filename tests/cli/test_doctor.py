@@ -536,10 +536,10 @@ def test_doctor_shows_what_this_debugpy_offers(cli):
 
 def test_doctor_names_a_missing_capability_and_what_it_costs(monkeypatch):
     """A debugpy without the gate: an error that says wake is refused, and why."""
-    from detrix_auto.cli import _doctor
+    from detrix_auto.cli._doctor import daemon
 
     record = {"debugpy": "9.9.9", "tracing": "settrace", "missing": {"gate": "moved"}}
-    monkeypatch.setattr(_doctor, "_DEBUGGER_PROBE", f"print({json.dumps(record)!r})")
-    (finding,) = _doctor.check_debugger()
+    monkeypatch.setattr(daemon, "_DEBUGGER_PROBE", f"print({json.dumps(record)!r})")
+    (finding,) = daemon.check_debugger()
     assert finding.check == "debugger:gate" and finding.level == "error"
     assert "debugpy 9.9.9 lacks" in finding.text and "wake is refused" in finding.text
