@@ -67,11 +67,6 @@ def interpreter_flags(argv: list[str]) -> set[str]:
     return flags
 
 
-def _no_site_flag(argv: list[str]) -> bool:
-    """True if the interpreter options before the script include ``-S``."""
-    return "S" in interpreter_flags(argv)
-
-
 def _namespace(pid: int | str, kind: str) -> str:
     try:
         return os.readlink(f"/proc/{pid}/ns/{kind}")
