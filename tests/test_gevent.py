@@ -87,7 +87,16 @@ def _wait_patched(app) -> None:
 
 def _wake(app, daemon) -> dict:
     started = time.monotonic()
-    code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url}, timeout=30)
+    try:
+        code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url}, timeout=30)
+    except OSError as exc:
+        try:
+            status = app.status()
+        except OSError as again:
+            status = {"unreachable": repr(again)}
+        _, err = app.stop()
+        detail = f"wake unanswered ({exc!r}); status {status}; stderr:\n{err}"
+        raise AssertionError(detail) from None
     assert code == 200, body
     assert time.monotonic() - started < 15
     return body

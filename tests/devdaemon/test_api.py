@@ -257,8 +257,8 @@ def test_without_the_grace_the_separate_adapter_refuses_and_then_goes_deaf(
     """Why ``reattach_grace`` exists (notes, finding d): re-attaching within ~40 ms
     of closing makes debugpy's adapter refuse, and its listener never recovers."""
     # The window is debugpy's and lasts tens of milliseconds: on a loaded machine the
-    # second attach can come after it. Three fresh adapters get three chances.
-    for _ in range(3):
+    # second attach can come after it. Five fresh adapters get five chances.
+    for _ in range(5):
         app = debuggee_factory("adapter")
         with DevDaemon(attach_timeout=1.0, reattach_grace=0.0) as daemon:
             cid = http(daemon.url, "POST", API, reg_body(app)).json()["connectionId"]
@@ -268,8 +268,11 @@ def test_without_the_grace_the_separate_adapter_refuses_and_then_goes_deaf(
                 continue
             assert "already being debugged" in refused.json()["error"]
             time.sleep(0.3)
+            # Deaf: the adapter never answers an attach again (it either accepts and
+            # never answers ``initialize``, or has stopped listening altogether).
             deaf = http(daemon.url, "POST", API, reg_body(app))
-            assert deaf.status == 500 and "initialize" in deaf.json()["error"]
+            assert deaf.status == 500, deaf.json()
+            assert "initialize" in deaf.json()["error"] or "refused" in deaf.json()["error"]
             return
     pytest.skip("every re-attach came after debugpy's refusal window (a slow machine)")
 

@@ -256,7 +256,7 @@ def test_host_killed_while_waking(
         # The delayed registration reaches the daemon after the host is gone.
         wait_until(lambda: daemon.connections, timeout=8, what="the late registration")
     if handled:
-        assert app.proc.returncode == 0
+        assert app.proc.returncode == 0, app.proc.communicate(timeout=5)[1][-3000:]
         assert took < 2.2  # exit waits 0.5 s for the wake's lock, not 3 s for the wake
         assert not (home / "clients" / f"{app.pid}.json").exists()  # atexit ran
     else:
