@@ -650,14 +650,22 @@ def start_tracing() -> bool:
 
 
 def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
-    """Trace function that switches tracing off in the thread that calls it."""
-    with _REMOVER_LOCK:  # a rearm in between must not be undone here
+    """Trace function that switches tracing off in the thread that calls it.
+
+    All of it under the lock: a re-arm (:func:`_clear_removers`, then pydevd's
+    tracer on every frame) must come wholly before or wholly after. Clearing
+    frames after the lock was let go could wipe the tracer a re-arm had just
+    put on a running frame, and a module-level loop that calls no Python
+    function would then never report again (seen: 1 wake in ~150 right after
+    a sleep). Trace functions are not traced, so nothing here re-enters.
+    """
+    with _REMOVER_LOCK:
         active = _REMOVER_ACTIVE[0]
         if active:
             _original_settrace()(None)
-    for f in _stack(frame):
-        if active or f.f_trace is _remove_trace:
-            f.f_trace = None  # if rearmed since: pydevd decides anew for the frame
+        for f in _stack(frame):
+            if active or f.f_trace is _remove_trace:
+                f.f_trace = None  # if rearmed since: pydevd decides anew for the frame
 
 
 def _stack(frame: FrameType | None) -> Iterator[FrameType]:
@@ -825,12 +833,16 @@ def _untrace_main() -> None:
         interrupted = sys._getframe(2)
     except ValueError:  # not called through the trampoline: nothing to mark
         interrupted = None
-    for frame in _stack(interrupted):
-        frame.f_trace = _remove_trace
+    frames = list(_stack(interrupted))  # before the lock: a Python call may be traced
+    # Marking and installing under the lock, and only while still disarming: a
+    # re-arm in between has put pydevd's tracer on these frames, and marking them
+    # now would have the next event wipe it.
     # Last: once this thread has a tracer, any Python call here would be a
     # 'call' event, and the removal would happen in this nested loop after all.
     with _REMOVER_LOCK:
         if _REMOVER_ACTIVE[0]:
+            for frame in frames:
+                frame.f_trace = _remove_trace
             _original_settrace()(_remove_trace)
 
 
