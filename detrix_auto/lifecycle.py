@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _debug_gate, _log, _native, _pydevd
 from ._handoff import quick_handoffs
@@ -79,6 +79,16 @@ def _default_daemon_factory(url: str, settings: Settings) -> DaemonClient:
     )
 
 
+class ControlEndpoint(Protocol):
+    """What the client needs of the control plane the runtime started for it:
+    where it listens (for status and the registration) and how to close it."""
+
+    host: str
+    port: int
+
+    def close(self) -> None: ...
+
+
 class Client:
     """One process's Detrix client: settings, state, debugger, daemon link."""
 
@@ -114,7 +124,7 @@ class Client:
         # The override of the last wake, for the keeper's retries while wanted awake.
         self._wake_override: tuple[str, bool] | None = None
         self._closed = False
-        self.control: Any = None  # the control server, set by the runtime
+        self.control: ControlEndpoint | None = None  # set by the runtime
         #: The daemon's advertised URL, learnt at the last registration (None if it
         #: sent none): the wake result's and ``/detrix/discover``'s ``daemon_url``.
         self.daemon_advertise_url: str | None = None
