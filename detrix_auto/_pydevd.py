@@ -656,8 +656,10 @@ def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
     tracer on every frame) must come wholly before or wholly after. Clearing
     frames after the lock was let go could wipe the tracer a re-arm had just
     put on a running frame, and a module-level loop that calls no Python
-    function would then never report again (seen: 1 wake in ~150 right after
-    a sleep). Trace functions are not traced, so nothing here re-enters.
+    function would then never report again. Trace functions are not traced,
+    so nothing here re-enters. (A wake right after a sleep still misses on
+    3.10/3.11 about once in 100-150 fresh processes; that cause is not this
+    one and is not found yet.)
     """
     with _REMOVER_LOCK:
         active = _REMOVER_ACTIVE[0]
