@@ -168,11 +168,11 @@ class Api:
             raise _Refused(404, f"no route for {_CONNECTIONS}/{'/'.join(rest)[:200]}")
         if rest[0] == "cleanup":
             _allow(method, "POST")
-            return lambda r, q: Reply(200, {"deleted": self.daemon.cleanup_connections()})
+            return lambda r, q: Reply(200, {"deleted": self.daemon.sessions.cleanup_connections()})
         connection_id = unquote(rest[0])
         _allow(method, "GET", "DELETE")
         if method == "GET":
-            return lambda r, q: Reply(200, self.daemon.connection_json(connection_id))
+            return lambda r, q: Reply(200, self.daemon.sessions.connection_json(connection_id))
         return lambda r, q: self._unregister(connection_id)
 
     def _metric_route(
@@ -200,7 +200,7 @@ class Api:
         if action == "history":
             return lambda r, q: self._history(metric_id, q)
         if method == "GET":
-            return lambda r, q: Reply(200, self.daemon.get_metric(metric_id).to_json())
+            return lambda r, q: Reply(200, self.daemon.catalog.get_metric(metric_id).to_json())
         if method == "PUT":
             return lambda r, q: self._update_metric(metric_id, r)
         return lambda r, q: self._delete_metric(metric_id)
@@ -209,7 +209,7 @@ class Api:
 
     def _list_connections(self, request: Request, query: dict[str, str]) -> Reply:
         active_only = _bool_param(query, "activeOnly") or False
-        return Reply(200, self.daemon.connections_json(active_only))
+        return Reply(200, self.daemon.sessions.connections_json(active_only))
 
     def _register(self, request: Request, query: dict[str, str]) -> Reply:
         fields = _registration(_json_object(request))
@@ -234,7 +234,9 @@ class Api:
         limit = _int_param(query, "limit", DEFAULT_LIMIT, minimum=0)
         limit = min(limit, MAX_METRICS_LIMIT)
         offset = _int_param(query, "offset", 0, minimum=0)
-        found = self.daemon.list_metrics(query.get("connectionId"), _bool_param(query, "enabled"))
+        found = self.daemon.catalog.list_metrics(
+            query.get("connectionId"), _bool_param(query, "enabled")
+        )
         page = found[offset : offset + limit]
         return Reply(
             200,
@@ -265,7 +267,7 @@ class Api:
         _optional(body, "language", str)  # ignored, as by the real daemon: the connection's
         replace = _optional(body, "replace", bool) or False
         _check_unsupported(body)
-        outcome = self.daemon.create_metric(
+        outcome = self.daemon.catalog.create_metric(
             name=name,
             connection_id=connection_id,
             file=file,
@@ -292,7 +294,7 @@ class Api:
         body = _json_object(request)
         _check_unsupported(body)
         expressions = _string_list(body, "expressions", required=False)
-        metric = self.daemon.update_metric(
+        metric = self.daemon.catalog.update_metric(
             metric_id,
             name=_optional(body, "name", str),
             group=_optional(body, "group", str),
@@ -302,11 +304,11 @@ class Api:
         return Reply(200, metric.to_json())
 
     def _delete_metric(self, metric_id: int) -> Reply:
-        self.daemon.delete_metric(metric_id)
+        self.daemon.catalog.delete_metric(metric_id)
         return Reply(204)
 
     def _toggle(self, metric_id: int, enabled: bool) -> Reply:
-        outcome = self.daemon.set_metric_enabled(metric_id, enabled)
+        outcome = self.daemon.catalog.set_metric_enabled(metric_id, enabled)
         payload: dict[str, Any] = {
             "metricId": outcome.metric.metric_id,
             "name": outcome.metric.name,
@@ -323,8 +325,10 @@ class Api:
         return Reply(200, payload)
 
     def _value(self, metric_id: int) -> Reply:
-        metric = self.daemon.get_metric(metric_id)
-        events, _total = self.daemon.metric_events([metric], limit=1, since=metric.created_at)
+        metric = self.daemon.catalog.get_metric(metric_id)
+        events, _total = self.daemon.catalog.metric_events(
+            [metric], limit=1, since=metric.created_at
+        )
         if not events:
             raise ServiceError(
                 404, Codes.METRIC_NOT_FOUND, f"metric {metric_id} has captured no value yet"
@@ -346,12 +350,12 @@ class Api:
         )
 
     def _history(self, metric_id: int, query: dict[str, str]) -> Reply:
-        metric = self.daemon.get_metric(metric_id)
+        metric = self.daemon.catalog.get_metric(metric_id)
         limit = min(_int_param(query, "limit", DEFAULT_LIMIT, minimum=0), MAX_EVENTS_LIMIT)
         offset = _int_param(query, "offset", 0, minimum=0)
         since = _int_param(query, "since", metric.created_at)
         until = _optional_int_param(query, "until")
-        events, total = self.daemon.metric_events(
+        events, total = self.daemon.catalog.metric_events(
             [metric], limit=limit, offset=offset, since=since, until=until, count=True
         )
         return Reply(
@@ -373,13 +377,13 @@ class Api:
         limit = min(_int_param(query, "limit", DEFAULT_LIMIT, minimum=0), MAX_EVENTS_LIMIT)
         metrics: list[Metric] | None = None
         if "metricId" in query:
-            metrics = [self.daemon.get_metric(_metric_id(query["metricId"], "metricId"))]
+            metrics = [self.daemon.catalog.get_metric(_metric_id(query["metricId"], "metricId"))]
         elif "metricName" in query:
-            metrics = self.daemon.metric_by_name(query["metricName"])
+            metrics = self.daemon.catalog.metric_by_name(query["metricName"])
         default_since = min(m.created_at for m in metrics) if metrics else None
         since = _optional_int_param(query, "since")
         events: list[Event]
-        events, _total = self.daemon.metric_events(
+        events, _total = self.daemon.catalog.metric_events(
             metrics, limit=limit, since=default_since if since is None else since
         )
         return Reply(200, [e.to_json() for e in events])

@@ -60,7 +60,6 @@ from .records import (
 )
 from .sessions import ATTACH_ARGUMENTS, INITIALIZE_ARGUMENTS, Sessions
 from .state import DaemonState
-from .store import Event, Metric
 
 __all__ = [
     "ATTACH_ARGUMENTS",
@@ -151,8 +150,9 @@ class DevDaemon:
         self._hits_changed = state.hits_changed
         self._installer = Installer(state)
         self._hits = Hits(state)
-        self._catalog = Catalog(state, self._installer)
-        self._sessions = Sessions(state, self._installer, self._hits)
+        #: The metric service and the connection service: the HTTP API calls them directly.
+        self.catalog = Catalog(state, self._installer)
+        self.sessions = Sessions(state, self._installer, self._hits)
         self._server: Any = None
         self._started_at = time.monotonic()
         self._started_wall = time.time()
@@ -260,7 +260,7 @@ class DevDaemon:
             server.stop()
         for conn in conns:
             if conn.client is not None:
-                self._sessions.drop_client(conn, "daemon stopped")
+                self.sessions.drop_client(conn, "daemon stopped")
 
     def __enter__(self) -> DevDaemon:
         return self.start()
@@ -281,93 +281,19 @@ class DevDaemon:
         :meth:`diagnostics`, not raised: the metric stays stored and is installed on
         the next attach.
         """
-        return self._catalog.add_metric(spec)
+        return self.catalog.add_metric(spec)
 
     def remove_metric(self, name: str) -> None:
         """Forget every metric named ``name`` and re-send their files' logpoints.
 
         Raises ``KeyError`` for an unknown name, so a typo is not silently ignored.
         """
-        self._catalog.remove_metric(name)
+        self.catalog.remove_metric(name)
 
     @property
     def metrics(self) -> dict[str, MetricSpec]:
         """A copy of the stored metrics by name (one of them where connections share a name)."""
-        return self._catalog.specs()
-
-    # -- the service the HTTP API calls (raises ServiceError) -----------------------------
-
-    def create_metric(
-        self,
-        *,
-        name: str,
-        connection_id: str,
-        file: str,
-        line: int,
-        expressions: tuple[str, ...],
-        enabled: bool,
-        group: str | None = None,
-        replace: bool = False,
-    ) -> MetricOutcome:
-        """``POST /api/v1/metrics``: see :meth:`.catalog.Catalog.create_metric`."""
-        return self._catalog.create_metric(
-            name=name,
-            connection_id=connection_id,
-            file=file,
-            line=line,
-            expressions=expressions,
-            enabled=enabled,
-            group=group,
-            replace=replace,
-        )
-
-    def get_metric(self, metric_id: int) -> Metric:
-        return self._catalog.get_metric(metric_id)
-
-    def metric_by_name(self, name: str) -> list[Metric]:
-        """Every metric of that name (one per connection at most), oldest first."""
-        return self._catalog.metric_by_name(name)
-
-    def list_metrics(self, connection_id: str | None, enabled: bool | None) -> list[Metric]:
-        """Stored metrics, newest first, optionally of one connection or enabled state."""
-        return self._catalog.list_metrics(connection_id, enabled)
-
-    def update_metric(
-        self,
-        metric_id: int,
-        *,
-        name: str | None = None,
-        group: str | None = None,
-        expressions: tuple[str, ...] | None = None,
-        enabled: bool | None = None,
-    ) -> Metric:
-        """``PUT /api/v1/metrics/{id}``: change what was given, then re-send the logpoints."""
-        return self._catalog.update_metric(
-            metric_id, name=name, group=group, expressions=expressions, enabled=enabled
-        )
-
-    def delete_metric(self, metric_id: int) -> None:
-        """``DELETE /api/v1/metrics/{id}``: forget it and its events, re-send its file."""
-        self._catalog.delete_metric(metric_id)
-
-    def set_metric_enabled(self, metric_id: int, enabled: bool) -> MetricOutcome:
-        """``POST /api/v1/metrics/{id}/enable|disable``: see :mod:`.catalog`."""
-        return self._catalog.set_metric_enabled(metric_id, enabled)
-
-    def metric_events(
-        self,
-        metrics: list[Metric] | None,
-        *,
-        limit: int,
-        offset: int = 0,
-        since: int | None = None,
-        until: int | None = None,
-        count: bool = False,
-    ) -> tuple[list[Event], int]:
-        """A page of events newest first (of some metrics, or all), and how many matched."""
-        return self._catalog.metric_events(
-            metrics, limit=limit, offset=offset, since=since, until=until, count=count
-        )
+        return self.catalog.specs()
 
     def status(self) -> dict[str, Any]:
         """``GET /api/v1/status``: what the real daemon reports that is true here too."""
@@ -465,26 +391,15 @@ class DevDaemon:
     @property
     def connections(self) -> dict[str, ConnectionRecord]:
         """A snapshot copy of every stored connection row."""
-        return self._sessions.records()
+        return self.sessions.records()
 
     def disconnect(self, connection_id: str) -> None:
         """What ``DELETE /api/v1/connections/{id}`` does: close the socket, keep the row.
 
         ``KeyError`` for an unknown id.
         """
-        if not self._sessions.unregister(connection_id):
+        if not self.sessions.unregister(connection_id):
             raise KeyError(connection_id)
-
-    def connection_json(self, connection_id: str) -> dict[str, Any]:
-        return self._sessions.connection_json(connection_id)
-
-    def connections_json(self, active_only: bool = False) -> list[dict[str, Any]]:
-        """Every row, most recently active first (as the real daemon orders them)."""
-        return self._sessions.connections_json(active_only)
-
-    def cleanup_connections(self) -> int:
-        """``POST /api/v1/connections/cleanup``: drop disconnected and failed rows."""
-        return self._sessions.cleanup_connections()
 
     def register(self, fields: dict[str, Any]) -> tuple[ConnectionRecord, bool]:
         """Register or reuse a connection; returns (record copy, attached_now).
@@ -492,10 +407,10 @@ class DevDaemon:
         ``ServiceError`` 400 for values the daemon cannot use (the real daemon
         answers those with 500), 500 when the DAP attach fails.
         """
-        return self._sessions.register(fields)
+        return self.sessions.register(fields)
 
     def unregister(self, connection_id: str) -> None:
-        if not self._sessions.unregister(connection_id):
+        if not self.sessions.unregister(connection_id):
             raise ServiceError(
                 404, Codes.CONNECTION_NOT_FOUND, f"connection {connection_id!r} not found"
             )
