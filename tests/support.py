@@ -45,6 +45,58 @@ SAMPLE_APP = textwrap.dedent(
 )
 SAMPLE_LINE = 8  # `time.sleep(0.02)`, just after `value = counter * 10`
 
+#: Source of ``probe()`` for a test app (module level, after ``import sys``): every
+#: way tracing could be left behind after sleep, for an exact assertion. The tracer
+#: of this thread and of threads started later, a trace function on any frame of any
+#: thread, and on 3.12+ the global events of every ``sys.monitoring`` tool and the
+#: local events on every code object (functions, running and suspended frames of
+#: generators and coroutines, nested code).
+TRACING_PROBE = textwrap.dedent(
+    """\
+    def probe():
+        import gc, threading, types
+
+        def stack(frame):
+            while frame is not None:
+                yield frame
+                frame = frame.f_back
+
+        state = {"gettrace": repr(sys.gettrace())}
+        gettrace = getattr(threading, "gettrace", None)
+        state["threading"] = repr(gettrace()) if gettrace else "None"
+        state["frames"] = sorted({
+            f"{frame.f_code.co_name}:{type(frame.f_trace).__name__}"
+            for top in sys._current_frames().values()
+            for frame in stack(top)
+            if frame.f_trace is not None
+        })
+        mon = getattr(sys, "monitoring", None)
+        if mon is None:
+            return state
+        tools = [t for t in range(6) if mon.get_tool(t) is not None]
+        state["events"] = {t: mon.get_events(t) for t in tools if mon.get_events(t)}
+        codes = set()
+        for obj in gc.get_objects():
+            code = (getattr(obj, "__code__", None) or getattr(obj, "gi_code", None)
+                    or getattr(obj, "cr_code", None))
+            if isinstance(code, types.CodeType):
+                codes.add(code)
+        for top in sys._current_frames().values():
+            codes.update(frame.f_code for frame in stack(top))
+        pending = list(codes)
+        while pending:
+            for const in pending.pop().co_consts:
+                if isinstance(const, types.CodeType) and const not in codes:
+                    codes.add(const)
+                    pending.append(const)
+        state["local"] = sorted(
+            f"{code.co_name}@{t}={mon.get_local_events(t, code)}"
+            for code in codes for t in tools if mon.get_local_events(t, code)
+        )
+        return state
+    """
+)
+
 #: A small trading loop, watched by the tests of the daemon's metrics API as the
 #: original project's agent simulation watches its trade bot. Every value is a
 #: function of ``iteration``, so a test can tell a captured value is the one the

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import App
+from support import TRACING_PROBE, App
 
 from detrix_auto.devdaemon import MetricSpec
 
@@ -37,8 +37,9 @@ pytestmark = pytest.mark.debugpy_contract
 #: The app: blocks of work in the main thread, a cold function called once a
 #: block (the logpoint's line), a short-lived thread now and then, and a stop
 #: file so that it ends by itself (a hang at exit is a failure).
-OVERHEAD_APP = textwrap.dedent(
-    """\
+OVERHEAD_APP = (
+    textwrap.dedent(
+        """\
     import faulthandler, json, os, signal, sys, threading, time
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
@@ -69,48 +70,11 @@ OVERHEAD_APP = textwrap.dedent(
     def side():
         return sum(range(100))
 
-    def stack(frame):
-        while frame is not None:
-            yield frame
-            frame = frame.f_back
-
-    def probe():  # every way tracing could be left behind, for the exact assertion
-        state = {"gettrace": repr(sys.gettrace())}
-        gettrace = getattr(threading, "gettrace", None)  # 3.10+: for threads started later
-        state["threading"] = repr(gettrace()) if gettrace else "None"
-        # A trace function left on any frame of any thread (set per frame by tracers).
-        state["frames"] = sorted({
-            f"{frame.f_code.co_name}:{type(frame.f_trace).__name__}"
-            for top in sys._current_frames().values()
-            for frame in stack(top)
-            if frame.f_trace is not None
-        })
-        mon = getattr(sys, "monitoring", None)
-        if mon is not None:  # 3.12+: events of any tool, global and on any code object
-            tools = [t for t in range(6) if mon.get_tool(t) is not None]
-            state["events"] = {t: mon.get_events(t) for t in tools if mon.get_events(t)}
-            import gc, types
-            codes = set()
-            for obj in gc.get_objects():
-                code = getattr(obj, "__code__", None)
-                if isinstance(code, types.CodeType):
-                    codes.add(code)
-            for top in sys._current_frames().values():
-                codes.update(frame.f_code for frame in stack(top))
-            pending = list(codes)
-            while pending:
-                for const in pending.pop().co_consts:
-                    if isinstance(const, types.CodeType) and const not in codes:
-                        codes.add(const)
-                        pending.append(const)
-            state["local"] = sorted(
-                f"{code.co_name}@{t}={mon.get_local_events(t, code)}"
-                for code in codes
-                for t in tools
-                if mon.get_local_events(t, code)
-            )
-        return state
-
+    """
+    )
+    + TRACING_PROBE
+    + textwrap.dedent(
+        """\
     stop = sys.argv[1]
     n = int(sys.argv[2])
     block = 0
@@ -130,6 +94,7 @@ OVERHEAD_APP = textwrap.dedent(
         block += 1
     print("bye", flush=True)
     """
+    )
 )
 COLD_LINE = next(i for i, line in enumerate(OVERHEAD_APP.splitlines(), 1) if "COLD_LINE" in line)
 BLOCK_N = 60_000

@@ -22,52 +22,16 @@ import time
 from pathlib import Path
 
 import pytest
-from support import App, wait_until
+from support import TRACING_PROBE, App, wait_until
 
 from detrix_auto.devdaemon import MetricSpec
 
 pytestmark = [pytest.mark.debugpy_contract, pytest.mark.e2e]
 
-#: What is left of tracing in the app: global events of every tool and local events
-#: on every code object of this file (functions, suspended frames, nested code).
-PROBE = textwrap.dedent(
-    """\
-    def probe(extra_frames=()):
-        import gc, types
-        state = {"gettrace": repr(sys.gettrace())}
-        mon = getattr(sys, "monitoring", None)
-        if mon is None:
-            return state
-        tools = [t for t in range(6) if mon.get_tool(t) is not None]
-        state["events"] = {t: mon.get_events(t) for t in tools if mon.get_events(t)}
-        codes = set()
-        for obj in gc.get_objects():
-            code = getattr(obj, "__code__", None) or getattr(obj, "gi_code", None) \\
-                or getattr(obj, "cr_code", None)
-            if isinstance(code, types.CodeType):
-                codes.add(code)
-        for top in sys._current_frames().values():
-            while top is not None:
-                codes.add(top.f_code)
-                top = top.f_back
-        pending = list(codes)
-        while pending:
-            for const in pending.pop().co_consts:
-                if isinstance(const, types.CodeType) and const not in codes:
-                    codes.add(const)
-                    pending.append(const)
-        state["local"] = sorted(
-            f"{code.co_name}@{t}={mon.get_local_events(t, code)}"
-            for code in codes for t in tools if mon.get_local_events(t, code)
-        )
-        return state
-    """
-)
-
 #: An asyncio service: its loop starts long before any wake and only ever resumes.
 ASYNC_APP = (
     "import asyncio, json, os, sys\n"
-    + PROBE
+    + TRACING_PROBE
     + textwrap.dedent(
         """\
         async def ticker():
@@ -102,7 +66,7 @@ ASYNC_APP = (
 #: A generator paused at its ``yield`` before the wake, resumed ten times a second.
 GENERATOR_APP = (
     "import json, os, sys, time\n"
-    + PROBE
+    + TRACING_PROBE
     + textwrap.dedent(
         """\
         def counter():
