@@ -81,6 +81,14 @@ def _watch(daemon, app, source: str) -> None:
     )
 
 
+def _watched(spawn, daemon, source: str, **spawn_options):
+    """The app started and patched, its two metrics stored on the daemon."""
+    app = spawn(source, **spawn_options)
+    _wait_patched(app)
+    _watch(daemon, app, source)
+    return app
+
+
 def _wait_patched(app) -> None:
     line = app.proc.stdout.readline()
     assert line.strip() == "patched", line
@@ -117,9 +125,7 @@ def _ends_cleanly(app) -> None:
 
 def test_a_logpoint_in_a_greenlet_reports_and_the_host_env_is_untouched(spawn, daemon):
     source = _app_source()
-    app = spawn(source)
-    _wait_patched(app)
-    _watch(daemon, app, source)
+    app = _watched(spawn, daemon, source)
     body = _wake(app, daemon)
     hits = daemon.wait_for_hits("value", count=5, timeout=30)
     _values_are_real(hits)
@@ -133,9 +139,7 @@ def test_a_logpoint_in_a_greenlet_reports_and_the_host_env_is_untouched(spawn, d
 
 def test_wake_sleep_wake_again(spawn, daemon):
     source = _app_source()
-    app = spawn(source)
-    _wait_patched(app)
-    _watch(daemon, app, source)
+    app = _watched(spawn, daemon, source)
     first = _wake(app, daemon)
     daemon.wait_for_hits("value", count=2, timeout=30)
     assert app.request("POST", "/detrix/sleep", timeout=30) == (200, {"status": "sleeping"})
@@ -184,9 +188,7 @@ def test_the_control_plane_answers_during_start_up_and_a_later_wake_works(spawn,
 def test_patch_all_before_our_start(spawn, daemon):
     """The app patches first, then starts detrix-auto itself with init()."""
     source = _app_source(after="import detrix_auto; detrix_auto.init()")
-    app = spawn(source, env={"DETRIX_ENABLE": ""})
-    _wait_patched(app)
-    _watch(daemon, app, source)
+    app = _watched(spawn, daemon, source, env={"DETRIX_ENABLE": ""})
     _wake(app, daemon)
     _values_are_real(daemon.wait_for_hits("value", count=3, timeout=30))
     assert app.request("POST", "/detrix/sleep", timeout=30)[0] == 200
