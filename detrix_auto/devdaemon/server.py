@@ -158,47 +158,27 @@ class DevDaemon:
         self._started_wall = time.time()
         self._request_log: deque[tuple[str, str, int]] = deque(maxlen=10_000)
 
-    # -- settings and counters kept in the shared state -----------------------------------
+    # -- settings and counters kept in the shared state (read-only here) ------------------
 
     @property
     def attach_timeout(self) -> float:
         return self._state.attach_timeout
 
-    @attach_timeout.setter
-    def attach_timeout(self, value: float) -> None:
-        self._state.attach_timeout = value
-
     @property
     def reattach_grace(self) -> float:
         return self._state.reattach_grace
-
-    @reattach_grace.setter
-    def reattach_grace(self, value: float) -> None:
-        self._state.reattach_grace = value
 
     @property
     def registrations(self) -> int:
         return self._state.registrations
 
-    @registrations.setter
-    def registrations(self, value: int) -> None:
-        self._state.registrations = value
-
     @property
     def unregistrations(self) -> int:
         return self._state.unregistrations
 
-    @unregistrations.setter
-    def unregistrations(self, value: int) -> None:
-        self._state.unregistrations = value
-
     @property
     def attaches(self) -> int:
         return self._state.attaches
-
-    @attaches.setter
-    def attaches(self, value: int) -> None:
-        self._state.attaches = value
 
     # -- lifecycle -----------------------------------------------------------------------
 
