@@ -60,7 +60,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     home.mkdir(mode=0o700)
     daemon = DevDaemon().start()
     proxy = FaultDaemon(backend=daemon).start()
-    app = start_app(root, home)
+    # The app outlives the module however slow the machine (the rig ends it): a fixed
+    # 120 s lifetime ran out mid-module on a loaded machine and failed every test after.
+    app = start_app(root, home, seconds=3600)
     try:
         warm_up(app, proxy.url)
         wait_until(lambda: not live_rows(daemon), what="warm-up detached")
