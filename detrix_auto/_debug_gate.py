@@ -169,7 +169,7 @@ def _accept(listener: socket.socket) -> tuple[socket.socket, Any]:
     fd, peer = listener._accept()  # type: ignore[attr-defined]
     cls = _native.socket_class()
     conn: socket.socket = cls(listener.family, listener.type, listener.proto, fileno=fd)
-    if socket.getdefaulttimeout() is None and listener.gettimeout() is not None:
+    if socket.getdefaulttimeout() is None and listener.gettimeout():  # as socket.accept()
         conn.setblocking(True)
     return conn, peer
 
