@@ -52,7 +52,13 @@ def test_a_woken_master_marks_its_later_workers_and_wake_says_why(cli, procs, da
         workers = [row for row in rows.values() if row["forked_from"] == master.pid]
         return workers[0] if len(workers) == 1 else None
 
-    rows = wait_until(lambda: (r := _ps(cli)) and master.pid in r and worker_of(r) and r, 30)
+    try:
+        rows = wait_until(lambda: (r := _ps(cli)) and master.pid in r and worker_of(r) and r, 30)
+    except AssertionError:
+        seen = _ps(cli)
+        master.kill()
+        _, err = master.communicate(timeout=10)
+        raise AssertionError(f"no master with one worker; ps: {seen}; gunicorn: {err[-3000:]}")
     first = worker_of(rows)
     assert rows[master.pid]["workers"] == [first["pid"]]
     assert rows[master.pid]["forked_from"] is None
