@@ -34,13 +34,13 @@ from __future__ import annotations
 import _thread
 import sys
 
+from . import _native
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["call_soon_in_main", "ensure_threading", "forget_after_fork"]
-
-_callbacks: list[object] = []  # keep ctypes callbacks alive
 
 
 def ensure_threading(wait: float = 0.25) -> None:
@@ -49,7 +49,7 @@ def ensure_threading(wait: float = 0.25) -> None:
         return  # 3.13 asks the runtime which thread is main
     done = _thread.allocate_lock()
     done.acquire()
-    if _schedule_in_main(lambda: _import_in_main(done)):
+    if call_soon_in_main(lambda: _import_in_main(done)):
         done.acquire(timeout=wait)
     # Whatever happened above, this thread must not end up "main": the main
     # thread may be busy in C, or its import may have failed (a pending call
@@ -61,27 +61,7 @@ def ensure_threading(wait: float = 0.25) -> None:
         _demote_current_thread(threading)
         # Rebuild the real one once the main thread runs Python again. Also
         # when the call above already ran: it found no threading to repair.
-        _schedule_in_main(_repair_in_main)
-
-
-def _schedule_in_main(func: object) -> bool:
-    try:
-        import ctypes
-
-        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-
-        def trampoline(_arg: object) -> int:
-            try:
-                func()  # type: ignore[operator]
-            except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
-                pass
-            return 0
-
-        callback = callback_type(trampoline)
-        _callbacks.append(callback)
-        return bool(ctypes.pythonapi.Py_AddPendingCall(callback, None) == 0)
-    except Exception:  # noqa: BLE001 - no ctypes (some embedded builds): fall back
-        return False
+        call_soon_in_main(_repair_in_main)
 
 
 def _import_in_main(done: _thread.LockType) -> None:
@@ -121,49 +101,136 @@ def _demote_current_thread(threading: object) -> None:
             locks.discard(lock)
 
 
-#: Functions waiting for the main thread (:func:`call_soon_in_main`).
+#: Functions waiting for the main thread (:func:`call_soon_in_main`), in order.
 _soon: list[Callable[[], object]] = []
+#: Whether a pending call of ours is queued or running: at most one at any time.
+_soon_pending = [False]
+_soon_lock = _native.Lock()
 _soon_trampoline: list[object] = []  # the one ctypes callback, made once
 
 
 def call_soon_in_main(func: Callable[[], object]) -> bool:
     """Run ``func`` in the main thread at its next bytecode boundary; False if impossible.
 
-    For calls that may repeat all through a process's life (one per fork):
-    one ctypes callback serves them all, and calls made while one is pending
-    ride along with it, so nothing accumulates.
+    All of ours go through one pending call at a time (``Py_AddPendingCall``):
+    a call asked for while one is queued or running joins it. Besides keeping
+    the queue short, this avoids a CPython 3.11 hang: a pending call that runs
+    in a traced thread while another pending call is queued spins forever at
+    its next Python function call (the eval breaker stays set for the nested
+    call, and traced calls re-check it without moving on). That is what held
+    the main thread of a 3.11 process at 100% CPU when a wake followed a sleep
+    (the sleep's call still running, the wake's queued). A function already
+    waiting is not queued twice.
     """
-    _soon.append(func)
-    if len(_soon) > 1:
-        return True  # the pending call already scheduled runs this one too
+    with _soon_lock:
+        if func in _soon:
+            return True
+        _soon.append(func)
+        if _soon_pending[0]:
+            return True  # the pending call queued or running now runs it too
+        _soon_pending[0] = True
+    _wait_until_main_left_ours()
+    # Not under the lock: 3.13 may run the call at once, inside Py_AddPendingCall.
+    if _add_pending_call():
+        return True
+    _forget_queued()
+    return False
+
+
+def _wait_until_main_left_ours(bound: float = 1.0) -> None:
+    """Until the main thread is out of our last pending call (a few bytecodes at most).
+
+    The last one may have finished its work, and be returning, when a new call
+    is asked for: CPython would run a pending call queued now at once, inside
+    that one, where 3.11 spins. While this thread holds the GIL, the main
+    thread is in our pending call only if its stack shows it: between the
+    queue and our Python code CPython never lets the GIL go.
+    """
+    main = _main_ident[0]
+    if main is None or main == _native.get_ident():
+        return
+    deadline = None
+    while True:
+        frame = sys._current_frames().get(main)
+        while frame is not None and frame.f_code not in _our_codes:
+            frame = frame.f_back
+        if frame is None:
+            return
+        del frame
+        import time
+
+        now = time.monotonic()
+        deadline = deadline if deadline is not None else now + bound
+        if now > deadline:
+            return  # not seen in practice; better a rare spin than a lost call
+        _native.sleep(0.001)
+
+
+def _forget_queued() -> None:
+    with _soon_lock:
+        del _soon[:]
+        _soon_pending[0] = False
+
+
+def _add_pending_call() -> bool:
     try:
         if not _soon_trampoline:
             _soon_trampoline.append(_make_trampoline(_run_soon))
         import ctypes
 
-        if ctypes.pythonapi.Py_AddPendingCall(_soon_trampoline[0], None) == 0:
-            return True
-    except Exception:  # noqa: BLE001, S110 - no ctypes or a full queue: the caller decides
-        pass
-    _soon.clear()
-    return False
+        return bool(ctypes.pythonapi.Py_AddPendingCall(_soon_trampoline[0], None) == 0)
+    except Exception:  # noqa: BLE001 - no ctypes (some embedded builds), or a full queue
+        return False
 
 
 def forget_after_fork() -> None:
     """In a forked child: calls the parent scheduled are the parent's business."""
+    global _soon_lock
+    _soon_lock = _native.Lock()
     del _soon[:]
+    _soon_pending[0] = False
 
 
 def _run_soon() -> None:
-    # Only what was waiting when this call began: a function that schedules
-    # itself again runs at a later pending call, not in a loop here.
-    batch = _soon[:]
-    del _soon[:]
-    for func in batch:
-        try:
-            func()
-        except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
-            pass
+    """The pending call: what was waiting when it began, and what joined meanwhile.
+
+    Before 3.13 it runs until nothing is left, also what a function queued
+    again: a pending call asked for from inside this one would be run by
+    CPython at once, still inside it, where 3.11 spins (see
+    :func:`call_soon_in_main`). From 3.13 on, a function that asks again
+    after it ran here (one waiting for a later bytecode boundary, as the
+    after-fork restart does) gets a pending call of its own, asked for as the
+    very last thing here.
+    """
+    _main_ident[0] = _native.get_ident()
+    done: list[Callable[[], object]] = []
+    later = sys.version_info >= (3, 13)
+    for _ in range(_MAX_ROUNDS):
+        with _soon_lock:
+            ready = [func for func in _soon if not (later and func in done)]
+            for func in ready:
+                _soon.remove(func)
+            if not ready:
+                again = bool(_soon)
+                if not again:
+                    _soon_pending[0] = False
+                break
+        for func in ready:
+            done.append(func)
+            try:
+                func()
+            except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
+                pass
+    else:
+        again = True  # a function that keeps asking: at a later pending call
+    if again and not _add_pending_call():
+        _forget_queued()
+
+
+#: Rounds of one pending call (calls that joined while the previous round ran).
+_MAX_ROUNDS = 64
+#: The main thread's id, once a pending call of ours ran there.
+_main_ident: list[int | None] = [None]
 
 
 def _make_trampoline(func: Callable[[], object]) -> object:
@@ -179,3 +246,10 @@ def _make_trampoline(func: Callable[[], object]) -> object:
         return 0
 
     return callback_type(trampoline)
+
+
+#: The code of our pending call: seen on the main thread's stack while it runs.
+_our_codes = (
+    _run_soon.__code__,
+    *(c for c in _make_trampoline.__code__.co_consts if getattr(c, "co_name", "") == "trampoline"),
+)

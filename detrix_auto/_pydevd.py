@@ -101,6 +101,7 @@ CAPABILITY_NAMES = (
     "exit",
     "quiet_listen",
     "resume",
+    "lean_settrace",
 )
 
 #: What happens without each capability, in a sentence (``doctor`` prints it).
@@ -115,6 +116,8 @@ FALLBACKS = {
     "quiet_listen": "the first wake reads every installed package's metadata (slower)",
     "resume": "coroutines and generators suspended before the wake are not observed "
     "until their function is called again (3.12+)",
+    "lean_settrace": "each re-trace of a thread starts and waits for a thread of its own: "
+    "under gevent an awake process runs tens of times slower (3.10/3.11)",
 }
 
 #: The debugpy releases this version of detrix-auto was tested with (bench/debugpy_range.py).
@@ -159,7 +162,7 @@ class Capabilities:
 
 
 _probed: Capabilities | None = None
-_probe_lock = threading.Lock()
+_probe_lock = _native.Lock()
 
 
 def forget_after_fork() -> None:
@@ -168,8 +171,8 @@ def forget_after_fork() -> None:
     (debugpy itself cannot listen again in such a child; ``Debugger`` says so.)
     """
     global _probe_lock, _REMOVER_LOCK
-    _probe_lock = threading.Lock()
-    _REMOVER_LOCK = threading.Lock()
+    _probe_lock = _native.Lock()
+    _REMOVER_LOCK = _native.RLock()
 
 
 # -- import ----------------------------------------------------------------------
@@ -245,6 +248,12 @@ def _code_names(owner: Any, function: str) -> tuple[str, ...]:
     return tuple(getattr(code, "co_names", ()))
 
 
+def _code_args(function: Any) -> tuple[str, ...]:
+    code = getattr(function, "__code__", None)
+    count = getattr(code, "co_argcount", 0)
+    return tuple(getattr(code, "co_varnames", ())[:count])
+
+
 def _lacking(owner: Any, *names: str) -> list[str]:
     return [name for name in names if not callable(getattr(owner, name, None))]
 
@@ -302,6 +311,12 @@ def _probe() -> Capabilities:
             lacking.append("PyDB.trace_dispatch")
     if lacking:
         missing["untrace"] = "missing: " + ", ".join(lacking)
+    if tracing == "settrace" and sys.version_info < (3, 12):
+        arguments = _code_args(getattr(tracer, "set_trace_to_threads", None))
+        if arguments[:3] != ("tracing_func", "thread_idents", "create_dummy_thread"):
+            missing["lean_settrace"] = "pydevd_tracing.set_trace_to_threads is not as known"
+        elif _lacking(tracer, "_load_python_helper_lib"):
+            missing["lean_settrace"] = "pydevd_tracing._load_python_helper_lib is missing"
     if tracing == "sys.monitoring":
         lacking = _lacking(monitoring, "update_monitor_events", "enable_code_tracing")
         if not hasattr(getattr(getattr(sys, "monitoring", None), "events", None), "PY_RESUME"):
@@ -657,9 +672,9 @@ def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
     frames after the lock was let go could wipe the tracer a re-arm had just
     put on a running frame, and a module-level loop that calls no Python
     function would then never report again. Trace functions are not traced,
-    so nothing here re-enters. (A wake right after a sleep still misses on
-    3.10/3.11 about once in 100-150 fresh processes; that cause is not this
-    one and is not found yet.)
+    so nothing here re-enters by a trace event; a pending call of the main
+    thread can still run in the middle of it, and takes the (re-entrant) lock
+    again.
     """
     with _REMOVER_LOCK:
         active = _REMOVER_ACTIVE[0]
@@ -677,9 +692,12 @@ def _stack(frame: FrameType | None) -> Iterator[FrameType]:
         frame = frame.f_back
 
 
-#: Whether ``_remove_trace`` should still remove (False once rearmed).
+#: Whether ``_remove_trace`` should still remove (False once rearmed): "disarmed".
 _REMOVER_ACTIVE = [False]
-_REMOVER_LOCK = threading.Lock()
+#: Re-entrant: the main thread takes it in a trace function and in pending calls, and
+#: a pending call can run in the middle of either (at any bytecode boundary). A plain
+#: lock would have the main thread wait for itself there. Never gevent's.
+_REMOVER_LOCK = _native.RLock()
 
 
 def _original_settrace() -> Any:
@@ -703,7 +721,7 @@ def _stop_settrace() -> None:
         threading.settrace(None)
     except Exception:  # noqa: BLE001, S110 - only future threads are concerned
         pass
-    me = threading.get_ident()
+    me = _native.get_ident()  # the OS thread, not a greenlet
     # Existing threads: the global trace function (called for 'call' events)...
     try:
         helper = _set_global_trace(tracing, _remove_trace, me)
@@ -721,6 +739,8 @@ def _stop_settrace() -> None:
     tracing.SetTrace(None)  # this thread: at once
     if me != threading.main_thread().ident:
         _in_main_thread(_untrace_main)  # the main thread without waiting for its next line
+    else:
+        _drop_greenlet_hook()
 
 
 def _stop_settrace_everywhere() -> None:
@@ -748,8 +768,6 @@ def _set_global_trace(tracing: Any, func: Any, me: int) -> int:
     had; on a busy host each of those waits for the GIL, which made a sleep
     take ~150 ms instead of a few. Returns how many threads it could not reach.
     """
-    import ctypes
-
     loader = getattr(tracing, "_load_python_helper_lib", None)
     lib = loader() if loader is not None else None
     if lib is None:
@@ -760,28 +778,103 @@ def _set_global_trace(tracing: Any, func: Any, me: int) -> int:
         for t in threading.enumerate()
         if getattr(t, "pydev_do_not_trace", False) or getattr(t, "is_pydev_daemon_thread", False)
     }
-    set_trace = _original_settrace()
     failed = 0
     for ident in list(sys._current_frames()):
         if ident == me or ident in skip:
             continue
-        code = lib.AttachDebuggerTracing(
-            ctypes.c_int(0),
-            ctypes.py_object(set_trace),
-            ctypes.py_object(func),
-            ctypes.c_uint(ident),
-            ctypes.py_object(None),
-        )
-        failed += code != 0
+        failed += _attach_tracing(lib, func, ident) != 0
     return failed
+
+
+def _attach_tracing(lib: Any, func: Any, ident: int) -> int:
+    """The helper library sets ``func`` as thread ``ident``'s tracer; 0 when it did."""
+    import ctypes
+
+    code: int = lib.AttachDebuggerTracing(
+        ctypes.c_int(0),
+        ctypes.py_object(_original_settrace()),
+        ctypes.py_object(func),
+        ctypes.c_uint(ident),
+        ctypes.py_object(None),
+    )
+    return code
+
+
+def _lean_thread_trace() -> None:
+    """pydevd's ``set_trace_to_threads`` for named threads, without a thread start per call.
+
+    For each call pydevd starts an OS thread and waits for it, to bump a
+    "tracing possible" counter that only CPython <= 3.9 had, then has the
+    helper library set the tracer. Its ``SetTrace`` (one thread) goes through
+    it, and in gevent mode pydevd calls ``SetTrace`` at every greenlet switch,
+    because greenlet keeps a "tracing" flag per greenlet on 3.10/3.11: a
+    gevent app measured 1,900 greenlets/s awake against 70,000 before the
+    wake. Calls for named threads without dummy threads go straight to the
+    helper; every other call goes to pydevd's own function, unchanged.
+    """
+    tracing = _module("pydevd_tracing")
+    original = getattr(tracing, "set_trace_to_threads", None)
+    if original is None or getattr(original, "_detrix_lean", False):
+        return
+    loader = tracing._load_python_helper_lib
+
+    def set_trace_to_threads(
+        tracing_func: Any, thread_idents: Any = None, create_dummy_thread: bool = True
+    ) -> int:
+        lib = loader() if thread_idents is not None and not create_dummy_thread else None
+        if lib is None:
+            result: int = original(tracing_func, thread_idents, create_dummy_thread)
+            return result
+        failed = 0
+        for ident in thread_idents:
+            try:
+                code = _attach_tracing(lib, tracing_func, ident)
+            except Exception:  # noqa: BLE001 - pydevd answers -1 here too
+                code = -1
+            failed = code if code != 0 else failed
+        return failed
+
+    set_trace_to_threads._detrix_lean = True  # type: ignore[attr-defined]
+    tracing.set_trace_to_threads = set_trace_to_threads
+
+
+def _keep_off_while_disarmed() -> None:
+    """pydevd's ``SetTrace`` puts no tracer on a thread while we are disarmed.
+
+    pydevd calls it on its own: at each greenlet switch in gevent mode, for a
+    thread it starts. One such call can even be running in the main thread
+    when the sleep's pending call (:func:`_untrace_main`) runs in the middle of
+    it, and would then put pydevd's tracer back once that call is done: found
+    in two runs of three of a gevent app, which kept running 1.5x slower after
+    the sleep. So a call while disarmed does nothing, and one that was
+    disarmed as it ran leaves the self-removing tracer behind instead.
+    """
+    tracing = _module("pydevd_tracing")
+    original = getattr(tracing, "SetTrace", None)
+    if original is None or getattr(original, "_detrix_guard", False):
+        return
+
+    def SetTrace(tracing_func: Any) -> None:  # pydevd's name
+        if tracing_func is None:
+            original(None)
+            return
+        with _REMOVER_LOCK:
+            if _REMOVER_ACTIVE[0]:
+                return
+            original(tracing_func)
+            if _REMOVER_ACTIVE[0]:  # disarmed in the middle, in this very thread
+                _original_settrace()(_remove_trace)
+
+    SetTrace._detrix_guard = True  # type: ignore[attr-defined]
+    tracing.SetTrace = SetTrace
 
 
 def _in_main_thread(func: Callable[[], None]) -> None:
     """Run ``func`` in the main thread at its next bytecode boundary (Py_AddPendingCall)."""
     try:
-        from ._mainthread import _schedule_in_main
+        from ._mainthread import call_soon_in_main
 
-        _schedule_in_main(func)
+        call_soon_in_main(func)
     except Exception as exc:  # noqa: BLE001 - no ctypes: the all-threads helper alone
         _log.debug("could not schedule a call in the main thread: %s", exc)
 
@@ -802,16 +895,24 @@ def trace_main_thread_itself() -> None:
         return
     if threading.current_thread() is threading.main_thread():
         return
+    _in_main_thread(_trace_me)
 
-    def trace_me() -> None:
-        py_db = _py_db()
-        if py_db is None or _REMOVER_ACTIVE[0] or sys.gettrace() is not None:
-            return
-        py_db.enable_tracing()  # pydevd's way (its faster trampoline)...
-        if sys.gettrace() is None:  # ...which can miss this very thread the same way
-            _original_settrace()(py_db.get_thread_local_trace_func())
 
-    _in_main_thread(trace_me)
+def _trace_me() -> None:
+    """Runs in the main thread (pending call): pydevd's tracer on it, unless disarmed."""
+    py_db = _py_db()
+    if py_db is None or _REMOVER_ACTIVE[0]:
+        return
+    greenlets = _greenlet_mode()
+    if sys.gettrace() not in (None, _remove_trace) and not greenlets:
+        return
+    if greenlets:
+        # Also when the helper already traced this thread: pydevd's greenlet hook,
+        # which re-traces each greenlet as it resumes, is set per thread, here.
+        _remember_host_greenlet_trace()
+    py_db.enable_tracing()  # pydevd's way (its faster trampoline)...
+    if sys.gettrace() is None:  # ...which can miss this very thread the same way
+        _original_settrace()(py_db.get_thread_local_trace_func())
 
 
 def _untrace_main() -> None:
@@ -828,6 +929,7 @@ def _untrace_main() -> None:
     """
     if not _REMOVER_ACTIVE[0]:
         return
+    _drop_greenlet_hook()
     # From the frame the pending call interrupted: this function and
     # _mainthread's trampoline run in the nested loop, and an event of theirs
     # reaching _remove_trace would remove the tracer in the wrong loop.
@@ -846,6 +948,50 @@ def _untrace_main() -> None:
             for frame in frames:
                 frame.f_trace = _remove_trace
             _original_settrace()(_remove_trace)
+
+
+#: The main thread's greenlet trace function before pydevd put its own in (gevent mode).
+_HOST_GREENLET_TRACE: list[Any] = [None]
+
+
+def _greenlet_mode() -> bool:
+    """Was pydevd imported in gevent mode (it then hooks greenlet switches)?"""
+    return getattr(sys.modules.get("pydevd"), "pydevd_gevent_integration", None) is not None
+
+
+def _pydevd_greenlet_hook() -> Any:
+    integration = sys.modules.get("_pydevd_bundle.pydevd_gevent_integration")
+    return getattr(integration, "greenlet_events", None)
+
+
+def _remember_host_greenlet_trace() -> None:
+    """Before pydevd hooks this thread's greenlet switches: what the host had there."""
+    greenlet = sys.modules.get("greenlet")
+    try:
+        current = greenlet.gettrace()  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - no greenlet, or one without tracing
+        return
+    if current is not _pydevd_greenlet_hook():
+        _HOST_GREENLET_TRACE[0] = current
+
+
+def _drop_greenlet_hook() -> None:
+    """3.10/3.11 in gevent mode, in the main thread: pydevd's greenlet hook out.
+
+    At every greenlet switch it puts pydevd's tracer back on the thread (and
+    greenlet keeps a "tracing" flag per greenlet): left in place, a sleep
+    changes nothing, and the app keeps running tens of times slower. The
+    host's own greenlet trace function, if it had one, goes back in its place.
+    """
+    greenlet = sys.modules.get("greenlet")
+    hook = _pydevd_greenlet_hook()
+    if greenlet is None or hook is None:
+        return
+    try:
+        if greenlet.gettrace() is hook:
+            greenlet.settrace(_HOST_GREENLET_TRACE[0])
+    except Exception as exc:  # noqa: BLE001 - tracing then stays, as with debugpy alone
+        _log.debug("could not take pydevd's greenlet hook out: %s", exc)
 
 
 def _clear_removers() -> None:
@@ -978,6 +1124,14 @@ def install_hooks(on_initialize: Callable[[], None]) -> None:
             _send_without_delay(py_db)
         except Exception as exc:  # noqa: BLE001
             _log.debug("could not set TCP_NODELAY on DAP sockets: %s", exc)
+    if caps.tracing == "settrace" and sys.version_info < (3, 12):
+        try:
+            if caps.has("lean_settrace"):
+                _lean_thread_trace()
+            if caps.has("untrace"):
+                _keep_off_while_disarmed()
+        except Exception as exc:  # noqa: BLE001
+            _log.debug("could not wrap pydevd's SetTrace: %s", exc)
     if caps.tracing == "sys.monitoring" and caps.has("resume"):
         try:
             _watch_resumes()
