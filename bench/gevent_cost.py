@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a sleeping detrix-auto costs a gevent application's greenlets.
+"""What detrix-auto costs a gevent application's greenlets: asleep, awake, after a sleep.
 
     python bench/gevent_cost.py                 # 8 interleaved rounds of 3 s each
     python bench/gevent_cost.py --rounds 12 --seconds 5
@@ -13,12 +13,17 @@ subprocess, alternately:
   evaluates one ``in os.environ`` and stops);
 * ``sleeping``: ``DETRIX_ENABLE=1``: the control plane listens, its thread is
   blocked in ``accept()``; one status request is answered before the timed
-  part starts (so the control plane's loop has been loaded and gone idle).
+  part starts (so the control plane's loop has been loaded and gone idle);
+* ``awake``: ``DETRIX_ENABLE=1``, woken by the embedded daemon before the
+  timed part and awake through it (debugpy's own cost: tracing every greenlet);
+* ``after-sleep``: woken, then put back to sleep, before the timed part: what
+  a process pays for having been looked at once.
 
-The rounds are interleaved (off, sleeping, off, ...) so that drift in the
-machine's speed hits both alike. Reported: the median greenlets per second of
-each mode and their ratio (sleeping / off; 1.00 = no cost), with each round's
-numbers. Needs gevent and detrix-auto installed in this interpreter.
+The rounds are interleaved (off, sleeping, awake, after-sleep, off, ...) so
+that drift in the machine's speed hits all alike. Reported: the median
+greenlets per second of each mode and its ratio to ``off`` (1.00 = no cost),
+with each round's numbers. Needs gevent and detrix-auto installed in this
+interpreter.
 """
 
 from __future__ import annotations
@@ -74,10 +79,18 @@ def _record(home: Path, pid: int, timeout: float = 20.0) -> dict[str, object]:
     raise SystemExit(f"no discovery record from pid {pid}")
 
 
-def one_round(script: Path, home: Path, enabled: bool, seconds: float) -> float:
+def _ask(url: str, method: str, path: str, body: dict[str, object] | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return dict(json.loads(response.read()))
+
+
+def one_round(script: Path, home: Path, mode: str, seconds: float, daemon_url: str) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env["DETRIX_HOME"] = str(home)
-    if enabled:
+    if mode != "off":
         env["DETRIX_ENABLE"] = "1"
     proc = subprocess.Popen(
         [sys.executable, str(script), str(seconds)],
@@ -88,17 +101,23 @@ def one_round(script: Path, home: Path, enabled: bool, seconds: float) -> float:
     )
     assert proc.stdin is not None and proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
-    if enabled:
+    if mode != "off":
         url = str(_record(home, proc.pid)["control_url"])
-        with urllib.request.urlopen(url + "/detrix/status", timeout=10) as response:
-            state = json.loads(response.read())["state"]
-        assert state == "sleeping", state
+        assert _ask(url, "GET", "/detrix/status")["state"] == "sleeping"
+        if mode in ("awake", "after-sleep"):
+            _ask(url, "POST", "/detrix/wake", {"daemon_url": daemon_url})
+            time.sleep(0.5)  # the daemon's attach done, the tracer on every thread
+        if mode == "after-sleep":
+            _ask(url, "POST", "/detrix/sleep")
         time.sleep(0.2)  # the control plane's loop ends once no connection is left
     proc.stdin.write("go\n")
     proc.stdin.flush()
     rate = float(proc.stdout.readline())
     proc.wait(timeout=30)
     return rate
+
+
+MODES = ("off", "sleeping", "awake", "after-sleep")
 
 
 def main() -> int:
@@ -111,25 +130,29 @@ def main() -> int:
     except ImportError:
         print("gevent is not installed for this Python", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
+    from detrix_auto.devdaemon import DevDaemon
+
+    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with tempfile.TemporaryDirectory() as tmp, DevDaemon() as daemon:
         script = Path(tmp) / "gevent_app.py"
         script.write_text(APP)
         home = Path(tmp) / "home"
         home.mkdir(mode=0o700)
-        rates: dict[str, list[float]] = {"off": [], "sleeping": []}
         for _ in range(args.rounds):
-            for mode in ("off", "sleeping"):
-                rates[mode].append(one_round(script, home, mode == "sleeping", args.seconds))
+            for mode in MODES:
+                rates[mode].append(one_round(script, home, mode, args.seconds, daemon.url))
     off = statistics.median(rates["off"])
-    sleeping = statistics.median(rates["sleeping"])
     print(
         f"python {sys.version.split()[0]}, gevent {gevent.__version__}, "
         f"{args.rounds} interleaved rounds of {args.seconds:g} s"
     )
     for mode, values in rates.items():
         shown = " ".join(f"{v:,.0f}" for v in values)
-        print(f"  {mode:9} median {statistics.median(values):>10,.0f} greenlets/s   [{shown}]")
-    print(f"  ratio sleeping/off: {sleeping / off:.3f}")
+        median = statistics.median(values)
+        print(
+            f"  {mode:11} median {median:>10,.0f} greenlets/s  {median / off:5.2f}x of off"
+            f"   [{shown}]"
+        )
     return 0
 
 
