@@ -251,30 +251,27 @@ def test_unregister_then_register_again_on_the_same_port(
     assert (dd.registrations, dd.unregistrations, dd.attaches) == (2, 1, 2)
 
 
-def test_without_the_grace_the_separate_adapter_refuses_and_then_goes_deaf(
+def test_a_reattach_to_the_separate_adapter_waits_out_the_grace(
     reg_body: Any, http: Any, debuggee_factory: Any
 ) -> None:
-    """Why ``reattach_grace`` exists (notes, finding d): re-attaching within ~40 ms
-    of closing makes debugpy's adapter refuse, and its listener never recovers."""
-    # The window is debugpy's and lasts tens of milliseconds: on a loaded machine the
-    # second attach can come after it. Five fresh adapters get five chances.
-    for _ in range(5):
-        app = debuggee_factory("adapter")
-        with DevDaemon(attach_timeout=1.0, reattach_grace=0.0) as daemon:
-            cid = http(daemon.url, "POST", API, reg_body(app)).json()["connectionId"]
-            assert http(daemon.url, "DELETE", f"{API}/{cid}").status == 204
-            refused = http(daemon.url, "POST", API, reg_body(app))
-            if refused.status != 500:
-                continue
-            assert "already being debugged" in refused.json()["error"]
-            time.sleep(0.3)
-            # Deaf: the adapter never answers an attach again (it either accepts and
-            # never answers ``initialize``, or has stopped listening altogether).
-            deaf = http(daemon.url, "POST", API, reg_body(app))
-            assert deaf.status == 500, deaf.json()
-            assert "initialize" in deaf.json()["error"] or "refused" in deaf.json()["error"]
-            return
-    pytest.skip("every re-attach came after debugpy's refusal window (a slow machine)")
+    """Why ``reattach_grace`` exists (notes, finding d): debugpy's separate adapter
+    refuses a client that attaches within ~40 ms of the last one closing ("already
+    being debugged") and its listener then never answers again. That window is
+    debugpy's and only a timing can show it, so this checks what the daemon does
+    about it, by lower bounds alone (load only makes them easier to meet): the
+    re-attach reaches the adapter no sooner than the grace after the close, and
+    works."""
+    grace = 0.3
+    app = debuggee_factory("adapter")
+    with DevDaemon(attach_timeout=10.0, reattach_grace=grace) as daemon:
+        cid = http(daemon.url, "POST", API, reg_body(app)).json()["connectionId"]
+        assert http(daemon.url, "DELETE", f"{API}/{cid}").status == 204
+        closed = time.monotonic()  # the socket was closed before the 204 was sent
+        again = http(daemon.url, "POST", API, reg_body(app))
+        assert again.status == 201, again.json()
+        assert time.monotonic() - closed >= grace
+        assert again.json()["connectionId"] == cid
+        assert daemon.attaches == 2
 
 
 def test_already_connected_id_is_returned_without_a_second_attach(
