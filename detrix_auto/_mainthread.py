@@ -1,4 +1,12 @@
-"""Let the control thread import ``threading`` without stealing "main thread".
+"""Calls in the main thread, and ``threading`` imported without stealing "main thread".
+
+:func:`call_soon_in_main` is the one way anything of ours runs in the main
+thread (``Py_AddPendingCall``, the documented C API for running a call there
+at its next bytecode boundary): this module's import of ``threading``, the
+sleep's untrace and the wake's trace on 3.10/3.11 (``_pydevd``), the restart
+of the control thread after a fork on 3.13+ (``_runtime``). One ctypes
+callback serves them all, and at most one pending call of ours is queued or
+running at any time (why: :func:`call_soon_in_main`).
 
 Before Python 3.13, whichever thread first imports ``threading`` becomes its
 ``main_thread()``. If that is our control thread, two things break in the
@@ -14,9 +22,8 @@ status request needs no ``threading`` at all; the control thread calls
 starts a worker thread, and builds the client):
 
 1. If the main thread already imported ``threading``, nothing to do.
-2. Otherwise it asks the main thread, through ``Py_AddPendingCall`` (the
-   documented C API for running a call in the main thread at its next
-   bytecode boundary), to import it, and waits briefly.
+2. Otherwise it asks the main thread (:func:`call_soon_in_main`) to import
+   it, and waits briefly.
 3. If the main thread is busy in C code (a long ``time.sleep()``), or its
    import failed (the pending call landed in the middle of one of the main
    thread's own imports, found under load), it imports ``threading`` itself,
@@ -24,9 +31,6 @@ starts a worker thread, and builds the client):
    to rebuild the real ``MainThread`` object in the main thread as soon as it
    runs Python code again, the way ``threading._after_fork`` rebuilds it
    after a fork.
-
-:func:`call_soon_in_main` is the same pending-call mechanism for calls that
-recur (one per fork, see ``control/server.py``): one ctypes callback for all.
 """
 
 from __future__ import annotations
