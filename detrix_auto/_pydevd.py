@@ -711,12 +711,17 @@ def _original_settrace() -> Any:
 def _stop_settrace() -> None:
     """pydevd's ``sys.settrace`` tracer off on every thread (3.10/3.11, or a debugpy
     older than 1.8.6 on 3.12+): now, or on 3.10/3.11 at each thread's next event."""
+    with _REMOVER_LOCK:
+        _REMOVER_ACTIVE[0] = True  # disarmed: also what pydevd's SetTrace now checks
     if sys.version_info >= (3, 12):
         _stop_settrace_everywhere()
+        if _greenlet_mode():  # its hook is per thread: the main thread takes it out
+            if _native.get_ident() == threading.main_thread().ident:
+                _drop_greenlet_hook()
+            else:
+                _in_main_thread(_drop_greenlet_hook)
         return
     tracing = _module("pydevd_tracing")
-    with _REMOVER_LOCK:
-        _REMOVER_ACTIVE[0] = True
     try:
         threading.settrace(None)
     except Exception:  # noqa: BLE001, S110 - only future threads are concerned
@@ -863,7 +868,9 @@ def _keep_off_while_disarmed() -> None:
                 return
             original(tracing_func)
             if _REMOVER_ACTIVE[0]:  # disarmed in the middle, in this very thread
-                _original_settrace()(_remove_trace)
+                # 3.12+: no per-loop flag to outwit, the tracer can go at once.
+                late = _remove_trace if sys.version_info < (3, 12) else None
+                _original_settrace()(late)
 
     SetTrace._detrix_guard = True  # type: ignore[attr-defined]
     tracing.SetTrace = SetTrace
@@ -976,7 +983,7 @@ def _remember_host_greenlet_trace() -> None:
 
 
 def _drop_greenlet_hook() -> None:
-    """3.10/3.11 in gevent mode, in the main thread: pydevd's greenlet hook out.
+    """pydevd tracing by settrace in gevent mode, in the main thread: pydevd's greenlet hook out.
 
     At every greenlet switch it puts pydevd's tracer back on the thread (and
     greenlet keeps a "tracing" flag per greenlet): left in place, a sleep
@@ -1124,9 +1131,9 @@ def install_hooks(on_initialize: Callable[[], None]) -> None:
             _send_without_delay(py_db)
         except Exception as exc:  # noqa: BLE001
             _log.debug("could not set TCP_NODELAY on DAP sockets: %s", exc)
-    if caps.tracing == "settrace" and sys.version_info < (3, 12):
+    if caps.tracing == "settrace":
         try:
-            if caps.has("lean_settrace"):
+            if caps.has("lean_settrace") and sys.version_info < (3, 12):
                 _lean_thread_trace()
             if caps.has("untrace"):
                 _keep_off_while_disarmed()
