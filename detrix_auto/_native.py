@@ -38,6 +38,7 @@ __all__ = [
     "ThreadLike",
     "create_connection",
     "gevent_patched",
+    "gevent_patched_modules",
     "get_ident",
     "original",
     "poll",
@@ -58,6 +59,17 @@ def gevent_patched(module: str = "threading") -> bool:
         return bool(monkey.is_module_patched(module))
     except Exception:  # noqa: BLE001 - an unknown gevent: assume it patched
         return True
+
+
+def gevent_patched_modules() -> frozenset[str]:
+    """What gevent has patched so far (changes while ``patch_all()`` runs)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return frozenset()
+    try:
+        return frozenset(monkey.saved)
+    except Exception:  # noqa: BLE001 - an unknown gevent: judge by threading alone
+        return frozenset({"threading"}) if gevent_patched() else frozenset()
 
 
 def original(module: str, name: str) -> Any:

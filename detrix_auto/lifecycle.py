@@ -297,7 +297,7 @@ class Client:
             changes["last_error"] = None
         self.cell.update(state=State.WAKING, **changes)
         settings = self.settings
-        patched_before = _native.gevent_patched()
+        patched_before = _native.gevent_patched_modules()
         try:
             daemon = self._daemon_factory(url, settings)
             daemon.health(settings.health_check_timeout)
@@ -327,8 +327,9 @@ class Client:
             raise
         except Exception as exc:  # noqa: BLE001 - a foreign failure becomes ours
             message = f"wake failed unexpectedly: {type(exc).__name__}: {exc}"
-            if not patched_before and _native.gevent_patched():
-                # Locks and imports held across patch_all() by this wake's thread break.
+            if _native.gevent_patched_modules() != patched_before:
+                # Locks and imports held across patch_all() by this wake's thread break
+                # (patch_all() may have begun before the wake and ended during it).
                 message = (
                     "gevent monkey-patched this process while this wake ran "
                     f"({type(exc).__name__}: {exc}); wake again now that it has, or wake only "
