@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 import tracemalloc
 import urllib.request
 from pathlib import Path
+
+from _control import enabled_app, record
 
 from detrix_auto.devdaemon import DevDaemon
 from detrix_auto.devdaemon.store import Event, EventStore
@@ -118,21 +117,9 @@ def bench_store(count: int) -> None:
 
 def bench_capture_and_query(seconds: float, count: int) -> None:
     with tempfile.TemporaryDirectory() as work:
-        home = Path(work) / "home"
-        home.mkdir(mode=0o700)
-        script = Path(work) / "app.py"
-        script.write_text(APP)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
-        env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home))
-        proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=work)
+        proc, home, script = enabled_app(Path(work), APP, cwd=work)
         try:
-            record = home / "clients" / f"{proc.pid}.json"
-            deadline = time.monotonic() + 20
-            while not record.exists():
-                if time.monotonic() > deadline:
-                    raise SystemExit("the app did not start")
-                time.sleep(0.05)
-            control = json.loads(record.read_text())["control_url"]
+            control = record(home, proc.pid)["control_url"]
             with DevDaemon(max_events=count, attach_timeout=30) as daemon:
                 _, woke = call(control, "/detrix/wake", {"daemon_url": daemon.url})
                 cid = woke["connection_id"]  # type: ignore[index]

@@ -29,7 +29,6 @@ interpreter.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -37,8 +36,9 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
+
+from _control import ask, record
 
 APP = textwrap.dedent(
     """\
@@ -68,25 +68,6 @@ APP = textwrap.dedent(
 )
 
 
-def _record(home: Path, pid: int, timeout: float = 20.0) -> dict[str, object]:
-    path = home / "clients" / f"{pid}.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return dict(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            time.sleep(0.02)
-    raise SystemExit(f"no discovery record from pid {pid}")
-
-
-def _ask(url: str, method: str, path: str, body: dict[str, object] | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return dict(json.loads(response.read()))
-
-
 def one_round(script: Path, home: Path, mode: str, seconds: float, daemon_url: str) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env["DETRIX_HOME"] = str(home)
@@ -102,13 +83,13 @@ def one_round(script: Path, home: Path, mode: str, seconds: float, daemon_url: s
     assert proc.stdin is not None and proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     if mode != "off":
-        url = str(_record(home, proc.pid)["control_url"])
-        assert _ask(url, "GET", "/detrix/status")["state"] == "sleeping"
+        url = str(record(home, proc.pid)["control_url"])
+        assert ask(url, "GET", "/detrix/status")["state"] == "sleeping"
         if mode in ("awake", "after-sleep"):
-            _ask(url, "POST", "/detrix/wake", {"daemon_url": daemon_url})
+            ask(url, "POST", "/detrix/wake", {"daemon_url": daemon_url})
             time.sleep(0.5)  # the daemon's attach done, the tracer on every thread
         if mode == "after-sleep":
-            _ask(url, "POST", "/detrix/sleep")
+            ask(url, "POST", "/detrix/sleep")
         time.sleep(0.2)  # the control plane's loop ends once no connection is left
     proc.stdin.write("go\n")
     proc.stdin.flush()
