@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 
@@ -30,6 +31,20 @@ def _gunicorn() -> str:
     found = shutil.which("gunicorn", path=os.path.dirname(sys.executable))
     if found is None:
         pytest.skip("gunicorn is not installed in this environment (the `test` extra has it)")
+    return found
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live children of ``pid`` and their state letter, read from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found[int(entry)] = fields[0]
     return found
 
 
@@ -56,9 +71,19 @@ def test_a_woken_master_marks_its_later_workers_and_wake_says_why(cli, procs, da
         rows = wait_until(lambda: (r := _ps(cli)) and master.pid in r and worker_of(r) and r, 30)
     except AssertionError:
         seen = _ps(cli)
-        master.kill()
-        _, err = master.communicate(timeout=10)
-        raise AssertionError(f"no master with one worker; ps: {seen}; gunicorn: {err[-3000:]}")
+        children = _children(master.pid)
+        for pid in [master.pid, *children]:
+            try:
+                os.kill(pid, signal.SIGKILL)  # the workers too: they hold gunicorn's stderr
+            except OSError:
+                pass
+        try:
+            _, err = master.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            err = "(stderr still held open)"
+        raise AssertionError(
+            f"no master with one worker; ps: {seen}; children: {children}; gunicorn: {err[-3000:]}"
+        ) from None
     first = worker_of(rows)
     assert rows[master.pid]["workers"] == [first["pid"]]
     assert rows[master.pid]["forked_from"] is None
