@@ -875,12 +875,20 @@ class Bench:
 
         log(f"wake/sleep/status: {self.cfg.cycles} interleaved cycle(s)")
         for _ in range(self.cfg.cycles):
-            # detrix-auto: cold wake, sleep, re-wake, with GET /detrix/status hammered.
+            # detrix-auto: cold wake, sleep, re-wake, each timed unpolled like the floor.
             with self.daemon() as devdaemon:
                 child = self.spawn_impl("auto", "idle", devdaemon.url)
                 url = self.control_url(child, child.next())
                 self.cycle("auto", url, res, add)
                 add("auto exit after sleep", child.stop())
+            # Then a cold wake of another process with GET /detrix/status polled back
+            # to back: what a status costs while a wake holds the GIL, and what the
+            # polling costs the wake (the poller shares the daemon double's process).
+            with self.daemon() as devdaemon:
+                child = self.spawn_impl("auto", "idle", devdaemon.url)
+                url = self.control_url(child, child.next())
+                self.polled_wake("auto", url, add)
+                child.stop()
 
             with self.daemon() as devdaemon:
                 child = self.spawn(
@@ -902,6 +910,11 @@ class Bench:
                     url = self.control_url(child, child.next())
                     self.cycle("orig", url, res, add)
                     add("orig exit after sleep", child.stop())
+                with self.daemon() as devdaemon:
+                    child = self.spawn_impl("orig", "idle", devdaemon.url)
+                    url = self.control_url(child, child.next())
+                    self.polled_wake("orig", url, add)
+                    child.stop()
 
             for mode in ("inproc", "adapter", "tuned"):
                 with self.daemon() as devdaemon:
@@ -929,26 +942,35 @@ class Bench:
             if code == 200:
                 # The first request loads the HTTP handling and the client lazily.
                 add(f"{impl} status {'first' if i == 0 else 'idle'}", elapsed)
-        with Hammer(url) as hammer:
-            code, body, elapsed = request(url, "POST", "/detrix/wake")
+        code, body, elapsed = request(url, "POST", "/detrix/wake")
         if code != 200:
             log(f"warning: {impl} wake answered {code}: {body}")
             return
         add(f"{impl} wake cold", elapsed)
-        add(f"{impl} status during wake", hammer.latencies)
-        add(f"{impl} status errors during wake", float(hammer.errors))
         time.sleep(0.3)
         code, body, elapsed = request(url, "POST", "/detrix/sleep")
         add(f"{impl} sleep", elapsed)
         time.sleep(0.4)  # past the daemon double's re-attach grace
-        with Hammer(url) as hammer:
-            code, body, elapsed = request(url, "POST", "/detrix/wake")
+        code, body, elapsed = request(url, "POST", "/detrix/wake")
         if code == 200:
             add(f"{impl} re-wake", elapsed)
-            add(f"{impl} status during wake", hammer.latencies)
         time.sleep(0.3)
         code, body, elapsed = request(url, "POST", "/detrix/sleep")
         add(f"{impl} sleep", elapsed)
+
+    @staticmethod
+    def polled_wake(impl: str, url: str, add: Callable[[str, Any], None]) -> None:
+        """A cold wake while GET /detrix/status is asked back to back (``Hammer``)."""
+        request(url, "GET", "/detrix/status")  # the lazy loading is not what is measured
+        with Hammer(url) as hammer:
+            code, body, elapsed = request(url, "POST", "/detrix/wake")
+        if code != 200:
+            log(f"warning: {impl} polled wake answered {code}: {body}")
+            return
+        add(f"{impl} wake cold, status polled", elapsed)
+        add(f"{impl} status during wake", hammer.latencies)
+        add(f"{impl} status errors during wake", float(hammer.errors))
+        request(url, "POST", "/detrix/sleep")
 
     @staticmethod
     def register(devdaemon: Any, pid: int, port: int) -> tuple[float, str] | None:
@@ -1333,28 +1355,39 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
                 return "n/a"
             return f"{ms(median(values))} ({ms(min(values))}-{ms(max(values))})"
 
+        cold_floor = m("tuned import") + m("tuned listen") + m("tuned attach")
+        warm_floor = m("tuned listen") + m("tuned attach")
         rows = [
             [
                 "wake, cold (request to `awake`, incl. DAP attach)",
                 mm("auto wake cold"),
                 mm("orig wake cold"),
                 ratio(m("orig wake cold"), m("auto wake cold")),
-                f"{ms(m('tuned import') + m('tuned listen') + m('tuned attach'))} "
-                "(import + listen + attach)",
+                f"{ms(cold_floor)} (import + listen + attach; "
+                f"detrix-auto {ratio(m('auto wake cold'), cold_floor)} of it)",
+            ],
+            [
+                "wake, cold, with GET /detrix/status asked back to back",
+                mm("auto wake cold, status polled"),
+                mm("orig wake cold, status polled"),
+                ratio(m("orig wake cold, status polled"), m("auto wake cold, status polled")),
+                "",
             ],
             [
                 "wake after `warm`",
                 mm("auto wake after warm"),
                 "n/a (no warm state)",
                 ratio(m("orig wake cold"), m("auto wake after warm")),
-                f"{ms(m('tuned listen') + m('tuned attach'))} (listen + attach)",
+                f"{ms(warm_floor)} (listen + attach; "
+                f"detrix-auto {ratio(m('auto wake after warm'), warm_floor)} of it)",
             ],
             [
                 "wake again after sleep",
                 mm("auto re-wake"),
                 mm("orig re-wake"),
                 ratio(m("orig re-wake"), m("auto re-wake")),
-                f"{ms(m('tuned re-attach'))} (re-attach)",
+                f"{ms(m('tuned re-attach'))} (re-attach; "
+                f"detrix-auto {ratio(m('auto re-wake'), m('tuned re-attach'))} of it)",
             ],
             [
                 "sleep (request to `sleeping`, incl. unregister)",

@@ -7,7 +7,7 @@ to drive it explicitly.
 
 This module is imported on the start-up path, so it defines thin wrappers and
 loads the machinery behind them only when one is called; ``DaemonClient`` and
-``HttpDaemonClient`` (the original client's daemon API, which needs urllib3)
+``HttpDaemonClient`` (the original client's daemon API, on the daemon client)
 are loaded on first access.
 """
 
@@ -140,7 +140,7 @@ def shutdown() -> None:
 def __getattr__(name: str) -> Any:
     """``DaemonClient`` and ``HttpDaemonClient``, imported on first access (PEP 562).
 
-    They need urllib3, which must not be loaded at start-up.
+    They load the daemon client, which must not be loaded at start-up.
     """
     if name in ("DaemonClient", "HttpDaemonClient"):
         from . import daemon_compat

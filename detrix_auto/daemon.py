@@ -1,69 +1,43 @@
 """Talking to the Detrix daemon's HTTP API (CONTRACT.md section 2).
 
 :class:`DaemonClient` is the protocol the lifecycle depends on, so tests and
-users can substitute their own. :class:`HttpDaemonClient` implements it on
-urllib3 with one connection pool per daemon URL, a hard time limit per call
-and no automatic retries: the lifecycle decides what a failure means.
+users can substitute their own. :class:`HttpDaemonClient` implements it with a
+hard time limit per call and no automatic retries: the lifecycle decides what
+a failure means. Every failure becomes a :class:`DaemonError` whose message a
+person can act on; no ``http.client``, urllib3, ``ssl`` or ``json`` exception
+escapes.
 
-The limit is a deadline for the whole call, connect to last body byte. urllib3's
-own read timeout applies to each ``recv`` separately, so a daemon that trickles
-its answer a byte at a time would hold a wake (and the lock sleep waits on)
-for as long as it likes; here every send and receive of a call first checks
-the call's deadline and waits at most until it.
-
-Every failure becomes a :class:`DaemonError` whose message a person can act
-on; no urllib3, ``ssl`` or ``json`` exception escapes.
-
-**The daemon proves who it is before it gets anything.** Port 8090 is an
-unprivileged port: another local user can bind it first and wait for our
-``Authorization: Bearer <token>`` and our debug port. So every connection,
-once connected and before its first byte is sent, is checked: when its
-server end is on this host (always so for loopback), that socket must belong
-to our own user, to root, or to the one account ``DETRIX_DAEMON_USER``
-names (``netowner.server_end``: the socket the daemon accepted, or the
-listener our connection waits on). Otherwise the call fails with a
-:class:`DaemonError` naming the owner, and nothing was sent. Checking the
-very connection that will carry the token leaves no window between a check
-and a connect. A server elsewhere on the network is not checked (on Linux;
-elsewhere no owner can be read, and nothing is checked).
-
-This module imports urllib3 at import time; the lifecycle imports it only when
-a wake needs it.
+Two transports, one behaviour. A plain ``http://`` daemon (the default, on
+loopback) is spoken to with ``http.client`` on one kept-alive connection
+(:class:`_PlainTransport`): debugpy loads ``http.client`` anyway, so a cold
+wake imports nothing more for it. An ``https://`` daemon goes through urllib3's
+pool (:mod:`detrix_auto._daemon_tls`), for its TLS context and hostname
+matching; importing urllib3 costs a cold wake some 20-40 ms, so only such a
+daemon pays it. Both run on the sockets of :mod:`detrix_auto._daemon_net`: a
+deadline for the whole call (connect to last body byte, whatever the daemon
+trickles) and a daemon that must prove, before the first byte is sent, that
+its port belongs to us, to root or to ``DETRIX_DAEMON_USER``.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
-import queue
+import select
 import socket
-import ssl
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
-    ProtocolError,
-    SSLError,
-)
-from urllib3.exceptions import (
-    TimeoutError as Urllib3Timeout,
-)
-
-from . import _native
-from .config import daemon_url_problem, is_loopback
+from . import _daemon_net, _native
+from .config import daemon_url_problem
 from .errors import DaemonError
+
+if TYPE_CHECKING:
+    from ._daemon_tls import PooledTransport
 
 __all__ = ["DaemonClient", "HttpDaemonClient", "Registration", "client_for"]
 
@@ -118,223 +92,102 @@ class DaemonClient(Protocol):
     ) -> dict[str, Any] | None: ...
 
 
-# -- a deadline for the whole call ---------------------------------------------
+class _PlainTransport:
+    """An ``http://`` daemon over ``http.client``: one connection, kept alive between calls.
 
-_call = threading.local()
-
-
-def _verify_server(sock: socket.socket) -> None:
-    """Before anything is sent: the server end of ``sock``, if on this host, must be trusted."""
-    from . import netowner
-
-    if not netowner.SUPPORTED:
-        return
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return  # not connected after all: the send fails and says so
-    found = netowner.server_end(sock)
-    if found is None:
-        if is_loopback(host):
-            raise DaemonError(
-                f"cannot tell which user holds port {port} on {host}, so neither the token nor "
-                "the debug port is sent there; if the daemon is reached through NAT (a "
-                "container's published port), point DETRIX_DAEMON_URL at its own address"
-            )
-        return  # a daemon on another machine: trusted as configured
-    extra: int | None = getattr(_call, "daemon_uid", None)
-    if found.uid in (os.geteuid(), 0) or found.uid == extra:
-        return
-    who = netowner.describe_uid(found.uid)
-    name = who.partition("(")[2].rstrip(")") or str(found.uid)
-    raise DaemonError(
-        f"port {port} on {host} is held by {who}, not by you; refusing to send it the token "
-        "or the debug port. Stop that process or point DETRIX_DAEMON_URL at your own daemon; "
-        f"if it is a daemon you trust (a system service), set DETRIX_DAEMON_USER={name}"
-    )
-
-
-def _arm(sock: socket.socket) -> None:
-    """Before each send or receive: wait at most until the current call's deadline."""
-    deadline: float | None = getattr(_call, "deadline", None)
-    if deadline is None:
-        return
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out")  # urllib3 turns it into a ReadTimeoutError
-    sock.settimeout(left)
-
-
-# The standard library's socket class even where gevent patched ``socket``: the
-# daemon client runs on our own OS threads, which block for real (``_native``).
-if TYPE_CHECKING:
-    _Socket = socket.socket
-else:
-    _Socket = _native.socket_class()
-
-
-class _DeadlineSocket(_Socket):
-    def recv(self, *args: Any, **kwargs: Any) -> bytes:
-        _arm(self)
-        return super().recv(*args, **kwargs)
-
-    def recv_into(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self)
-        return super().recv_into(*args, **kwargs)
-
-    def send(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self)
-        return super().send(*args, **kwargs)
-
-    def sendall(self, *args: Any, **kwargs: Any) -> None:
-        _arm(self)
-        super().sendall(*args, **kwargs)
-
-
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    def recv(self, *args: Any, **kwargs: Any) -> bytes:
-        _arm(self)
-        return super().recv(*args, **kwargs)
-
-    def recv_into(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self)
-        return super().recv_into(*args, **kwargs)
-
-    def read(self, *args: Any, **kwargs: Any) -> Any:
-        _arm(self)
-        return super().read(*args, **kwargs)
-
-    def send(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self)
-        return super().send(*args, **kwargs)
-
-    def sendall(self, *args: Any, **kwargs: Any) -> None:
-        _arm(self)
-        super().sendall(*args, **kwargs)
-
-
-def _deadline_socket(sock: socket.socket) -> socket.socket:
-    timeout = sock.gettimeout()
-    wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-    wrapped.settimeout(timeout)
-    return wrapped
-
-
-def _connect(conn: HTTPConnection) -> socket.socket:
-    """urllib3's ``_new_conn``; where gevent patched ``socket``, on the unpatched one.
-
-    gevent's socket would run a gevent hub in the calling thread (one of ours),
-    left behind when it ends; its resolver would start a thread pool there.
-    """
-    if not _native.gevent_patched("socket"):
-        return HTTPConnection._new_conn(conn)
-    timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else None
-    try:
-        sock: socket.socket = _native.create_connection(
-            (conn._dns_host, conn.port),
-            timeout,
-            source_address=conn.source_address,
-            socket_options=conn.socket_options,
-        )
-    except socket.gaierror as exc:
-        raise NameResolutionError(conn.host, conn, exc) from exc
-    except TimeoutError as exc:
-        raise ConnectTimeoutError(
-            conn, f"Connection to {conn.host} timed out. (connect timeout={timeout})"
-        ) from exc
-    except OSError as exc:
-        raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
-    return sock
-
-
-class _HTTPConnection(HTTPConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = _deadline_socket(_connect(self))
-        _checked(sock)
-        return sock
-
-
-class _HTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = _deadline_socket(_connect(self))
-        _checked(sock)  # before the TLS handshake: nothing at all goes to a squatter
-        _arm(sock)  # bounds the TLS handshake too
-        return sock
-
-
-def _checked(sock: socket.socket) -> None:
-    try:
-        _verify_server(sock)
-    except BaseException:
-        sock.close()
-        raise
-
-
-class _Slots:
-    """The pool's LIFO queue of connections, on locks that block the OS thread.
-
-    urllib3's is ``queue.LifoQueue``, which gevent replaces with a greenlet queue
-    when it patches ``queue``: used from our threads (a wake's worker, the keeper)
-    it would start a gevent hub in each. Only what urllib3 calls is here.
+    Calls are serialised (a wake, the keeper and a sleep take turns): a kept
+    connection is reused only when nothing arrived on it meanwhile (a daemon
+    that closed it, or sent something unasked), else a new one is opened.
     """
 
-    def __init__(self, maxsize: int = 0) -> None:
-        self.maxsize = maxsize
-        self._items: list[Any] = []
+    def __init__(self, url: str, explain: Callable[[str, str, float], str]) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or ""
+        self.port = parts.port or 80
+        self.base_path = parts.path.rstrip("/")
+        self._explain = explain
         self._lock = _native.Lock()
-        self._more = _native.Event()
+        self._kept: http.client.HTTPConnection | None = None
 
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    def request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
         with self._lock:
-            if self.maxsize > 0 and len(self._items) >= self.maxsize:
-                raise queue.Full  # urllib3 puts back at most what it took
-            self._items.append(item)
-            self._more.set()
+            conn, self._kept = self._kept, None
+            if conn is not None and not _still_quiet(conn):
+                conn.close()
+                conn = None
+            if conn is None:
+                conn = self._connect(timeout)
+            try:
+                conn.request(method, self.base_path + path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+            except DaemonError:
+                conn.close()
+                raise
+            except (http.client.HTTPException, ConnectionError) as exc:
+                conn.close()
+                raise DaemonError(self._explain("cut", _reason(exc), timeout)) from None
+            except TimeoutError as exc:
+                conn.close()
+                raise DaemonError(self._explain("timeout", _reason(exc), timeout)) from None
+            except OSError as exc:
+                conn.close()
+                raise DaemonError(self._explain("other", _reason(exc), timeout)) from None
+            if response.will_close:
+                conn.close()
+            else:
+                self._kept = conn
+            return response.status, data
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if self._items:
-                    item = self._items.pop()
-                    if not self._items:
-                        self._more.clear()
-                    return item
-            if not block:
-                raise queue.Empty
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise queue.Empty
-            self._more.wait(left)
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        deadline = getattr(_daemon_net.call, "deadline", None)
+        left = timeout if deadline is None else max(0.001, deadline - time.monotonic())
+        try:
+            raw = _daemon_net.connect(self.host, self.port, left)
+        except ConnectionRefusedError as exc:
+            raise DaemonError(self._explain("refused", _reason(exc), timeout)) from None
+        except TimeoutError as exc:
+            raise DaemonError(self._explain("timeout", _reason(exc), timeout)) from None
+        except OSError as exc:
+            raise DaemonError(self._explain("connect", _reason(exc), timeout)) from None
+        sock = _daemon_net.deadline_socket(raw)
+        _daemon_net.checked(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # a request still works, a little later
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=left)
+        conn.sock = sock
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._kept = self._kept, None
+        if conn is not None:
+            conn.close()
 
 
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-    QueueCls = _Slots  # type: ignore[assignment]
+def _still_quiet(conn: http.client.HTTPConnection) -> bool:
+    """Is a kept connection still open with nothing unread (safe to send on)?"""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-    QueueCls = _Slots  # type: ignore[assignment]
-
-
-def _tls_context(verify_ssl: bool, ca_bundle: str | None) -> ssl.SSLContext:
-    """urllib3's own context, whose sockets honour the call's deadline."""
-    from urllib3.util.ssl_ import create_urllib3_context
-
-    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED if verify_ssl else ssl.CERT_NONE)
-    if verify_ssl and not ca_bundle:
-        # urllib3 loads the system's CAs only into contexts it made itself.
-        context.load_default_certs()
-    context.sslsocket_class = _DeadlineSSLSocket
-    return context
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 class HttpDaemonClient:
-    """The daemon over HTTP(S), pooled, with a hard time limit per call."""
+    """The daemon over HTTP(S), with a hard time limit per call."""
 
     def __init__(
         self,
@@ -350,16 +203,18 @@ class HttpDaemonClient:
         #: The daemon's own idea of its external URL (``advertiseUrl`` in its health
         #: or registration answer), when it sent a usable one; None otherwise.
         self.advertise_url: str | None = None
-        kwargs: dict[str, Any] = {"maxsize": 4, "retries": False, "block": False}
+        self._transport: _PlainTransport | PooledTransport
         if self.url.startswith("https:"):
-            kwargs["cert_reqs"] = "CERT_REQUIRED" if verify_ssl else "CERT_NONE"
-            if ca_bundle:
-                kwargs["ca_certs"] = ca_bundle
-            kwargs["ssl_context"] = _tls_context(verify_ssl, ca_bundle)
-            if not verify_ssl:
-                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        self._pool = urllib3.PoolManager(num_pools=2, **kwargs)
-        self._pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+            try:
+                from ._daemon_tls import PooledTransport
+            except ImportError as exc:  # urllib3 missing or broken in this environment
+                raise DaemonError(
+                    f"cannot load the HTTPS daemon client ({exc}); install urllib3 in this "
+                    "environment (pip install urllib3), or use an http:// daemon URL on loopback"
+                ) from None
+            self._transport = PooledTransport(self.url, verify_ssl, ca_bundle, self._explain)
+        else:
+            self._transport = _PlainTransport(self.url, self._explain)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -379,59 +234,42 @@ class HttpDaemonClient:
             headers["Content-Type"] = "application/json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        url = self.url + path
-        _call.deadline = time.monotonic() + timeout
-        _call.daemon_uid = self.daemon_uid
+        _daemon_net.call.deadline = time.monotonic() + timeout
+        _daemon_net.call.daemon_uid = self.daemon_uid
         try:
-            response = self._pool.request(
-                method,
-                url,
-                body=data,
-                headers=headers,
-                timeout=urllib3.Timeout(total=timeout),
-                redirect=False,
-                preload_content=True,
-            )
-        except (SSLError, MaxRetryError, NewConnectionError, Urllib3Timeout, ProtocolError) as exc:
-            raise DaemonError(self._explain(exc, timeout)) from None
-        except HTTPError as exc:
-            raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise DaemonError(f"daemon at {self.url} failed: {exc}") from None
+            status, reply = self._transport.request(method, path, data, headers, timeout)
         finally:
-            _call.deadline = _call.daemon_uid = None
-        reply: bytes = response.data or b""
+            _daemon_net.call.deadline = _daemon_net.call.daemon_uid = None
         if token and token.encode() in reply:
             # A daemon (or whatever answers at its URL) that echoes the request
             # back must not get the token into our errors, stderr or status.
             reply = reply.replace(token.encode(), b"<token>")
-        return response.status, reply
+        return status, reply
 
-    def _explain(self, exc: Exception, timeout: float) -> str:
-        reason = getattr(exc, "reason", None) or exc
-        text = str(reason)
-        if isinstance(reason, SSLError) or "SSL" in type(reason).__name__ or "CERTIFICATE" in text:
+    def _explain(self, kind: str, text: str, timeout: float) -> str:
+        """Words for a call that got no whole answer: ``kind`` is what went wrong
+        (``tls``, ``refused``, ``timeout``, ``connect``, ``cut`` or ``other``)."""
+        if kind == "tls" or "CERTIFICATE" in text:
             return (
                 f"TLS to the daemon at {self.url} failed ({_short(text)}); point DETRIX_CA_BUNDLE "
                 "at the CA that signed its certificate, or use http:// on loopback"
             )
-        # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
         # "Cannot connect to daemon at": the original client's words, which people grep for.
-        if "refused" in text.lower():
+        if kind == "refused" or "refused" in text.lower():
             return (
                 f"Cannot connect to daemon at {self.url} (connection refused); start it with "
                 "`detrix serve` or set DETRIX_DAEMON_URL"
             )
-        if isinstance(reason, Urllib3Timeout) or "timed out" in text.lower():
+        if kind == "timeout" or "timed out" in text.lower():
             return (
                 f"daemon at {self.url} did not answer within {timeout:g}s; check it is healthy "
                 "or raise the DETRIX_*_TIMEOUT setting"
             )
-        if isinstance(reason, NewConnectionError):
+        if kind == "connect":
             return (
                 f"Cannot connect to daemon at {self.url} ({_short(text)}); check DETRIX_DAEMON_URL"
             )
-        if isinstance(reason, ProtocolError):
+        if kind == "cut":
             return f"daemon at {self.url} closed the connection mid-reply ({_short(text)})"
         return f"Cannot connect to daemon at {self.url} ({_short(text)})"
 
@@ -528,7 +366,7 @@ class HttpDaemonClient:
         return inner if isinstance(inner, dict) else body
 
     def close(self) -> None:
-        self._pool.clear()
+        self._transport.close()
 
     def _note_advertised(self, body: Mapping[str, Any]) -> None:
         url = body.get("advertiseUrl")

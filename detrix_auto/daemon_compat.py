@@ -7,7 +7,8 @@ and use as a context manager), or through the one-call helpers of its
 ``detrix.daemon`` module (``check_daemon_health``, ``register_connection``,
 ``unregister_connection``). They are offered here with the same names,
 signatures and results, implemented on :class:`detrix_auto.daemon.HttpDaemonClient`
-(urllib3 instead of httpx, and a hard deadline per call).
+(``http.client``, or urllib3 for ``https://``, instead of httpx, and a hard deadline
+per call).
 
 They are not what detrix-auto itself uses: its lifecycle depends on
 :class:`detrix_auto.daemon.DaemonClient`, a different protocol. This module is

@@ -66,10 +66,9 @@ def process_debugger() -> Debugger:
 def _default_daemon_factory(url: str, settings: Settings) -> DaemonClient:
     try:
         from .daemon import client_for
-    except ImportError as exc:  # urllib3 missing or broken in this environment
+    except ImportError as exc:  # detrix-auto's own files missing or broken here
         raise DaemonError(
-            f"cannot load the daemon client ({exc}); install it in this environment: "
-            "pip install urllib3"
+            f"cannot load the daemon client ({exc}); reinstall detrix-auto in this environment"
         ) from None
     return client_for(
         url,
@@ -219,9 +218,9 @@ class Client:
     def warm(self) -> None:
         """Import what a wake needs now, so that the next wake skips it.
 
-        That is debugpy (most of the cost) and the daemon client: urllib3 and
-        ssl are a third of the rest of a wake after ``warm`` (measured in
-        docs/performance.md). Nothing listens and nothing is traced.
+        That is debugpy (most of the cost) and the daemon client (for an
+        ``https://`` daemon, urllib3 too, loaded on the first call). Nothing
+        listens and nothing is traced.
         """
         with quick_handoffs():
             try:

@@ -32,8 +32,11 @@ class Fault:
 
 
 class FaultDaemon:
-    def __init__(self, backend: Any = None) -> None:
+    def __init__(self, backend: Any = None, *, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate, key) PEM files to answer ``https://`` with."""
         self.backend = backend
+        #: The client port of every connection the double accepted, in order.
+        self.peers: list[int] = []
         self.faults: dict[str, Fault] = {}  # "health", "register", "unregister", "get"
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
         self._stop = threading.Event()
@@ -48,6 +51,10 @@ class FaultDaemon:
             def _body(self) -> bytes:
                 length = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(length) if length else b""
+
+            def setup(self) -> None:
+                super().setup()
+                double.peers.append(self.client_address[1])
 
             def _handle(self) -> None:
                 body = self._body()
@@ -88,7 +95,15 @@ class FaultDaemon:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self) -> FaultDaemon:

@@ -155,7 +155,7 @@ def test_daemon_clients_are_exported_and_loaded_only_when_used(tmp_path, home):
         from detrix_auto import *  # noqa: F403 - what a star import brings
         print(json.dumps({
             "early": early,
-            "late": "urllib3" in sys.modules,
+            "late": "detrix_auto.daemon_compat" in sys.modules,
             "isinstance": isinstance(client, detrix_auto.DaemonClient),
             "star": "HttpDaemonClient" in dir() and "DaemonClient" in dir(),
         }))

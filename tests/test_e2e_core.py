@@ -170,12 +170,21 @@ def test_daemon_down_gives_503_and_leaves_the_debugger_closed(spawn):
     assert status["last_error"]
 
 
-def test_missing_urllib3_is_a_named_daemon_error_not_a_crash(spawn, daemon):
-    # As if urllib3 were not installed: the import of the daemon client fails.
-    app = spawn("import sys\nsys.modules['urllib3'] = None\n" + SAMPLE_APP)
+def test_without_urllib3_an_http_daemon_still_works_and_https_names_it(spawn, daemon):
+    """urllib3 is only for an https:// daemon: as if it were not installed, a wake
+    to the plain loopback daemon works (it never tries to load it), and a wake
+    to an https:// daemon is a named error, not a crash."""
+    # None in sys.modules: any import of urllib3 raises ImportError.
+    app = spawn(
+        "import sys\nsys.modules['urllib3'] = None\n" + SAMPLE_APP,
+        env={"DETRIX_DAEMON_URL": daemon.url},
+    )
     code, body = app.request("POST", "/detrix/wake")
+    assert code == 200 and body["status"] == "awake", body
+    assert app.request("POST", "/detrix/sleep")[0] == 200
+    code, body = app.request("POST", "/detrix/wake", {"daemon_url": "https://127.0.0.1:9"})
     assert code == 503, body
-    assert "pip install urllib3" in body["error"]
+    assert "pip install urllib3" in body["error"] and "http://" in body["error"], body
     status = app.status()
     assert status["state"] == "sleeping" and "urllib3" in status["last_error"]
     assert app.proc.poll() is None

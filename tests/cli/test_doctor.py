@@ -170,7 +170,8 @@ def test_hook_and_dependencies_missing_in_another_interpreter(home, tmp_path, ba
     assert level(found, "hook") == ["error"]
     assert "detrix_auto.pth is not in any site-packages" in found["hook"][0]["text"]
     assert "detrix-auto run" in found["hook"][0]["fix"]
-    assert level(found, "debugpy") == ["error"] and level(found, "urllib3") == ["error"]
+    assert level(found, "debugpy") == ["error"] and level(found, "urllib3") == ["warn"]
+    assert "https://" in found["urllib3"][0]["text"]
     assert "pip install debugpy" in found["debugpy"][0]["fix"]
 
 

@@ -24,11 +24,12 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 #: The host app: reports its switch interval every tick, so the test sees it from outside.
 APP = textwrap.dedent(
     """\
-    import sys, time
+    import os, sys, time
     report = sys.argv[1]
     for _ in range(6000):
-        with open(report, "w") as f:
+        with open(report + ".new", "w") as f:
             f.write(repr(sys.getswitchinterval()))
+        os.replace(report + ".new", report)  # whole: never read half-written
         time.sleep(0.02)
     """
 )

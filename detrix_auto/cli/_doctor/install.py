@@ -108,9 +108,10 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
             )
         )
     found.extend(_check_customize(facts))
-    for module, why in (
-        ("debugpy", "wake cannot open a debugger"),
-        ("urllib3", "wake cannot reach the daemon"),
+    for module, level, why in (
+        ("debugpy", "error", "wake cannot open a debugger"),
+        # Only an https:// daemon is spoken to through urllib3 (daemon.py).
+        ("urllib3", "warn", "a wake cannot reach an https:// daemon (http:// needs none)"),
     ):
         if facts[module]:
             found.append(Finding(module, "ok", f"{module} is importable"))
@@ -118,7 +119,7 @@ def check_interpreter(facts: dict[str, Any], *, hook_ran_here: bool) -> list[Fin
             found.append(
                 Finding(
                     module,
-                    "error",
+                    level,
                     f"{module} is not installed in {python}: {why}",
                     f"{python} -m pip install {module}",
                 )
