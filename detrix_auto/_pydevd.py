@@ -633,6 +633,7 @@ def stop_tracing() -> bool:
             return False
         else:
             _stop_settrace()
+            _swap_sys_settrace(pydevd_wrapper=False)
         return True
     except Exception as exc:  # noqa: BLE001
         _log.debug("could not stop tracing: %s", exc)
@@ -653,6 +654,7 @@ def start_tracing() -> bool:
             monitoring.update_monitor_events()
         else:
             _clear_removers()
+            _swap_sys_settrace(pydevd_wrapper=True)
             # Exactly what pydevd.settrace() does on the first listen.
             py_db.patch_threads()
             py_db.enable_tracing(py_db.trace_dispatch, apply_to_all_threads=True)
@@ -698,6 +700,29 @@ _REMOVER_ACTIVE = [False]
 #: a pending call can run in the middle of either (at any bytecode boundary). A plain
 #: lock would have the main thread wait for itself there. Never gevent's.
 _REMOVER_LOCK = _native.RLock()
+
+
+def _swap_sys_settrace(*, pydevd_wrapper: bool) -> None:
+    """``sys.settrace`` itself while asleep, pydevd's warning wrapper while awake.
+
+    pydevd replaces ``sys.settrace`` with a wrapper that prints "PYDEV DEBUGGER
+    WARNING: sys.settrace() should not be used when the debugger is being used"
+    on stderr (once per call site) before it passes the call on. While nothing
+    is attached a host that traces (coverage, a profiler, its own tool) is not
+    in anybody's way, and the warning would be a line on its stderr that
+    detrix-auto caused. Swapped only while ``sys.settrace`` is the one the
+    other side left (a host that put in its own keeps it).
+    """
+    tracing = sys.modules.get("pydevd_tracing")
+    holder = getattr(tracing, "TracingFunctionHolder", None)
+    original = getattr(holder, "_original_tracing", None)
+    wrapper = getattr(tracing, "_internal_set_trace", None)
+    if original is None or wrapper is None:
+        return  # pydevd did not replace it (sys.monitoring), or names changed: leave it
+    if pydevd_wrapper and sys.settrace is original:
+        sys.settrace = wrapper
+    elif not pydevd_wrapper and sys.settrace is wrapper:
+        sys.settrace = original
 
 
 def _original_settrace() -> Any:

@@ -62,6 +62,8 @@ TRACING_PROBE = textwrap.dedent(
                 frame = frame.f_back
 
         state = {"gettrace": repr(sys.gettrace())}
+        # pydevd's warning wrapper, or the interpreter's own sys.settrace
+        state["settrace"] = getattr(sys.settrace, "__module__", None) or "sys"
         gettrace = getattr(threading, "gettrace", None)
         state["threading"] = repr(gettrace()) if gettrace else "None"
         state["frames"] = sorted({

@@ -220,6 +220,8 @@ def _still_traced(app: App) -> str:
     if not probe:
         return "no probe"
     left = [] if probe["gettrace"] == "None" else [f"tracer {probe['gettrace']}"]
+    if probe.get("settrace", "sys") != "sys":
+        left.append(f"sys.settrace replaced by {probe['settrace']}")
     if probe["threading"] != "None":
         left.append(f"threading tracer {probe['threading']}")
     if probe["frames"]:
@@ -351,3 +353,55 @@ def test_disarm_and_rearm_are_safe_in_any_order() -> None:
         debugger.rearm()
         debugger.disarm()
     assert not debugger.listening and not debugger.armed
+
+
+#: A host that traces a function of its own on request (as coverage or a profiler
+#: would), reporting the events it saw; stderr shows anything printed about it.
+SELF_TRACING_APP = textwrap.dedent(
+    """\
+    import json, os, sys, time
+    trigger = sys.argv[1]
+
+    def mine():
+        return sum(range(3))
+
+    while not os.path.exists(trigger + ".stop"):
+        if os.path.exists(trigger):
+            os.unlink(trigger)
+            seen = []
+            def tracer(frame, event, arg):
+                if frame.f_code is mine.__code__:
+                    seen.append(event)
+                return tracer
+            sys.settrace(tracer)
+            mine()
+            sys.settrace(None)
+            print(json.dumps({"seen": seen,
+                              "settrace": getattr(sys.settrace, "__module__", None)}),
+                  flush=True)
+        time.sleep(0.02)
+    """
+)
+
+
+def test_a_host_that_traces_after_sleep_hears_nothing_from_the_debugger(spawn, daemon, tmp_path):
+    """pydevd's sys.settrace wrapper (3.10/3.11; debugpy < 1.8.6 on 3.12+) prints a
+    "PYDEV DEBUGGER WARNING" on the host's stderr when the host calls sys.settrace.
+    Asleep, nothing is attached: sys.settrace is the interpreter's own again, the
+    host's tracer works, and nothing is printed; the next wake takes it back."""
+    trigger = tmp_path / "trigger"
+    app = spawn(SELF_TRACING_APP, str(trigger))
+    for _ in range(2):  # also after a re-wake and a second sleep
+        _wake(app, daemon)
+        time.sleep(0.3)
+        _sleep(app)
+        trigger.write_text("")
+        assert app.proc.stdout is not None
+        report = json.loads(app.proc.stdout.readline())
+        assert "call" in report["seen"] and "return" in report["seen"], report
+        assert report["settrace"] in (None, "sys"), report
+    (tmp_path / "trigger.stop").write_text("")
+    app.proc.wait(timeout=20)
+    assert app.proc.stderr is not None
+    err = app.proc.stderr.read()
+    assert "PYDEV DEBUGGER WARNING" not in err and "detrix-auto" not in err, err
