@@ -18,7 +18,7 @@ from types import TracebackType
 
 from . import _native
 
-__all__ = ["WAKE_SWITCH_INTERVAL", "forget_after_fork", "quick_handoffs"]
+__all__ = ["WAKE_SWITCH_INTERVAL", "enter", "forget_after_fork", "leave", "quick_handoffs"]
 
 #: Switch interval (seconds) while a wake runs: 0.1 ms keeps a cold wake beside a
 #: CPU-bound host within a small multiple of the idle wake.
@@ -29,18 +29,43 @@ _holders = 0
 _saved: float | None = None
 
 
+def enter() -> None:
+    """One more holder of the short interval (the first one sets it).
+
+    Every :func:`enter` must be matched by one :func:`leave`, on every path:
+    ``with quick_handoffs():`` does that for a block of one thread; the control
+    plane's loop pairs them itself across threads (a wake or sleep request,
+    from its parsing to its answer).
+    """
+    global _holders, _saved
+    with _lock:
+        _holders += 1
+        if _holders == 1:
+            current = sys.getswitchinterval()
+            if current > WAKE_SWITCH_INTERVAL:
+                _saved = current
+                sys.setswitchinterval(WAKE_SWITCH_INTERVAL)
+
+
+def leave() -> None:
+    """One holder fewer; the last one puts the host's interval back."""
+    global _holders, _saved
+    with _lock:
+        if _holders == 0:
+            return  # unmatched: never below zero (a fork reset the count meanwhile)
+        _holders -= 1
+        if _holders == 0 and _saved is not None:
+            # Someone else set another value meanwhile: theirs wins.
+            if abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6:
+                sys.setswitchinterval(_saved)
+            _saved = None
+
+
 class quick_handoffs:  # lower case: reads like a function in ``with quick_handoffs():``
     """Context manager: a short switch interval while at least one holder is inside."""
 
     def __enter__(self) -> None:
-        global _holders, _saved
-        with _lock:
-            _holders += 1
-            if _holders == 1:
-                current = sys.getswitchinterval()
-                if current > WAKE_SWITCH_INTERVAL:
-                    _saved = current
-                    sys.setswitchinterval(WAKE_SWITCH_INTERVAL)
+        enter()
 
     def __exit__(
         self,
@@ -48,14 +73,7 @@ class quick_handoffs:  # lower case: reads like a function in ``with quick_hando
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        global _holders, _saved
-        with _lock:
-            _holders -= 1
-            if _holders == 0 and _saved is not None:
-                # Someone else set another value meanwhile: theirs wins.
-                if abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6:
-                    sys.setswitchinterval(_saved)
-                _saved = None
+        leave()
 
 
 def forget_after_fork() -> None:

@@ -63,3 +63,55 @@ def test_an_exception_inside_still_restores():
     with pytest.raises(RuntimeError), quick_handoffs():
         raise RuntimeError("wake failed")
     assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+#: A host that computes without pause and reports its switch interval, as it
+#: sees it, after every block (whole, never half-written).
+BUSY_APP = """\
+import os, sys, time
+report = sys.argv[1]
+sys.setswitchinterval(0.007)  # the host's own value
+deadline = time.time() + 120
+while time.time() < deadline:
+    t = 0
+    for i in range(20000):
+        t += i * i % 7
+    with open(report + ".new", "w") as f:
+        f.write(repr(sys.getswitchinterval()))
+    os.replace(report + ".new", report)
+"""
+
+
+def test_wake_and_sleep_requests_give_the_host_its_interval_back_on_every_path(
+    spawn, daemon, tmp_path
+):
+    """The control plane holds quick hand-offs from parsing a wake or sleep request
+    to its answer (control/loop.py): whatever the answer, the host's own interval
+    is back afterwards."""
+    import time
+
+    from support import wait_until
+
+    report = tmp_path / "interval"
+    app = spawn(BUSY_APP, str(report))
+    wait_until(report.exists, what="the app's first report")
+
+    def host_interval_after(method, path, body=None, headers=None):
+        code, answer = app.request(method, path, body, headers=headers)
+        time.sleep(0.1)  # a few of the app's blocks
+        return float(report.read_text()), code, answer
+
+    cases = [
+        ("POST", "/detrix/wake", {"daemon_url": daemon.url}, None, 200),
+        ("POST", "/detrix/wake", {"daemon_url": daemon.url}, None, 200),  # already awake
+        ("POST", "/detrix/sleep", None, None, 200),
+        ("POST", "/detrix/sleep", None, None, 200),  # already asleep
+        ("POST", "/detrix/wake", {"daemon_url": "http://127.0.0.1:9"}, None, 503),
+        ("POST", "/detrix/wake", {"daemon_url": 5}, None, 400),
+        ("POST", "/detrix/wake", None, {"Authorization": "Bearer wrong"}, 401),
+        ("GET", "/detrix/wake", None, None, 405),
+    ]
+    for method, path, body, headers, expected in cases:
+        interval, code, answer = host_interval_after(method, path, body, headers)
+        assert code == expected, (method, path, body, code, answer)
+        assert interval == pytest.approx(0.007, abs=1e-5), (method, path, body, code, interval)

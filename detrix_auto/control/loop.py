@@ -80,6 +80,7 @@ class Connection:
         "close_after_write",
         "deadline",
         "fd",
+        "hurried",
         "ident",
         "inbuf",
         "local",
@@ -104,6 +105,8 @@ class Connection:
         self.close_after_write = False
         self.peer_closed = False
         self.auth_cache: dict[str, Any] = {}
+        #: A wake or sleep request of this connection holds quick GIL hand-offs.
+        self.hurried = False
 
     @property
     def open(self) -> bool:
@@ -312,18 +315,22 @@ class EventLoop:
             conn.deadline = time.monotonic() + IDLE_TIMEOUT
 
     def _dispatch(self, conn: Connection, request: Request) -> None:
+        if request.method == "POST" and request.path in HURRIED:
+            _hurry(conn)
         try:
             outcome = self._router.handle(request, conn)
         except Exception as exc:  # noqa: BLE001 - never a traceback on the wire
             outcome = error_response(500, f"internal error: {type(exc).__name__}")
             self._respond(conn, outcome, keep_alive=False)
+            _unhurry(conn)
             return
         if isinstance(outcome, Deferred):
             conn.busy = True
             self._watch(conn, 0)
             self._submit(conn, outcome)
-            return
+            return  # hurried until its answer is taken (_take_answers, _shutdown)
         self._respond(conn, outcome, keep_alive=request.keep_alive)
+        _unhurry(conn)
 
     def _respond(self, conn: Connection, data: bytes, *, keep_alive: bool) -> None:
         conn.outbuf += data
@@ -479,10 +486,12 @@ class EventLoop:
             self._in_flight -= 1
             conn.busy = False
             if not conn.open or self._conns.get(conn.fd) is not conn:
+                _unhurry(conn)
                 continue
             # A peer that half-closed after sending (``nc -N``) still gets
             # its answer; one that is fully gone makes the send fail.
             self._respond(conn, data, keep_alive=keep_alive and not conn.peer_closed)
+            _unhurry(conn)
             if conn.open and conn.inbuf and not conn.busy:
                 self._process(conn)
 
@@ -491,14 +500,42 @@ class EventLoop:
             self._drop(conn)
         with self._lock:
             self._closing = True
+            stranded = [conn for conn, _ in self._jobs] + [conn for conn, _, _ in self._done]
             self._jobs.clear()
             self._release_wakeup()
+        for conn in stranded:  # their answers will never be taken
+            _unhurry(conn)
         self._poller.set(self._listener_fd, 0)
         if not self._lost and fds.is_ours(self._listener, self._listener_ident):
             try:
                 self._listener.setblocking(True)  # the idle thread blocks in accept() again
             except OSError:
                 pass
+
+
+#: Requests that hold quick GIL hand-offs (``_handoff``) from their parsing to their
+#: answer: beside a host that computes, each of the dozen blocking calls of a
+#: request (reading it, who the caller is, the worker thread, the answer) would
+#: otherwise wait a whole switch interval (5 ms) for the GIL. A wake or a sleep
+#: holds them for its own work anyway; a status request does not (it changes
+#: nothing in the host, the interval included).
+HURRIED = frozenset({"/detrix/wake", "/detrix/sleep"})
+
+
+def _hurry(conn: Connection) -> None:
+    if not conn.hurried:
+        from .. import _handoff
+
+        conn.hurried = True
+        _handoff.enter()
+
+
+def _unhurry(conn: Connection) -> None:
+    if conn.hurried:
+        from .. import _handoff
+
+        conn.hurried = False
+        _handoff.leave()
 
 
 def _start_worker(target: Callable[[], None]) -> None:
