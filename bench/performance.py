@@ -11,9 +11,10 @@ One command builds what it needs and measures everything of issue 6::
         --only startup --startup-core --runs 400       # start-up on every Python
 
 ``--chroot`` takes the Pythons this machine lacks (3.14 and 3.15) from the
-Debian sid chroot that ``.ci/sid-chroot`` builds (root only): the script and
-the wheel are copied in and the start-up part runs there, with that Python's
-own ``bare`` and ``auto`` environments (under ``/opt/detrix-bench`` inside).
+Debian sid chroot that ``.ci/sid-chroot`` builds (root only): the script, the
+wheel and the checkout's ``detrix_auto`` (for the embedded daemon) are copied
+in and the start-up and overhead parts run there, with that Python's own
+``bare`` and ``auto`` environments (under ``/opt/detrix-bench`` inside).
 
 For every Python it makes three virtual environments under ``bench/.venvs/``
 (git-ignored): ``bare`` (debugpy and urllib3, no detrix-auto), ``auto`` (the
@@ -474,8 +475,9 @@ CORE_STARTUP = (
     "detrix-auto enabled, sleeping",
 )
 
-#: What ``.ci/sid-chroot`` provides, and where this script runs inside it.
+#: What ``.ci/sid-chroot`` provides, what is measured there, and where this script runs.
 CHROOT_PYTHONS = ("3.14", "3.15")
+CHROOT_PARTS = frozenset({"startup", "overhead"})
 CHROOT_DIR = "/opt/detrix-bench"
 
 
@@ -1621,7 +1623,7 @@ and against the floor (what the interpreter and debugpy themselves cost).
 Rerun: `python bench/performance.py [--pythons 3.10,3.11,3.12,3.13] [--runs N] [--quick]`
 (with pyenv, expose the interpreters first, as `.ci/run` does); add `--chroot` to
 take 3.14 and 3.15 from the Debian sid chroot `.ci/sid-chroot` builds (root; only
-start-up is measured there). The script builds
+start-up and runtime overhead are measured there). The script builds
 its virtual environments under `bench/.venvs/` (git-ignored), measures, prints the
 tables and rewrites the generated sections below; everything outside the
 `bench:` markers is hand-written and kept.
@@ -1729,15 +1731,25 @@ def startup_table(measured: dict[str, tuple[str, dict[str, list[tuple[float, flo
 def run_in_chroot(
     version: str, wheel: Path, cfg: Config, only: set[str]
 ) -> tuple[Envs, dict[str, Any], float]:
-    """Measure start-up on a Python of the sid chroot: run this very script inside it."""
-    if "startup" not in only:
-        raise SystemExit(f"Python {version} comes from the chroot, where only startup is measured")
-    if only != {"startup"}:
-        log(f"Python {version} (chroot): measuring start-up only")
+    """Measure start-up and runtime overhead on a Python of the sid chroot: run this very
+    script inside it (with the checkout's ``detrix_auto`` beside it, for the embedded
+    daemon the overhead phases attach with)."""
+    here_only = only & CHROOT_PARTS
+    if not here_only:
+        raise SystemExit(
+            f"Python {version} comes from the chroot, where only {', '.join(sorted(CHROOT_PARTS))} "
+            "are measured"
+        )
+    if here_only != only:
+        log(f"Python {version} (chroot): measuring {', '.join(sorted(here_only))} only")
     chroot = run(["bash", str(ROOT / ".ci" / "sid-chroot"), "ensure"]).stdout.strip()
     here = Path(chroot + CHROOT_DIR)
     (here / "bench").mkdir(parents=True, exist_ok=True)
     shutil.copy2(Path(__file__), here / "bench" / "performance.py")
+    if (here / "detrix_auto").exists():
+        shutil.rmtree(here / "detrix_auto")
+    shutil.copytree(ROOT / "detrix_auto", here / "detrix_auto",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     wheels = here / "wheels"
     if wheels.exists():
         shutil.rmtree(wheels)
@@ -1756,7 +1768,7 @@ def run_in_chroot(
             "--pythons",
             version,
             "--only",
-            "startup",
+            ",".join(sorted(here_only)),
             "--no-original",
             "--no-write",
             "--runs",
@@ -1776,7 +1788,7 @@ def run_in_chroot(
     data = json.loads(out.read_text())
     envs = Envs(version, data["full_version"], Path("bare"), Path("auto"), None)
     envs.packages = dict(data["packages"])
-    envs.orig_missing = "only start-up is measured in the Debian chroot"
+    envs.orig_missing = "the Debian chroot has no detrix-py"
     return envs, dict(data["results"]), float(data["elapsed"])
 
 
@@ -1811,7 +1823,7 @@ def main(argv: list[str] | None = None) -> int:
         "--chroot",
         action="store_true",
         help="take Pythons this machine lacks (3.14, 3.15) from .ci/sid-chroot's Debian "
-        "chroot (root; start-up only)",
+        "chroot (root; start-up and overhead only)",
     )
     parser.add_argument(
         "--startup-core",
@@ -1842,7 +1854,7 @@ def main(argv: list[str] | None = None) -> int:
             envs, results, elapsed = run_in_chroot(version, wheel, cfg, only)
             measured = Measured(envs, results)
             text = report(measured, cfg, elapsed)
-            complete = True  # start-up is all the chroot measures
+            complete = True  # start-up and overhead are all the chroot measures
         else:
             envs = prepare(version, wheel, with_original=not args.no_original)
             log(f"Python {envs.full_version}: measuring")
