@@ -93,11 +93,13 @@ class DaemonClient(Protocol):
 
 
 class _PlainTransport:
-    """An ``http://`` daemon over ``http.client``: one connection, kept alive between calls.
+    """An ``http://`` daemon over ``http.client``: one connection kept alive between calls.
 
-    Calls are serialised (a wake, the keeper and a sleep take turns): a kept
-    connection is reused only when nothing arrived on it meanwhile (a daemon
-    that closed it, or sent something unasked), else a new one is opened.
+    A call takes the kept connection if it is still quiet (nothing arrived on
+    it meanwhile: a daemon that closed it, or sent something unasked), else
+    opens a new one, and keeps it afterwards if none is kept by then. Calls of
+    different threads (a sleep, the keeper) never wait for each other: each
+    is bounded by its own deadline alone.
     """
 
     def __init__(self, url: str, explain: Callable[[str, str, float], str]) -> None:
@@ -115,32 +117,34 @@ class _PlainTransport:
     ) -> tuple[int, bytes]:
         with self._lock:
             conn, self._kept = self._kept, None
-            if conn is not None and not _still_quiet(conn):
-                conn.close()
-                conn = None
-            if conn is None:
-                conn = self._connect(timeout)
-            try:
-                conn.request(method, self.base_path + path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except DaemonError:
-                conn.close()
-                raise
-            except (http.client.HTTPException, ConnectionError) as exc:
-                conn.close()
-                raise DaemonError(self._explain("cut", _reason(exc), timeout)) from None
-            except TimeoutError as exc:
-                conn.close()
-                raise DaemonError(self._explain("timeout", _reason(exc), timeout)) from None
-            except OSError as exc:
-                conn.close()
-                raise DaemonError(self._explain("other", _reason(exc), timeout)) from None
-            if response.will_close:
-                conn.close()
-            else:
-                self._kept = conn
-            return response.status, data
+        if conn is not None and not _still_quiet(conn):
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = self._connect(timeout)
+        try:
+            conn.request(method, self.base_path + path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except DaemonError:
+            conn.close()
+            raise
+        except (http.client.HTTPException, ConnectionError) as exc:
+            conn.close()
+            raise DaemonError(self._explain("cut", _reason(exc), timeout)) from None
+        except TimeoutError as exc:
+            conn.close()
+            raise DaemonError(self._explain("timeout", _reason(exc), timeout)) from None
+        except OSError as exc:
+            conn.close()
+            raise DaemonError(self._explain("other", _reason(exc), timeout)) from None
+        if not response.will_close:
+            with self._lock:
+                if self._kept is None:
+                    self._kept, conn = conn, None
+        if conn is not None:
+            conn.close()
+        return response.status, data
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         deadline = getattr(_daemon_net.call, "deadline", None)
@@ -161,6 +165,9 @@ class _PlainTransport:
             pass  # a request still works, a little later
         conn = http.client.HTTPConnection(self.host, self.port, timeout=left)
         conn.sock = sock
+        # Never a connection of http.client's own making: it would skip the owner
+        # check above (and under gevent be gevent's socket).
+        conn.auto_open = 0
         return conn
 
     def close(self) -> None:

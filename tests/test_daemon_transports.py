@@ -126,3 +126,28 @@ def test_https_honours_the_deadline_too(certificate: tuple[str, str]) -> None:
             client.health(0.5)
         assert time.monotonic() - started < 3
         client.close()
+
+
+def test_a_call_never_waits_for_another_threads_call() -> None:
+    """The keeper's slow liveness read must not hold a sleep's unregister: each call
+    is bounded by its own deadline alone (a second connection is opened)."""
+    import threading
+
+    with FaultDaemon() as double:
+        client = HttpDaemonClient(double.url)
+        client.health(5)
+        double.faults["get"] = Fault(delay=3)
+
+        def slow_read() -> None:
+            with pytest.raises(DaemonError):  # the double has no backend: 500 after 3 s
+                client.connection("c1", None, 5)
+
+        slow = threading.Thread(target=slow_read, daemon=True)
+        slow.start()
+        time.sleep(0.3)  # the slow call holds the kept connection now
+        started = time.monotonic()
+        with pytest.raises(DaemonError, match=r"refused the unregistration \(HTTP 500"):
+            client.unregister("c1", None, 2)
+        assert time.monotonic() - started < 1.5
+        slow.join(10)
+        client.close()
