@@ -223,8 +223,10 @@ class ControlServer:
             if not fds.is_ours(self._sock, self._ident):
                 # Closed under us while we waited (accept() kept the socket
                 # alive until now): the port is gone with this connection.
-                fds.release(sock, conn[2])
+                # Said before the close: whoever sees the connection end (and
+                # then lets the host exit) can already read why.
                 self._lose()
+                fds.release(sock, conn[2])
                 return None
             with self._lock:
                 phase = self._phase
