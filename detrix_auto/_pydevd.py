@@ -102,6 +102,7 @@ CAPABILITY_NAMES = (
     "quiet_listen",
     "resume",
     "lean_settrace",
+    "quiet_pollers",
 )
 
 #: What happens without each capability, in a sentence (``doctor`` prints it).
@@ -118,6 +119,8 @@ FALLBACKS = {
     "until their function is called again (3.12+)",
     "lean_settrace": "each re-trace of a thread starts and waits for a thread of its own: "
     "under gevent an awake process runs tens of times slower (3.10/3.11)",
+    "quiet_pollers": "after the first wake, two of debugpy's threads wake every 0.2-0.3 s "
+    "for good, also asleep, each time taking the GIL from a computing host",
 }
 
 #: The debugpy releases this version of detrix-auto was tested with (bench/debugpy_range.py).
@@ -170,9 +173,10 @@ def forget_after_fork() -> None:
 
     (debugpy itself cannot listen again in such a child; ``Debugger`` says so.)
     """
-    global _probe_lock, _REMOVER_LOCK
+    global _probe_lock, _REMOVER_LOCK, _pollers_parked
     _probe_lock = _native.Lock()
     _REMOVER_LOCK = _native.RLock()
+    _pollers_parked = False  # the parent's pydevd threads are not in this process
 
 
 # -- import ----------------------------------------------------------------------
@@ -330,6 +334,18 @@ def _probe() -> Capabilities:
         missing["nodelay"] = "PyDB.initialize_network is missing"
     if _lacking(py_db_class, "dispose_and_kill_all_pydevd_threads"):
         missing["exit"] = "PyDB.dispose_and_kill_all_pydevd_threads is missing"
+    lacking = [
+        f"{owner}.{attr}"
+        for owner, attr in (
+            ("PyDBCommandThread", "_py_db_command_thread_event"),
+            ("CheckAliveThread", "_wait_event"),
+        )
+        if attr not in _code_names(getattr(pydevd, owner, None), "_on_run")
+    ]
+    if lacking or "check_alive_thread" not in _code_names(py_db_class, "__init__"):
+        missing["quiet_pollers"] = "pydevd's polling threads are not as known: " + (
+            ", ".join(lacking) or "PyDB.check_alive_thread"
+        )
     server_api = sys.modules.get("debugpy.server.api")
     log = sys.modules.get("debugpy.common.log")
     if getattr(server_api, "ensure_logging", None) is None or not hasattr(log, "log_dir"):
@@ -634,6 +650,7 @@ def stop_tracing() -> bool:
         else:
             _stop_settrace()
             _swap_sys_settrace(pydevd_wrapper=False)
+        park_pollers()
         return True
     except Exception as exc:  # noqa: BLE001
         _log.debug("could not stop tracing: %s", exc)
@@ -646,6 +663,7 @@ def start_tracing() -> bool:
     py_db = _py_db()
     if py_db is None or not caps.has("untrace"):
         return False
+    unpark_pollers()
     try:
         if caps.tracing == "sys.monitoring":
             monitoring = _module("_pydevd_sys_monitoring.pydevd_sys_monitoring")
@@ -664,6 +682,101 @@ def start_tracing() -> bool:
     except Exception as exc:  # noqa: BLE001
         _log.debug("could not restart tracing: %s", exc)
         return False
+
+
+# -- pydevd's polling threads while asleep ---------------------------------------------
+
+#: How long pydevd's polling threads wait between two looks while asleep (0.2-0.3 s
+#: awake). Bounded, so that a path nobody foresaw can only delay, never hang: the one
+#: look that matters asleep, whether the process may exit, is made at once by
+#: :func:`release_at_exit`, which unparks first.
+PARKED_POLL = 30.0
+
+_pollers_parked = False
+
+
+class _PollWait:
+    """Stands in for the event one of pydevd's polling threads waits on between looks.
+
+    The same event underneath, so every ``set()`` of pydevd's still wakes the thread at
+    once (a posted command, a kill); only the timeout of its ``wait()`` is longer while
+    parked. pydevd's command thread (looks for queued commands) and its alive-check
+    thread (looks whether the process may end) each wait 0.2-0.3 s between looks
+    from the first wake to the end of the process: ten wake-ups a second, each taking
+    the GIL from a host that computes, in a process that nobody observes.
+    """
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if _pollers_parked and timeout is not None:
+            timeout = max(timeout, PARKED_POLL)
+        return bool(self.event.wait(timeout))
+
+    def set(self) -> None:
+        self.event.set()
+
+    def clear(self) -> None:
+        self.event.clear()
+
+    def is_set(self) -> bool:
+        return bool(self.event.is_set())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.event, name)
+
+
+#: pydevd's polling threads: where :class:`PyDB` keeps each, and its event's attribute.
+_POLLERS = (
+    ("py_db_command_thread", "_py_db_command_thread_event"),
+    ("check_alive_thread", "_wait_event"),
+)
+
+
+def park_pollers() -> None:
+    """Asleep: pydevd's polling threads look every :data:`PARKED_POLL` s. Never raises."""
+    global _pollers_parked
+    py_db = _py_db()
+    if py_db is None or not capabilities().has("quiet_pollers"):
+        return
+    try:
+        _pollers_parked = True
+        for thread_attr, event_attr in _POLLERS:
+            thread = getattr(py_db, thread_attr, None)
+            event = getattr(thread, event_attr, None)
+            if event is not None and not isinstance(event, _PollWait):
+                setattr(thread, event_attr, _PollWait(event))
+    except Exception as exc:  # noqa: BLE001 - at worst they poll as before
+        _log.debug("could not quiet pydevd's polling threads: %s", exc)
+
+
+def unpark_pollers() -> None:
+    """pydevd's polling threads look every 0.2-0.3 s again, from now on. Never raises."""
+    global _pollers_parked
+    if not _pollers_parked:
+        return
+    _pollers_parked = False
+    try:
+        py_db = _py_db()
+        if py_db is None:
+            return
+        # The command thread clears its event after each look: a set() just wakes it.
+        command = getattr(py_db, "py_db_command_thread", None)
+        event = getattr(command, "_py_db_command_thread_event", None)
+        if event is not None:
+            event.set()
+        # The alive-check never clears its own (set means "end"): it gets a fresh
+        # one to wait on, and the old one, set, ends the long wait it is in.
+        checker = getattr(py_db, "check_alive_thread", None)
+        parked = getattr(checker, "_wait_event", None)
+        if checker is not None and isinstance(parked, _PollWait) and not parked.is_set():
+            checker._wait_event = _PollWait(type(parked.event)())
+            parked.set()
+    except Exception as exc:  # noqa: BLE001 - at worst their next look comes later
+        _log.debug("could not wake pydevd's polling threads: %s", exc)
 
 
 def _remove_trace(frame: FrameType, event: str, arg: Any) -> None:
@@ -1300,6 +1413,7 @@ def release_at_exit() -> None:
     disposes pydevd's threads at once. Registered with ``threading``'s exit
     hooks by the debugger; runs only when nothing is attached.
     """
+    unpark_pollers()  # whatever follows, the alive-check looks every 0.2-0.3 s again
     try:
         py_db = _py_db()
         if py_db is None or _attached_reader() is not None or not capabilities().has("exit"):

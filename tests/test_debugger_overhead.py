@@ -405,3 +405,111 @@ def test_a_host_that_traces_after_sleep_hears_nothing_from_the_debugger(spawn, d
     assert app.proc.stderr is not None
     err = app.proc.stderr.read()
     assert "PYDEV DEBUGGER WARNING" not in err and "detrix-auto" not in err, err
+
+
+#: A host that idles in its main thread; on request it counts how often each of its
+#: other threads woke up over a while (context switches from /proc), names them as
+#: ``threading`` and pydevd know them, and prints the counts. Told to stop, it may
+#: leave a non-daemon thread of its own running for a second after its main ends.
+POLLERS_APP = textwrap.dedent(
+    """\
+    import json, os, sys, threading, time
+    trigger = sys.argv[1]
+
+    def cold(n):
+        return n + 1  # COLD_LINE
+
+    def switches():
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/status") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            out[tid] = sum(int(line.split()[1]) for line in lines
+                           if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        return out
+
+    def woke(seconds):
+        names = {}
+        threads = list(threading.enumerate())
+        constants = sys.modules.get("_pydevd_bundle.pydevd_constants")
+        py_db = constants.get_global_debugger() if constants else None
+        threads += list(getattr(py_db, "created_pydb_daemon_threads", None) or ())
+        for t in threads:
+            if getattr(t, "native_id", None):
+                names[str(t.native_id)] = t.name
+        before = switches()
+        time.sleep(seconds)
+        after = switches()
+        me = str(threading.get_native_id())
+        return {names.get(t, "tid " + t): after[t] - before[t]
+                for t in after if t in before and t != me}
+
+    n = 0
+    while True:
+        n = cold(n)
+        if os.path.exists(trigger):
+            seconds = float(open(trigger).read())
+            os.unlink(trigger)
+            print(json.dumps(woke(seconds)), flush=True)
+        if os.path.exists(trigger + ".stop"):
+            straggler = threading.Thread(target=time.sleep, args=(1.0,))
+            straggler.start()  # non-daemon: the interpreter waits for it after main
+            print("bye", flush=True)
+            break
+        time.sleep(0.05)
+    """
+)
+POLLERS_COLD_LINE = next(
+    i for i, line in enumerate(POLLERS_APP.splitlines(), 1) if "COLD_LINE" in line
+)
+PYDEVD_POLLERS = ("pydevd.CommandThread", "pydevd.CheckAliveThread")
+
+
+def _woke(app: App, trigger: Path, seconds: float) -> dict[str, int]:
+    trigger.write_text(str(seconds))
+    assert app.proc.stdout is not None
+    return dict(json.loads(app.proc.stdout.readline()))
+
+
+def test_asleep_debugpys_polling_threads_stay_still(spawn, daemon, tmp_path):
+    """pydevd's command and alive-check threads look every 0.2-0.3 s for as long as
+    the process lives, once woken: ten wake-ups a second, each taking the GIL from a
+    host that computes. Asleep they look every PARKED_POLL s; a wake makes them look
+    as often as before at once, and a host whose main thread ends while a thread of
+    its own still runs exits as soon as that thread does (the alive-check's look is
+    what lets it: made at exit, not PARKED_POLL s later)."""
+    from detrix_auto import _pydevd
+
+    trigger = tmp_path / "trigger"
+    app = spawn(POLLERS_APP, str(trigger))
+    daemon.add_metric(
+        MetricSpec(name="cold", path=str(app.script), line=POLLERS_COLD_LINE, expressions=("n",))
+    )
+    for cycle in range(2):
+        hits = len(daemon.hits("cold"))
+        _wake(app, daemon)
+        daemon.wait_for_hits("cold", hits + 1, timeout=20)
+        awake = _woke(app, trigger, 1.0)
+        for name in PYDEVD_POLLERS:  # the test sees them: else the next part proves nothing
+            assert awake.get(name, 0) >= 2, f"awake, cycle {cycle}: {awake}"
+        _sleep(app)
+        time.sleep(0.7)  # the waits begun before the sleep end
+        asleep = _woke(app, trigger, 2.0)
+        woken = {name: asleep.get(name) for name in PYDEVD_POLLERS}
+        assert woken == dict.fromkeys(PYDEVD_POLLERS, 0), f"asleep, cycle {cycle}: {asleep}"
+    assert _pydevd.PARKED_POLL >= 10
+    (tmp_path / "trigger.stop").write_text("")
+    started = time.monotonic()
+    assert app.proc.stdout is not None
+    assert app.proc.stdout.readline().strip() == "bye"
+    app.proc.wait(timeout=_pydevd.PARKED_POLL + 20)
+    exited = time.monotonic() - started
+    assert app.proc.stderr is not None
+    err = app.proc.stderr.read()
+    assert app.proc.returncode == 0, err
+    assert "detrix-auto" not in err and "pydev" not in err.lower(), err
+    # the straggler sleeps 1 s; the alive-check looks 0.2-0.3 s after it ends
+    assert exited < 5, f"exit took {exited:.1f} s after the host's last thread"
