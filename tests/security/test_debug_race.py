@@ -80,9 +80,15 @@ def _attacker(other_user, port: int, seconds: float, answer_wait: float = 3.0):
 
 
 def _result(proc: subprocess.Popen[str]) -> dict:
+    """The attacker's report. Read through the same text stream as its "ready" line:
+    an attacker refused at once has printed both before the test read the first, and
+    ``communicate()`` reads the pipe itself, past what that stream holds already."""
     import json
 
-    out, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=60)  # one short line: the pipe never fills
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    assert out.strip(), f"the attacker printed no report (exit {proc.returncode})"
     return json.loads(out.strip().splitlines()[-1])
 
 
