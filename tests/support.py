@@ -28,6 +28,27 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
+#: The share of their examples the property-based tests and schemathesis draw
+#: (``DETRIX_TEST_EXAMPLES``, default 1: all). ``.ci/run`` draws them all on one
+#: Python and a quarter on the others: the parsers and rules they feed are the same
+#: code on every Python, and they are a quarter of the suite's CPU time.
+EXAMPLES_SHARE = float(os.environ.get("DETRIX_TEST_EXAMPLES") or "1")
+
+
+def examples(count: int) -> int:
+    """``count`` examples, times :data:`EXAMPLES_SHARE`; never fewer than 10."""
+    return max(10, round(count * EXAMPLES_SHARE))
+
+
+def schemathesis_depth(count: int) -> list[str]:
+    """schemathesis's options for :func:`examples`: with a share below 1, also without
+    its coverage phase (hundreds of boundary cases, whatever ``--max-examples`` says)."""
+    depth = ["--max-examples", str(examples(count))]
+    if EXAMPLES_SHARE < 1:
+        depth += ["--phases", "examples,fuzzing,stateful"]
+    return depth
+
+
 #: A small untouched application: a loop whose line 7 changes ``value``.
 #: A logpoint runs before its line, so line 8 sees ``value == counter * 10``.
 SAMPLE_APP = textwrap.dedent(

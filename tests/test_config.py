@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from detrix_auto.config import (
     DEFAULT_DAEMON_URL,
@@ -249,7 +250,7 @@ def test_loopback_is_parsed_not_string_compared(host, loopback):
     assert is_loopback(host) is loopback
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(sorted(ENV_NAMES.values())),

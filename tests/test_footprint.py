@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import ROOT, clean_env, http_json, wait_for_record, wait_until
+from support import ROOT, clean_env, examples, http_json, wait_for_record, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -623,7 +623,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_JSON)
 def test_responses_are_written_exactly_as_json_writes_them(value):
     """``http.dumps`` (no ``json`` loaded for a status answer) is ``json.dumps`` with

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from detrix_auto.control.http import (
     MAX_BODY,
@@ -83,7 +84,7 @@ def test_json_response_is_well_formed():
     assert b"Connection: close" in head
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_never_crash_the_parser(data):
     try:
@@ -104,7 +105,7 @@ _header = st.tuples(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(_method, _path, st.lists(_header, max_size=5), st.binary(max_size=50))
 def test_structured_requests_parse_or_fail_cleanly(method, path, headers, body):
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from detrix_auto.devdaemon import DapClient, DapError
 from detrix_auto.devdaemon.dap import (
@@ -297,7 +298,7 @@ _values = st.text(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     hits=st.lists(
         st.tuples(

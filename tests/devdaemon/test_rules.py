@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from detrix_auto.devdaemon.metrics import (
     MetricRuleError,
@@ -136,7 +137,7 @@ def test_typed_values(text: str, value_json: str, typed: object) -> None:
     assert typed_value(text) == (value_json, typed)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=40) | st.sampled_from(["[" * 5000, "1" * 500, "-", "[1,", "{}"]))
 def test_every_value_json_is_json_and_shows_its_text(text: str) -> None:
     value_json, typed = typed_value(text)

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 import pytest
-from support import ROOT, TRADE_BOT, http_json, metric_body, wait_until
+from support import ROOT, TRADE_BOT, http_json, metric_body, schemathesis_depth, wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 
@@ -220,8 +220,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(tmp_path:
                 "positive_data_acceptance,ignored_auth",
                 "--exclude-operation-id",
                 "createConnection",
-                "--max-examples",
-                "25",
+                *schemathesis_depth(25),
                 "-H",
                 "Authorization: Bearer schemathesis-token",
             ],

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sechelpers import TOKEN, MalformedResponse, parse_responses
+from support import EXAMPLES_SHARE
 
 import detrix_auto
 from detrix_auto import lifecycle
@@ -34,7 +35,8 @@ from detrix_auto.errors import DaemonError
 ROUTES = ["/detrix/health", "/detrix/status", "/detrix/info", "/detrix/wake", "/detrix/sleep"]
 ALLOWED = {200, 400, 401, 404, 405, 408, 411, 413, 415, 431}
 GUARD = "daemon not reachable (fuzz guard)"
-#: Examples per test are multiplied by this (the default suite stays near 10 s).
+#: Examples per test are multiplied by this (the default suite stays near 10 s), and
+#: by ``DETRIX_TEST_EXAMPLES`` (support.examples).
 SCALE = float(os.environ.get("DETRIX_FUZZ_SCALE", "1"))
 
 
@@ -264,7 +266,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 def budget(examples: int) -> settings:
     return settings(
-        max_examples=max(1, int(examples * SCALE)),
+        max_examples=max(1, int(examples * SCALE * EXAMPLES_SHARE)),
         deadline=None,
         database=None,
         suppress_health_check=[

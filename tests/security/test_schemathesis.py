@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pytest
 from sechelpers import ROOT, TOKEN, FaultDaemon, RunningApp, start_app
+from support import schemathesis_depth
 
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("schemathesis")
@@ -90,8 +91,7 @@ def run_schemathesis(workdir: Path, spec: Path, url: str, *args: str) -> None:
         url,
         "--checks",
         "all",
-        "--max-examples",
-        "40",
+        *schemathesis_depth(40),
         "--seed",
         "7",
         "--workers",
