@@ -232,6 +232,27 @@ COLD_LINE = next(i for i, line in enumerate(APP.splitlines(), 1) if "COLD_LINE" 
 # -- small utilities -------------------------------------------------------------------
 
 
+def same_cpu(*children: Child) -> None:
+    """Pin the main threads of processes that compute in turn to one and the same CPU.
+
+    On this shared machine each virtual CPU's speed drifts on its own: the same
+    block took 25 ms on one and 39 ms on the other at the same moment (0.74x to
+    1.39x from one second to the next), so two processes that the scheduler left
+    on different CPUs were compared by CPU, not by code. Only the main thread (its
+    tid is the pid), which runs the blocks; the other threads run anywhere.
+    """
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if setaffinity is None:
+        return
+    cpu = max(os.sched_getaffinity(0))
+    for child in children:
+        setaffinity(child.pid, {cpu})
+
+
+#: The overhead row that compares a process after a sleep with itself before any wake.
+AFTER_VS_NEVER = "after sleep ÷ never woken, same process"
+
+
 def log(message: str) -> None:
     sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
@@ -655,8 +676,8 @@ def _config(args: argparse.Namespace) -> Config:
         runs=runs,
         quick=False,
         cycles=max(5, runs // 4),
-        overhead_runs=3,
-        phase_blocks=15,
+        overhead_runs=5,
+        phase_blocks=20,
         mem_runs=3,
         status_requests=300,
         work="60000,30000",
@@ -1041,6 +1062,7 @@ class Bench:
                     child = self.spawn_impl(impl, "onrequest", devdaemon.url)
                     url = self.control_url(child, child.next())
                     request(url, "GET", "/detrix/status")  # its HTTP side is loaded, as in use
+                    same_cpu(bare, child)
 
                     def phase(bare: Child = bare, child: Child = child) -> dict[str, float]:
                         best: dict[str, dict[str, float]] = {"bare": {}, "impl": {}}
@@ -1072,6 +1094,13 @@ class Bench:
                     phases["after sleep"] = phase()
                     child.stop()
                     bare.stop()
+                    # The same process before any wake and after a sleep: what is left of
+                    # the wake, without the luck of this process's memory layout that
+                    # every phase's ratio to the bare interpreter shares.
+                    phases[AFTER_VS_NEVER] = {
+                        w: phases["after sleep"][w] / phases["never woken"][w]
+                        for w in ("loop", "calls")
+                    }
                     for name, ratios in phases.items():
                         for w in ("loop", "calls"):
                             res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(
@@ -1584,19 +1613,24 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
             "after sleep",
         ]
         rows = []
-        for name in phases:
+        for name in [*phases, AFTER_VS_NEVER]:
             row = [name]
             for impl in ("auto", "orig"):
                 for w in ("loop", "calls"):
                     values = ov.get(f"{impl}|{name}|{w}", {}).get("ratio", [])
-                    row.append(f"{median(values):.2f}x" if values else "n/a")
+                    cell = f"{median(values):.2f}x" if values else "n/a"
+                    if name == AFTER_VS_NEVER and len(values) > 1:
+                        cell += f" ({min(values):.2f}-{max(values):.2f})"
+                    row.append(cell)
             rows.append(row)
         out.append(
             "**Runtime overhead** (time of a CPU-bound block relative to a bare "
             "interpreter, without detrix-auto or detrix-py, computing the same block in "
             f"turn with it; best of {cfg.phase_blocks} blocks a phase, median of "
             f"{cfg.overhead_runs} run(s); 1.00x = no cost. `loop`: arithmetic loop, no "
-            "calls; `calls`: a loop calling a small function)"
+            "calls; `calls`: a loop calling a small function. The last row divides each "
+            "run's after-sleep ratio by its never-woken ratio, both of the same process, "
+            "which cancels that process's own layout; in brackets the runs' range)"
         )
         out.append("")
         out.append(
