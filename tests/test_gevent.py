@@ -118,8 +118,8 @@ def _wake(app, daemon) -> dict:
         detail = f"wake unanswered ({exc!r}); status {status}; stderr:\n{err}"
         if sys.version_info < (3, 12):
             # Open bug (README, Known limits): seen once in four CI runs, debugpy 1.8.0 on
-            # 3.11 beside the rest of the suite: the first wake and the control plane with
-            # it went unanswered. Not reproduced on 3.10/3.11 with debugpy 1.8.22.
+            # 3.11 beside the rest of the suite, and once with debugpy 1.8.22 on 3.10 in a
+            # loaded CI run: the first wake and the control plane with it went unanswered.
             pytest.xfail(f"known open bug: {detail}")
         raise AssertionError(detail) from None
     assert code == 200, body
