@@ -336,10 +336,7 @@ def _probe() -> Capabilities:
         missing["exit"] = "PyDB.dispose_and_kill_all_pydevd_threads is missing"
     lacking = [
         f"{owner}.{attr}"
-        for owner, attr in (
-            ("PyDBCommandThread", "_py_db_command_thread_event"),
-            ("CheckAliveThread", "_wait_event"),
-        )
+        for _, owner, attr in _POLLERS
         if attr not in _code_names(getattr(pydevd, owner, None), "_on_run")
     ]
     if lacking or "check_alive_thread" not in _code_names(py_db_class, "__init__"):
@@ -729,10 +726,11 @@ class _PollWait:
         return getattr(self.event, name)
 
 
-#: pydevd's polling threads: where :class:`PyDB` keeps each, and its event's attribute.
+#: pydevd's polling threads: where :class:`PyDB` keeps each, its class, and the
+#: attribute of the event it waits on (the probe checks each class's loop uses it).
 _POLLERS = (
-    ("py_db_command_thread", "_py_db_command_thread_event"),
-    ("check_alive_thread", "_wait_event"),
+    ("py_db_command_thread", "PyDBCommandThread", "_py_db_command_thread_event"),
+    ("check_alive_thread", "CheckAliveThread", "_wait_event"),
 )
 
 
@@ -744,7 +742,7 @@ def park_pollers() -> None:
         return
     try:
         _pollers_parked = True
-        for thread_attr, event_attr in _POLLERS:
+        for thread_attr, _, event_attr in _POLLERS:
             thread = getattr(py_db, thread_attr, None)
             event = getattr(thread, event_attr, None)
             if event is not None and not isinstance(event, _PollWait):
