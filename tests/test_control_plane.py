@@ -268,3 +268,54 @@ def test_a_backlog_behind_a_running_wake_is_bounded(plane):
         except OSError:
             pass  # dropped: what we want
     assert _split(_raw(port, b"GET /detrix/health HTTP/1.0\r\n\r\n"))[0] == 200
+
+
+def test_a_wake_still_running_when_the_loop_stops_gives_the_interval_back():
+    """A wake holds quick GIL hand-offs until the loop takes its answer. When the loop
+    stops while the wake still runs (``shutdown()`` gives up waiting for it, or at
+    exit), nobody takes that answer, and the hold must end anyway: else the host's
+    switch interval would stay at 0.1 ms for good (seen in CI: a later test in the
+    same process found the interval short)."""
+    import sys
+
+    from detrix_auto import _handoff
+    from detrix_auto.control.http import Request
+
+    running, finish = threading.Event(), threading.Event()
+
+    def slow_wake() -> bytes:
+        running.set()
+        finish.wait(10)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    class OneSlowWake:
+        def handle(self, request: Request, conn: object) -> control_loop.Deferred:
+            return control_loop.Deferred(slow_wake, keep_alive=False)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    from detrix_auto.control import fds
+
+    loop = control_loop.EventLoop(listener, fds.identity(listener), OneSlowWake())
+    server = threading.Thread(target=loop.run)
+    before = sys.getswitchinterval()
+    try:
+        server.start()
+        with socket.create_connection(listener.getsockname(), timeout=10) as s:
+            s.sendall(b"POST /detrix/wake HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert running.wait(10)
+            assert sys.getswitchinterval() == pytest.approx(_handoff.WAKE_SWITCH_INTERVAL)
+            loop.stop()
+            server.join(10)
+            assert not server.is_alive()
+            finish.set()  # the wake ends after the loop did
+            deadline = time.monotonic() + 10
+            while _handoff._holders and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        finish.set()
+        loop.stop()
+        listener.close()
+    assert _handoff._holders == 0
+    assert sys.getswitchinterval() == before

@@ -426,8 +426,15 @@ class EventLoop:
             except Exception as exc:  # noqa: BLE001
                 data = error_response(500, f"internal error: {type(exc).__name__}")
             with self._lock:
-                self._done.append((conn, data, job.keep_alive))
-                self._notify_locked()
+                closed = self._closing
+                if not closed:
+                    self._done.append((conn, data, job.keep_alive))
+                    self._notify_locked()
+            if closed:
+                # The loop ended while this job ran: nobody will take its answer,
+                # so its hold on quick hand-offs ends here (else the host's switch
+                # interval would stay short for good).
+                _unhurry(conn)
 
     def _open_wakeup(self) -> None:
         pair = getattr(_socket, "socketpair", None)
