@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SAMPLE_APP, App, clean_env, private_tmp, wait_for_record
+from support import SAMPLE_APP, App, clean_env, private_tmp, wait_for_record, write_script
 
 LINUX = sys.platform.startswith("linux")
 #: The second, unprivileged local user every attacker test runs as.
@@ -55,8 +55,7 @@ def spawn(tmp_path: Path, home: Path) -> Iterator[Any]:
         python: str | None = None,
         name: str = "app.py",
     ) -> App:
-        script = tmp_path / name
-        script.write_text(source)
+        script = write_script(tmp_path / name, source)
         full_env = clean_env(home, DETRIX_ENABLE="1")
         full_env.update(env or {})
         proc = subprocess.Popen(

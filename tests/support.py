@@ -164,6 +164,19 @@ def metric_body(
     }
 
 
+def write_script(path: Path, source: str) -> Path:
+    """Put ``source`` at ``path`` whole, never rewritten in place.
+
+    An app started earlier from the same path may be reading it right now (its
+    record is written by the hook before its script is read), and a script caught
+    truncated is an app that exits at once with nothing to say.
+    """
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    staged.write_text(source)
+    os.replace(staged, path)
+    return path
+
+
 def private_tmp(home: Path) -> str:
     """The TMPDIR of the test that owns ``home``: beside it, private to this user."""
     path = Path(home).parent / ".tmpdir"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import clean_env, http_json, wait_until
+from support import clean_env, http_json, wait_until, write_script
 
 #: Seconds: every daemon timeout of the app under test, except register.
 TIMEOUT = 1.0
@@ -238,8 +238,7 @@ def start_app(
 ) -> FaultApp:
     """Start ``source`` with the hook on; returns once its discovery record exists."""
     directory.mkdir(parents=True, exist_ok=True)
-    script = directory / name
-    script.write_text(source)
+    script = write_script(directory / name, source)
     beat = directory / f"{name}.beat"
     beat.touch()
     full_env = clean_env(home, DETRIX_ENABLE="1", **FAST_ENV)
