@@ -133,6 +133,9 @@ def get_client() -> Client:
         if _settings is None:
             raise NotInitializedError(NOT_STARTED)
         if _client is None:
+            from . import _importlib_race
+
+            _importlib_race.settle()  # before our first import that imports importlib
             from .lifecycle import Client
 
             client = Client(_settings)
