@@ -133,9 +133,9 @@ def get_client() -> Client:
         if _settings is None:
             raise NotInitializedError(NOT_STARTED)
         if _client is None:
-            from . import _importlib_race
+            from . import _import_races
 
-            _importlib_race.settle()  # before our first import that imports importlib
+            _import_races.settle()  # before our first import that imports importlib
             from .lifecycle import Client
 
             client = Client(_settings)
@@ -351,13 +351,19 @@ def _install_hooks() -> None:
             after_in_child=_after_fork_in_child,
         )
     else:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _before_fork() -> None:
     try:
+        if _pid != os.getpid():
+            return
+        from . import _import_races
+
+        # Before the pause: a thread of ours that is not idle goes on meanwhile.
+        _import_races.note_before_fork()
         server = _server
-        if server is not None and _pid == os.getpid():
+        if server is not None and sys.version_info >= (3, 12):
             server.pause_for_fork()
     except Exception:  # noqa: BLE001, S110 - a fork must never fail because of us
         pass
@@ -453,6 +459,9 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     try:
+        races = sys.modules.get("detrix_auto._import_races")
+        if races is not None:  # loaded by the before-fork hook
+            races.repair_after_fork()
         # Modules with process-wide locks or state that a thread of the parent
         # (a wake under way) may have held at the fork: only those already loaded.
         for name in ("detrix_auto._mainthread", "detrix_auto._handoff", "detrix_auto._pydevd"):
