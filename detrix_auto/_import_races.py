@@ -12,7 +12,8 @@ then loads a *fresh, never set-up* copy of the bootstrap, whose functions lack
 and once the copy replaces the package's ``_bootstrap`` attribute every
 ``importlib.import_module`` fails with ``NameError: name 'sys' is not defined``.
 Reproduced on 3.10-3.13 by pausing one thread inside the package's body while
-another imports ``importlib.machinery``.
+another imports ``importlib.machinery``; 3.14 made such an import wait for the
+package first.
 
 A wake is the first time our thread imports ``importlib`` (``_pydevd``, debugpy,
 ``inspect``), and a host often does too while it starts (``multiprocessing``'s

@@ -22,6 +22,11 @@ import pytest
 from support import SAMPLE_APP, App, clean_env, private_tmp, wait_for_record, write_script
 
 LINUX = sys.platform.startswith("linux")
+
+#: ``DETRIX_TEST_DAEMON_DOUBLE=0`` leaves out ``tests/devdaemon``, the daemon double's
+#: own tests: pure Python, the same on every Python, and the double itself serves every
+#: other test on each. ``.ci/run`` runs them on 3.12 and 3.15 only (a tenth of a suite).
+collect_ignore = ["devdaemon"] if os.environ.get("DETRIX_TEST_DAEMON_DOUBLE") == "0" else []
 #: The second, unprivileged local user every attacker test runs as.
 OTHER_USER = "detrixsec"
 

@@ -62,8 +62,9 @@ HOST = (
     + """\
 # The import statement loads the submodule, then waits for the package (held): so
 # it runs in a thread of the host's, and the hold ends once the submodule is loaded.
+# 3.14+ waits for the package before it loads the submodule: the hold ends after 2 s.
 threading.Thread(target=__import__, args=("importlib.machinery",), daemon=True).start()
-deadline = time.time() + 30
+deadline = time.time() + 2
 while time.time() < deadline:
     machinery = sys.modules.get("importlib.machinery")
     if machinery is not None and not getattr(machinery.__spec__, "_initializing", True):
