@@ -75,7 +75,8 @@ ORIGINAL = "detrix-py"
 #: One script for every child: ``app.py IMPL MODE [ARG]``. IMPL is ``hook``
 #: (detrix-auto through its .pth hook, nothing imported here), ``api``
 #: (``detrix_auto.init()``), ``orig`` (``detrix.init()``), ``bare``, or
-#: ``debugpy-inproc``/``debugpy-adapter`` (bare debugpy, the floors). MODE is
+#: ``debugpy-inproc``/``debugpy-adapter`` (bare debugpy, the floors), or
+#: ``debugpy-imported`` (imported, never listening: the overhead's control). MODE is
 #: ``idle`` (wait for stdin to close), ``work`` (time CPU-bound blocks until
 #: stdin closes), ``forks`` (time ``os.fork()`` on request) or ``statusbench``
 #: (in-process status() latency).
@@ -121,6 +122,9 @@ APP = textwrap.dedent(
         import detrix as api
         api.init(name="bench-orig-%d" % os.getpid(), daemon_url=URL)
         info["control_port"] = api.status()["control_port"]
+    elif IMPL == "debugpy-imported":  # loaded (pydevd too), never listening nor tracing
+        import debugpy
+        import debugpy.server.api
     elif IMPL.startswith("debugpy-"):
         t0 = time.perf_counter()
         import debugpy
@@ -251,6 +255,12 @@ def same_cpu(*children: Child) -> None:
 
 #: The overhead row that compares a process after a sleep with itself before any wake.
 AFTER_VS_NEVER = "after sleep ÷ never woken, same process"
+#: The same division for a control process that changes nothing between the phases.
+CONTROL_DRIFT = "control (debugpy imported, never listening): its after ÷ its never"
+#: After the sleep against the control in the same phase.
+AFTER_VS_LOADED = "after sleep ÷ control, same phase"
+#: Rows that divide two ratios of one run: shown with the runs' range.
+DIVIDED_ROWS = (AFTER_VS_NEVER, CONTROL_DRIFT, AFTER_VS_LOADED)
 
 
 def log(message: str) -> None:
@@ -1059,18 +1069,32 @@ class Bench:
                 with self.daemon() as devdaemon:
                     bare = self.spawn("bare", "bare", "onrequest", self.cfg.work)
                     bare.next()
+                    # The control: debugpy and pydevd imported, never listening (which on
+                    # 3.10/3.11 would trace), never changed. Its ratio moves between the
+                    # phases only by the machine's noise.
+                    still = self.spawn("bare", "debugpy-imported", "onrequest", self.cfg.work)
+                    still.next()
                     child = self.spawn_impl(impl, "onrequest", devdaemon.url)
                     url = self.control_url(child, child.next())
                     request(url, "GET", "/detrix/status")  # its HTTP side is loaded, as in use
-                    same_cpu(bare, child)
+                    same_cpu(bare, still, child)
+                    controls: list[dict[str, float]] = []
 
-                    def phase(bare: Child = bare, child: Child = child) -> dict[str, float]:
-                        best: dict[str, dict[str, float]] = {"bare": {}, "impl": {}}
+                    def phase(
+                        bare: Child = bare,
+                        still: Child = still,
+                        child: Child = child,
+                        controls: list[dict[str, float]] = controls,
+                    ) -> dict[str, float]:
+                        best: dict[str, dict[str, float]] = {"bare": {}, "still": {}, "impl": {}}
                         for _ in range(k):
-                            for name, proc in (("bare", bare), ("impl", child)):
+                            for name, proc in (("bare", bare), ("still", still), ("impl", child)):
                                 block = proc.ask()
                                 for w in ("loop", "calls"):
                                     best[name][w] = min(best[name].get(w, math.inf), block[w])
+                        controls.append(
+                            {w: best["still"][w] / best["bare"][w] for w in ("loop", "calls")}
+                        )
                         return {w: best["impl"][w] / best["bare"][w] for w in ("loop", "calls")}
 
                     phases = {"never woken": phase()}
@@ -1093,6 +1117,7 @@ class Bench:
                     time.sleep(0.2)
                     phases["after sleep"] = phase()
                     child.stop()
+                    still.stop()
                     bare.stop()
                     # The same process before any wake and after a sleep: what is left of
                     # the wake, without the luck of this process's memory layout that
@@ -1100,6 +1125,16 @@ class Bench:
                     phases[AFTER_VS_NEVER] = {
                         w: phases["after sleep"][w] / phases["never woken"][w]
                         for w in ("loop", "calls")
+                    }
+                    # The same division for the control, which changed nothing: how far
+                    # this machine alone moves a process between the two phases.
+                    phases[CONTROL_DRIFT] = {
+                        w: controls[-1][w] / controls[0][w] for w in ("loop", "calls")
+                    }
+                    # After the sleep against debugpy loaded and never attached, in the
+                    # same phase: what sleep leaves beyond what a loaded debugpy costs.
+                    phases[AFTER_VS_LOADED] = {
+                        w: phases["after sleep"][w] / controls[-1][w] for w in ("loop", "calls")
                     }
                     for name, ratios in phases.items():
                         for w in ("loop", "calls"):
@@ -1613,13 +1648,13 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
             "after sleep",
         ]
         rows = []
-        for name in [*phases, AFTER_VS_NEVER]:
+        for name in [*phases, *DIVIDED_ROWS]:
             row = [name]
             for impl in ("auto", "orig"):
                 for w in ("loop", "calls"):
                     values = ov.get(f"{impl}|{name}|{w}", {}).get("ratio", [])
                     cell = f"{median(values):.2f}x" if values else "n/a"
-                    if name == AFTER_VS_NEVER and len(values) > 1:
+                    if name in DIVIDED_ROWS and len(values) > 1:
                         cell += f" ({min(values):.2f}-{max(values):.2f})"
                     row.append(cell)
             rows.append(row)
@@ -1628,9 +1663,14 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
             "interpreter, without detrix-auto or detrix-py, computing the same block in "
             f"turn with it; best of {cfg.phase_blocks} blocks a phase, median of "
             f"{cfg.overhead_runs} run(s); 1.00x = no cost. `loop`: arithmetic loop, no "
-            "calls; `calls`: a loop calling a small function. The last row divides each "
-            "run's after-sleep ratio by its never-woken ratio, both of the same process, "
-            "which cancels that process's own layout; in brackets the runs' range)"
+            "calls; `calls`: a loop calling a small function. The last three rows divide "
+            "two ratios of one run, in brackets the runs' range: after sleep by never "
+            "woken, both of the same process (cancels that process's own layout); the same "
+            "for a control process computing in turn with them (debugpy and pydevd "
+            "imported, never listening), which changes nothing: how far the machine alone "
+            "moves that division, the noise any after-sleep figure carries; and after "
+            "sleep by the control in the same phase (what a sleep leaves beyond an imported "
+            "debugpy))"
         )
         out.append("")
         out.append(
