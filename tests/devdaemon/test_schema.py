@@ -189,6 +189,15 @@ def test_every_answer_matches_the_schema(spawn: Any, debuggee: Any) -> None:
     assert operations - exercised == set(), "operations never answered with success"
 
 
+#: schemathesis's own rejections of invalid data, and 413 (a body over the limit).
+REJECTIONS = """\
+[checks.negative_data_rejection]
+expected-statuses = [
+    "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5XX",
+]
+"""
+
+
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(tmp_path: Any) -> None:
     """schemathesis, positive and negative data, every check but two:
@@ -201,15 +210,24 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(tmp_path:
 
     ``POST /api/v1/connections`` is left out: it makes the daemon attach to any
     port schemathesis invents, possibly another test's debuggee.
+
+    A body over 64 KiB is refused with 413 (documented), whatever else is wrong
+    with it: schemathesis's list of rejections lacks 413, so the configuration
+    adds it (CI, 3.14: an invalid 370 KB body answered 413 counted as
+    "accepted"). A fixed seed: every run tries the same cases.
     """
     import subprocess
 
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(REJECTIONS)
     with DevDaemon(token="schemathesis-token") as daemon:
         done = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "schemathesis.cli",
+                "--config-file",
+                str(config),
                 "run",
                 str(SPEC_PATH),
                 "--url",
@@ -221,6 +239,8 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(tmp_path:
                 "--exclude-operation-id",
                 "createConnection",
                 *schemathesis_depth(25),
+                "--seed",
+                "7",
                 "-H",
                 "Authorization: Bearer schemathesis-token",
             ],
