@@ -48,7 +48,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["note_before_fork", "repair_after_fork", "settle"]
+__all__ = ["note_before_fork", "repair_after_fork", "settle", "wait_for_main_imports"]
 
 #: ``sys.modules`` names ``importlib/__init__.py`` gives the frozen bootstrap modules.
 _ALIASES = (
@@ -68,6 +68,55 @@ def settle() -> None:
         module = sys.modules.get(frozen)
         if module is not None:
             sys.modules.setdefault(alias, module)
+
+
+def _main_ident() -> int | None:
+    """The main thread's id, without importing ``threading`` for it."""
+    ask = getattr(_thread, "_get_main_thread_ident", None)  # 3.13+
+    if ask is not None:
+        ident: int = ask()
+        return ident
+    from . import _native
+
+    return _native.main_thread_ident
+
+
+#: At most this long a first client build or wake waits for the main thread to leave
+#: the imports it is in (:func:`wait_for_main_imports`).
+FIRST_IMPORT_WAIT = 2.0
+
+
+def wait_for_main_imports(timeout: float = FIRST_IMPORT_WAIT) -> None:
+    """Before a first wake imports (debugpy, the daemon client): let the main thread
+    finish the imports it is in, at most ``timeout`` seconds.
+
+    Two threads importing at once can each hold a module the other needs;
+    CPython breaks such a cycle by handing one of them the other's module half
+    executed, and that thread fails with ``cannot import name ... from partially
+    initialized module``. A host starting up imports in its main thread, and a
+    wake imports hundreds of modules: CI saw multiprocessing's resource tracker,
+    woken while it imported ``multiprocessing``, die of ``cannot import name
+    'Mapping' from 'collections.abc'``. Waiting while the main thread holds an
+    import lock avoids most of that window; a main thread that stays inside an
+    import (an application whose loop runs at import time) costs the wake
+    ``timeout`` once.
+    """
+    try:
+        locks = _module_locks()
+        main = _main_ident()
+        if not locks or main is None or main == _thread.get_ident():
+            return
+        import time
+
+        from . import _native
+
+        deadline = time.monotonic() + timeout
+        while any(_held_by(ref()) == main for ref in list(locks.values())):
+            if time.monotonic() >= deadline:
+                return
+            _native.sleep(0.002)
+    except Exception:  # noqa: BLE001, S110 - a wake goes on without this guard
+        pass
 
 
 # -- a fork while our thread imports ------------------------------------------------

@@ -83,6 +83,12 @@ def original(module: str, name: str) -> Any:
     return getattr(__import__(module), name)
 
 
+#: The main thread's id as seen when detrix-auto started (``_runtime.start``; the start-up
+#: hook runs in the main thread). Before 3.13 ``threading.main_thread()`` can name our own
+#: thread for a while (see ``_mainthread``), and ``_thread`` has no way to ask.
+main_thread_ident: int | None = None
+
+
 def start_new_thread(func: Callable[..., object], args: tuple[Any, ...] = ()) -> int:
     """A real OS thread running ``func(*args)``."""
     if "gevent.monkey" not in sys.modules:

@@ -81,6 +81,11 @@ def start(settings: Settings, *, eager: bool = False, explicit: bool = False) ->
 
         server = ControlServer(settings.control_host, settings.control_port, _make_router)
         _settings, _server, _pid, _explicit = settings, server, os.getpid(), explicit
+        if _native.main_thread_ident is None:
+            threading = sys.modules.get("threading")
+            main = getattr(threading, "main_thread", None)
+            # The hook runs in the main thread; init() asks threading when it can.
+            _native.main_thread_ident = main().ident if main is not None else _thread.get_ident()
         _install_hooks()
         server.start()
         if settings.discovery:
@@ -128,14 +133,18 @@ def idle_status() -> dict[str, Any]:
 def get_client() -> Client:
     """The client, built on first use; :class:`NotInitializedError` before ``init()``."""
     global _client
+    if _client is None and _settings is not None:
+        # Before the first import of the client's modules, and outside the lock (a
+        # host main thread inside an import may be calling init() meanwhile).
+        from . import _import_races
+
+        _import_races.settle()  # before our first import that imports importlib
+        _import_races.wait_for_main_imports()
     with _lock:
         _reset_if_forked()
         if _settings is None:
             raise NotInitializedError(NOT_STARTED)
         if _client is None:
-            from . import _import_races
-
-            _import_races.settle()  # before our first import that imports importlib
             from .lifecycle import Client
 
             client = Client(_settings)
@@ -459,6 +468,7 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     try:
+        _native.main_thread_ident = _thread.get_ident()  # the forking thread, alone here
         races = sys.modules.get("detrix_auto._import_races")
         if races is not None:  # loaded by the before-fork hook
             races.repair_after_fork()

@@ -290,6 +290,10 @@ class Client:
     def _wake_with_handoffs(
         self, override: str | None, send_token: bool, retry: bool
     ) -> dict[str, Any]:
+        if "debugpy" not in sys.modules:  # a first wake imports hundreds of modules
+            from . import _import_races
+
+            _import_races.wait_for_main_imports()
         url, source, token = self._resolve_daemon(override, send_token)
         changes: dict[str, Any] = {"daemon_url": url, "daemon_url_source": source}
         if not retry:  # a keeper retry: what went wrong stays said until it works

@@ -23,7 +23,7 @@ import signal
 import time
 
 import pytest
-from support import http_json, wait_until
+from support import http_json, wait_until, write_script
 
 from detrix_auto.discovery import iter_records
 
@@ -137,3 +137,35 @@ def test_a_child_forked_while_our_thread_imports_imports_it_afresh(spawn, home):
         except OSError:
             pass
     assert app.status()["state"] == "sleeping"
+
+
+#: The host: its main thread sits inside an import (the module's body sleeps) when
+#: the wake comes, and reports whether debugpy was imported meanwhile.
+INSIDE_AN_IMPORT = """\
+import time
+print("ready", flush=True)
+import slowimport
+time.sleep(60)
+"""
+SLOW_MODULE = """\
+import sys, time
+print("inside", flush=True)
+time.sleep(1.5)
+print("debugpy imported meanwhile:", "debugpy" in sys.modules, flush=True)
+"""
+
+
+def test_a_first_wake_imports_once_the_main_thread_left_its_import(spawn, daemon, tmp_path):
+    """Two threads importing at once can each hold a module the other needs, and CPython
+    then hands one of them a half-executed module (CI: multiprocessing's resource
+    tracker, woken while it imported ``multiprocessing``, died of ``cannot import name
+    'Mapping' from 'collections.abc'``). A first wake waits, at most 2 s, while the
+    main thread is inside an import."""
+    write_script(tmp_path / "slowimport.py", SLOW_MODULE)
+    app = spawn(INSIDE_AN_IMPORT)
+    assert app.proc.stdout is not None
+    assert app.proc.stdout.readline().strip() == "ready"
+    assert app.proc.stdout.readline().strip() == "inside"
+    code, answer = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url}, timeout=60)
+    assert code == 200, answer
+    assert app.proc.stdout.readline().strip() == "debugpy imported meanwhile: False"
