@@ -286,11 +286,10 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
     if TRACED:
         # The measurement can see the tracer: otherwise the next assert proves nothing.
         assert awake / never > 1.3, ratios
-    # No tracer left in the main thread (exact), and no cost left (timed, wide margin).
+    # No tracer left in the main thread: exact. How fast it then runs is the bench's
+    # to say (bench/performance.py, with a control for the machine's noise): a timed
+    # bound here failed at 3.4x on a loaded CI with no tracer left.
     assert _still_traced(app) == "", ratios
-    # The timing only as a sanity bound: the tracer costs 4-12x here on
-    # 3.10/3.11, while noise on a loaded 2-core CI machine reached 1.8x.
-    assert after / never < 3.0, ratios
 
     # And again: a second wake re-arms, a second sleep disarms.
     hits = len(daemon.hits("cold"))
@@ -302,7 +301,6 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
     _sleep(app)
     again = timings.phase()
     assert _still_traced(app) == "", f"after the second sleep: {again / never:.2f}x"
-    assert again / never < 3.0, f"after the second sleep: {again / never:.2f}x"
 
     _, err = _finish(app, timings, stop)
     assert "detrix-auto" not in err and "pydev" not in err.lower(), err
