@@ -367,10 +367,12 @@ def _before_fork() -> None:
     try:
         if _pid != os.getpid():
             return
-        from . import _import_races
+        # Before the pause: a thread of ours that is not idle goes on meanwhile. Loaded
+        # only when some thread holds an import lock (CPython's table is empty else).
+        if getattr(sys.modules.get("_frozen_importlib"), "_module_locks", None):
+            from . import _import_races
 
-        # Before the pause: a thread of ours that is not idle goes on meanwhile.
-        _import_races.note_before_fork()
+            _import_races.note_before_fork()
         server = _server
         if server is not None and sys.version_info >= (3, 12):
             server.pause_for_fork()
