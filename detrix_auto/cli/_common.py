@@ -362,11 +362,30 @@ def _trusted_uids() -> tuple[int, ...]:
     return (os.geteuid(), 0) if hasattr(os, "geteuid") else ()
 
 
-def _holder_problem(found: Any, pid: int, url: str) -> str | None:
-    """Why the socket ``found`` is not process ``pid``'s, or None when it is."""
+#: How long a socket the kernel already names may take to appear among its
+#: server's descriptors: ``accept()`` gives the new socket its inode before it
+#: installs the descriptor, and a server preempted between the two (a loaded
+#: machine) shows a connection that no process holds yet.
+ACCEPT_SETTLE = 0.5
+
+
+def _holder_problem(found: Any, pid: int, url: str, *, settle: float = 0.0) -> str | None:
+    """Why the socket ``found`` is not process ``pid``'s, or None when it is.
+
+    With ``settle``, a socket not (yet) among ``pid``'s descriptors is looked for
+    again for that long before the answer is "another process". Waiting only
+    delays a refusal: a socket another process holds never appears in ``pid``'s
+    table unless ``pid`` itself receives it.
+    """
     from ..netowner import describe_uid, process_holds
 
     held = process_holds(pid, found.inode) if found.inode else None
+    deadline = time.monotonic() + settle
+    pause = 0.001
+    while held is False and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        held = process_holds(pid, found.inode)
     if held:
         return None
     if found.uid not in _trusted_uids():
@@ -428,7 +447,7 @@ def verify_holder(sock: socket.socket, *, pid: int, url: str) -> None:
         if is_loopback(host):
             raise Untrusted(f"cannot tell which process holds {url}; nothing was sent to it")
         return
-    problem = _holder_problem(found, pid, url)
+    problem = _holder_problem(found, pid, url, settle=ACCEPT_SETTLE)
     if problem is not None:
         raise Untrusted(f"{problem}; nothing was sent to it")
 

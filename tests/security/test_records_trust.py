@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +244,61 @@ def test_our_own_processes_are_still_listed_and_reached_with_the_token(tmp_path)
         assert status.returncode == 0, status.stderr
     finally:
         app.stop()
+
+
+#: A process that keeps every socket handed to it (SCM_RIGHTS) over the link it is given.
+KEEPER = """\
+import socket, sys
+link = socket.socket(fileno=int(sys.argv[1]))
+kept = []
+while True:
+    msg, fds, _, _ = socket.recv_fds(link, 16, 4)
+    if not msg:
+        break
+    kept.extend(fds)
+    link.sendall(b"k")
+"""
+
+
+@pytest.mark.parametrize("handed_over", [True, False], ids=["handed-over", "kept-elsewhere"])
+def test_a_connection_the_server_installs_late_is_its_own_and_one_it_never_gets_is_not(
+    handed_over,
+):
+    """``accept()`` gives a socket its inode before its descriptor is installed; a
+    server preempted in between shows a connection none of its descriptors holds
+    yet (a false "held by another process" under load, seen in CI). Here the gap
+    is made long: this process accepts and holds the connection, and hands it to
+    the target 0.15 s later (or never). Handed over: the request goes out; never:
+    it is refused, after the settle time, as before."""
+    from detrix_auto.cli._common import ACCEPT_SETTLE, verify_holder
+
+    ours, theirs = socket.socketpair()
+    target = subprocess.Popen(
+        [sys.executable, "-c", KEEPER, str(theirs.fileno())], pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            url = f"http://127.0.0.1:{server.getsockname()[1]}"
+            with socket.create_connection(server.getsockname(), timeout=10) as client:
+                accepted, _ = server.accept()
+                with accepted:
+                    if handed_over:
+                        timer = threading.Timer(
+                            0.15,
+                            lambda: socket.send_fds(ours, [b"x"], [accepted.fileno()]),
+                        )
+                        timer.start()
+                        verify_holder(client, pid=target.pid, url=url)
+                        timer.join()
+                        assert ours.recv(1) == b"k"
+                    else:
+                        started = time.monotonic()
+                        with pytest.raises(
+                            Untrusted, match=f"held by another process than pid {target.pid}"
+                        ):
+                            verify_holder(client, pid=target.pid, url=url)
+                        assert time.monotonic() - started >= ACCEPT_SETTLE
+    finally:
+        ours.close()
+        target.wait(timeout=10)
