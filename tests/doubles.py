@@ -40,6 +40,9 @@ class FaultDaemon:
         self.faults: dict[str, Fault] = {}  # "health", "register", "unregister", "get"
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
         self._stop = threading.Event()
+        #: Requests read and not yet answered (a delayed one forwards when its delay ends).
+        self._in_flight = 0
+        self._idle = threading.Condition()
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +60,16 @@ class FaultDaemon:
                 double.peers.append(self.client_address[1])
 
             def _handle(self) -> None:
+                with double._idle:
+                    double._in_flight += 1
+                try:
+                    self._handle_one()
+                finally:
+                    with double._idle:
+                        double._in_flight -= 1
+                        double._idle.notify_all()
+
+            def _handle_one(self) -> None:
                 body = self._body()
                 kind = double._kind(self.command, self.path)
                 double.calls.append((kind, self.path, dict(self.headers), body))
@@ -130,6 +143,18 @@ class FaultDaemon:
         if method == "DELETE":
             return "unregister"
         return "get"
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until every request read so far was forwarded and answered.
+
+        A request delayed by a fault still reaches the backend when its delay
+        ends, after its sender gave up on it: an unregistration delayed past the
+        client's timeout would otherwise land in whatever test runs next, and
+        detach a new registration of the same (deterministic) connection id.
+        """
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise AssertionError(f"{self._in_flight} request(s) still in the double")
 
     def count(self, kind: str) -> int:
         return sum(1 for call in self.calls if call[0] == kind)

@@ -91,8 +91,10 @@ def recover(rig: Rig) -> None:
     app.assert_running()
     if app.status()["state"] != "sleeping":
         assert app.sleep()[0] == 200
-    # Whatever the fault left attached on the daemon's side is detached by now.
+    # Whatever the fault left attached on the daemon's side is detached by now, and
+    # no delayed request is left to land on the next test's registration.
     wait_until(lambda: not live_rows(rig.daemon), timeout=8, what="no attached connection")
+    rig.proxy.wait_idle()
     code, body = app.wake(rig.proxy.url)
     assert code == 200, body
     assert body["status"] == "awake"
@@ -182,7 +184,7 @@ def test_slow_health_check(r: Rig, delay: float) -> None:
 
 def test_slow_register_just_under_the_timeout(r: Rig) -> None:
     # The attach itself takes ~0.1-0.3 s on top of the delay.
-    r.proxy.faults["register"] = Fault(delay=REGISTER_TIMEOUT - 0.8)
+    r.proxy.faults["register"] = Fault(delay=REGISTER_TIMEOUT - 1.0)
     code, body, _ = timed_wake(r.app, r.proxy.url)
     assert code == 200 and body["status"] == "awake", body
     assert r.app.sleep()[0] == 200
