@@ -111,3 +111,25 @@ def test_the_ci_summary_fails_on_a_failure_or_a_run_without_results(tmp_path):
     code, out = _summary(tmp_path, "py311", "py314")  # py314 broke before pytest finished
     assert code == 1 and "py314" in out and "no test results" in out
     assert out.splitlines()[-1] == "total: 2 passed, 1 failed, 1 skipped"
+
+
+def test_the_ci_summary_says_why_each_test_failed(tmp_path):
+    """The end of a CI log is often all one sees of it: each failure's ``E`` lines are there."""
+    failing = (
+        '<testcase classname="tests.a" name="test_bad"><failure message="long">'
+        "    def test_bad():\n&gt;       assert 1 == 2\nE       assert 1 == 2\nE         +1\n"
+        "\ntests/a.py:3: AssertionError</failure></testcase>"
+        '<testcase classname="tests.a" name="test_fixture"><error message="teardown broke"/>'
+        "</testcase>"
+    )
+    (tmp_path / "junit-py311.xml").write_text(JUNIT.format(extra=failing))
+    code, out = _summary(tmp_path, "py311")
+    assert code == 1
+    why = out.split("failed, and why:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert why == [
+        "  [py311] tests.a::test_bad (failure):",
+        "      assert 1 == 2",
+        "      +1",
+        "  [py311] tests.a::test_fixture (error):",
+        "      teardown broke",
+    ]
