@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import clean_env, http_json, wait_until, write_script
+from support import clean_env, http_json, wait_for_record, wait_until, write_script
 
 #: Seconds: every daemon timeout of the app under test, except register. Short, so
 #: a module of faults runs in a minute; not shorter, so that an "under" answer
@@ -256,26 +256,8 @@ def start_app(
     )
     app = FaultApp(proc, home, beat, script, {})
     if wait:
-        app.record = wait_for_record(home, proc)
+        app.record = wait_for_record(home, proc.pid, proc)
     return app
-
-
-def wait_for_record(
-    home: Path, proc: subprocess.Popen[str], timeout: float = 20.0, pid: int | None = None
-) -> dict[str, Any]:
-    path = home / "clients" / f"{pid or proc.pid}.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            try:
-                return dict(json.loads(path.read_text()))
-            except ValueError:
-                pass
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"app exited {proc.returncode} before listening: {out}\n{err}")
-        time.sleep(0.02)
-    raise AssertionError(f"no discovery record for pid {pid or proc.pid} under {home}")
 
 
 @pytest.fixture

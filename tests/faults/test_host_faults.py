@@ -30,10 +30,9 @@ from faultkit import (
     live_rows,
     pid_running,
     settle,
-    wait_for_record,
     warm_up,
 )
-from support import free_port, wait_until
+from support import free_port, wait_for_record, wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 from detrix_auto.discovery import iter_records
@@ -341,7 +340,7 @@ def test_fork_during_a_wake(
         interval = Path(str(app.beat) + ".childbeat.interval")
         assert float(interval.read_text()) == 0.005, "the child kept the wake's switch interval"
         try:
-            child = wait_for_record(app.home, app.proc, pid=child_pid)
+            child = wait_for_record(app.home, child_pid, app.proc)
             child_url = child["control_url"]
             code, status = http_json(child_url, "GET", "/detrix/status")
             assert code == 200
