@@ -29,9 +29,11 @@ __all__ = ["start_from_site"]
 
 _ran = False
 
-#: Interpreters that must never activate: debugpy's own adapter and the
-#: helpers pydevd injects into subprocesses of a debugged process.
-_HELPER_MARKERS = ("debugpy/adapter", "debugpy\\adapter", "debugpy.adapter", "pydevd")
+#: Interpreters that must never activate: debugpy's adapter and launcher (run as
+#: a directory or as a module), and pydevd run as a program (its own helpers).
+_HELPER_MODULES = ("debugpy.adapter", "debugpy.launcher")
+_HELPER_DIRS = (("debugpy", "adapter"), ("debugpy", "launcher"))
+_HELPER_SCRIPT = "pydevd.py"
 
 
 def start_from_site() -> None:
@@ -111,5 +113,14 @@ def _fail_config(message: str) -> None:
 
 
 def _is_helper_interpreter() -> bool:
-    argv = " ".join(getattr(sys, "orig_argv", None) or sys.argv)
-    return any(marker in argv for marker in _HELPER_MARKERS)
+    """Whether this interpreter runs one of debugpy's helpers, judged by whole
+    arguments: a program whose path merely contains "pydevd" or "debugpy"
+    (``~/pydevd-notes/app.py``) is the user's and activates."""
+    argv = getattr(sys, "orig_argv", None) or sys.argv
+    for arg in argv[1:]:
+        if arg in _HELPER_MODULES:
+            return True
+        parts = tuple(part for part in arg.replace("\\", "/").split("/") if part)
+        if parts[-1:] == (_HELPER_SCRIPT,) or parts[-2:] in _HELPER_DIRS:
+            return True
+    return False

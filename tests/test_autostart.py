@@ -207,6 +207,36 @@ def test_module_run_names_the_module(tmp_path, home):
         proc.wait()
 
 
+@pytest.mark.parametrize(
+    ("where", "activates"),
+    [
+        ("pydevd-notes/app.py", True),  # once taken for pydevd: off, and not a word why
+        ("debugpy/adapter-tests/app.py", True),
+        ("work/pydevd.py", False),  # pydevd run as a program
+        ("vendor/debugpy/adapter/__main__.py", False),  # how debugpy starts its adapter
+        ("vendor/debugpy/launcher/__main__.py", False),
+    ],
+)
+def test_only_debugpys_own_helpers_stay_off(tmp_path, home, where, activates):
+    """A program whose path only contains "pydevd" or "debugpy" is the user's: it
+    activates. debugpy's adapter and launcher, and pydevd run as a program, do not."""
+    script = tmp_path / where
+    script.parent.mkdir(parents=True)
+    script.write_text(PROBE)
+    target = script.parent if script.name == "__main__.py" else script
+    proc = subprocess.run(
+        [sys.executable, str(target), "0"],
+        env=clean_env(home, DETRIX_ENABLE="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["listening"] == (1 if activates else 0), out
+
+
 def test_discovery_record_is_private_and_removed_at_exit(spawn, home):
     app = spawn()
     path = home / "clients" / f"{app.pid}.json"
