@@ -872,11 +872,16 @@ def _stop_settrace() -> None:
     if helper != 0:
         _log.debug("disarm: some threads stop tracing only at their next line")
     # ...and every running frame's local one (called for 'line' and 'return'); a
-    # frame that has none (pydevd's own threads, never traced) keeps none.
+    # frame that has none keeps none. Threads never to be traced (pydevd's, ours)
+    # have no tracer of pydevd's for _remove_trace to take out: theirs go at once.
+    # pydevd's listener thread can hold frames of our gate with one (seen once in
+    # CI), and blocked in accept() until the next wake it would never see an event.
+    untraced = _never_traced_idents()
     for ident, top in sys._current_frames().items():
         for frame in _stack(top):
             if frame.f_trace is not None:
-                frame.f_trace = None if ident == me else _remove_trace
+                mine = ident == me or ident in untraced
+                frame.f_trace = None if mine else _remove_trace
     tracing.SetTrace(None)  # this thread: at once
     if me != threading.main_thread().ident:
         _in_main_thread(_untrace_main)  # the main thread without waiting for its next line
@@ -914,17 +919,26 @@ def _set_global_trace(tracing: Any, func: Any, me: int) -> int:
     if lib is None:
         result: int = tracing.set_trace_to_threads(func, create_dummy_thread=False)
         return result
-    skip = {
-        t.ident
-        for t in threading.enumerate()
-        if getattr(t, "pydev_do_not_trace", False) or getattr(t, "is_pydev_daemon_thread", False)
-    }
+    skip = _never_traced_idents()
     failed = 0
     for ident in list(sys._current_frames()):
         if ident == me or ident in skip:
             continue
         failed += _attach_tracing(lib, func, ident) != 0
     return failed
+
+
+def _never_traced_idents() -> set[int | None]:
+    """The threads pydevd never traces: its own, and ours (see :func:`not_traced`).
+
+    From threading's own table: pydevd patches ``threading.enumerate`` to hide
+    its threads, and they are the ones looked for here.
+    """
+    return {
+        t.ident
+        for t in list(threading._active.values())  # type: ignore[attr-defined]
+        if getattr(t, "pydev_do_not_trace", False) or getattr(t, "is_pydev_daemon_thread", False)
+    }
 
 
 def _attach_tracing(lib: Any, func: Any, ident: int) -> int:

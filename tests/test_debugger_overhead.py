@@ -353,6 +353,84 @@ def test_disarm_and_rearm_are_safe_in_any_order() -> None:
     assert not debugger.listening and not debugger.armed
 
 
+#: A host that, on request, puts a trace function on every frame of detrix-auto's
+#: debug gate (in pydevd's listener thread, blocked in accept()) and reports it, or
+#: reports its probe. One CI run found such frames still traced after a sleep.
+PLANTING_APP = (
+    textwrap.dedent(
+        """\
+    import json, os, sys, time
+    trigger = sys.argv[1]
+
+    def planted(frame, event, arg):
+        return planted
+
+    def plant():
+        count = 0
+        for top in sys._current_frames().values():
+            frame = top
+            while frame is not None:
+                if frame.f_code.co_filename.endswith("_debug_gate.py"):
+                    frame.f_trace = planted
+                    count += 1
+                frame = frame.f_back
+        return count
+
+    """
+    )
+    + TRACING_PROBE
+    + textwrap.dedent(
+        """\
+    while not os.path.exists(trigger + ".stop"):
+        if os.path.exists(trigger):
+            with open(trigger) as f:
+                command = f.read()
+            os.unlink(trigger)
+            answer = plant() if command == "plant" else probe()
+            print(json.dumps({command: answer}), flush=True)
+        time.sleep(0.02)
+    """
+    )
+)
+
+
+def _debugpy_traces_by_settrace() -> bool:
+    """pydevd traces by ``sys.settrace`` before 3.12, and with a debugpy older than 1.8.6."""
+    from importlib.metadata import version
+
+    installed = tuple(int(part) for part in version("debugpy").split(".")[:3])
+    return sys.version_info < (3, 12) or installed < (1, 8, 6)
+
+
+@pytest.mark.skipif(
+    not _debugpy_traces_by_settrace(),
+    reason="pydevd traces by sys.monitoring here: it puts no trace function on any frame",
+)
+def test_a_tracer_on_pydevds_listener_thread_goes_with_the_sleep(spawn, daemon, tmp_path):
+    """pydevd never traces its own threads, so a trace function on the frames of its
+    listener thread (blocked in our gate's accept() until the next wake) has no
+    tracer of the thread's behind it to take out: it goes at once, not at the
+    thread's next event, which for a thread blocked in accept() may never come."""
+    trigger = tmp_path / "trigger"
+    app = spawn(PLANTING_APP, str(trigger))
+
+    def ask(command: str) -> Any:
+        trigger.write_text(command)
+        assert app.proc.stdout is not None
+        answer = json.loads(app.proc.stdout.readline())
+        return answer[command]
+
+    _wake(app, daemon)
+    deadline = time.monotonic() + 20
+    while ask("plant") == 0:  # back in accept() once the daemon's connection is in
+        assert time.monotonic() < deadline, "pydevd's listener thread never waited in the gate"
+        time.sleep(0.05)
+    _sleep(app)
+    assert ask("probe")["frames"] == []
+    (tmp_path / "trigger.stop").write_text("")
+    assert app.proc.wait(timeout=20) == 0
+
+
 #: A host that traces a function of its own on request (as coverage or a profiler
 #: would), reporting the events it saw; stderr shows anything printed about it.
 SELF_TRACING_APP = textwrap.dedent(
