@@ -25,11 +25,11 @@ LINUX = sys.platform.startswith("linux")
 
 #: ``DETRIX_TEST_DAEMON_DOUBLE=0`` leaves out ``tests/devdaemon``, the daemon double's
 #: own tests: pure Python, the same on every Python, and the double itself serves every
-#: other test on each. ``.ci/run`` runs them on 3.12 and 3.15 only (a tenth of a suite).
+#: other test on each. ``.ci/run`` runs them on 3.12 only (a tenth of a suite).
 collect_ignore = ["devdaemon"] if os.environ.get("DETRIX_TEST_DAEMON_DOUBLE") == "0" else []
 #: ``DETRIX_TEST_INSTALLS=0`` leaves out the tests that make virtual environments and
 #: install this checkout into them (pip at work: a fifth of a CLI suite's CPU time).
-#: ``.ci/run`` runs them on 3.10, 3.13, 3.15 and on the editable install (tox.ini).
+#: ``.ci/run`` runs them on 3.10, 3.15 and on the editable install (tox.ini).
 if os.environ.get("DETRIX_TEST_INSTALLS") == "0":
     collect_ignore += ["cli/test_install_kinds.py", "cli/test_readme_walkthrough.py"]
 #: The second, unprivileged local user every attacker test runs as.
