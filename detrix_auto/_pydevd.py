@@ -955,8 +955,39 @@ def _attach_tracing(lib: Any, func: Any, ident: int) -> int:
     return code
 
 
-def _lean_thread_trace() -> None:
-    """pydevd's ``set_trace_to_threads`` for named threads, without a thread start per call.
+def guard_thread_tracing() -> None:
+    """Before ``listen()``: pydevd's all-threads tracing reaches only started threads.
+
+    pydevd's ``set_trace_to_threads``, with no threads named (``listen()``, every
+    re-arm), takes every thread of ``threading.enumerate()``: one being started
+    is there without an ident yet, and pydevd makes a dummy thread for ``None``.
+    On 3.13 that is a TypeError and the wake fails ("ident must be an integer",
+    seen in CI with debugpy 1.8.0); on 3.10/3.11 a ``None`` key stays in the
+    host's ``threading._active``. The threads are named here instead: every
+    thread running Python code and every started one of threading's, less those
+    pydevd never traces. A thread being started gets the tracer as it starts
+    (pydevd's thread-start patch, in place before the tracing). Only where
+    pydevd traces by ``sys.settrace``.
+    """
+    caps = capabilities()
+    if caps.tracing != "settrace":
+        return
+    try:
+        _wrap_set_trace_to_threads(lean=caps.has("lean_settrace") and sys.version_info < (3, 12))
+    except Exception as exc:  # noqa: BLE001 - pydevd's own choice, as with debugpy alone
+        _log.debug("could not wrap pydevd's set_trace_to_threads: %s", exc)
+
+
+def _threads_to_trace() -> list[int]:
+    """Every thread running Python code or started by threading, less the never-traced."""
+    idents = set(sys._current_frames())
+    idents.update(ident for ident in list(threading._active) if isinstance(ident, int))  # type: ignore[attr-defined]
+    return list(idents - _never_traced_idents())
+
+
+def _wrap_set_trace_to_threads(*, lean: bool) -> None:
+    """pydevd's ``set_trace_to_threads`` with the threads named (:func:`guard_thread_tracing`),
+    and, when ``lean``, without a thread start per call for named threads.
 
     For each call pydevd starts an OS thread and waits for it, to bump a
     "tracing possible" counter that only CPython <= 3.9 had, then has the
@@ -965,18 +996,22 @@ def _lean_thread_trace() -> None:
     because greenlet keeps a "tracing" flag per greenlet on 3.10/3.11: a
     gevent app measured 1,900 greenlets/s awake against 70,000 before the
     wake. Calls for named threads without dummy threads go straight to the
-    helper; every other call goes to pydevd's own function, unchanged.
+    helper; every other call goes to pydevd's own function.
     """
     tracing = _module("pydevd_tracing")
     original = getattr(tracing, "set_trace_to_threads", None)
-    if original is None or getattr(original, "_detrix_lean", False):
+    if original is None or getattr(original, "_detrix_wrapped", False):
         return
-    loader = tracing._load_python_helper_lib
+    if _code_args(original)[:3] != ("tracing_func", "thread_idents", "create_dummy_thread"):
+        return  # not the function we know: left as it is
+    loader = tracing._load_python_helper_lib if lean else None
 
     def set_trace_to_threads(
         tracing_func: Any, thread_idents: Any = None, create_dummy_thread: bool = True
     ) -> int:
-        lib = loader() if thread_idents is not None and not create_dummy_thread else None
+        if thread_idents is None:
+            thread_idents = _threads_to_trace()
+        lib = loader() if loader is not None and not create_dummy_thread else None
         if lib is None:
             result: int = original(tracing_func, thread_idents, create_dummy_thread)
             return result
@@ -989,7 +1024,7 @@ def _lean_thread_trace() -> None:
             failed = code if code != 0 else failed
         return failed
 
-    set_trace_to_threads._detrix_lean = True  # type: ignore[attr-defined]
+    set_trace_to_threads._detrix_wrapped = True  # type: ignore[attr-defined]
     tracing.set_trace_to_threads = set_trace_to_threads
 
 
@@ -1283,8 +1318,6 @@ def install_hooks(on_initialize: Callable[[], None]) -> None:
             _log.debug("could not set TCP_NODELAY on DAP sockets: %s", exc)
     if caps.tracing == "settrace":
         try:
-            if caps.has("lean_settrace") and sys.version_info < (3, 12):
-                _lean_thread_trace()
             if caps.has("untrace"):
                 _keep_off_while_disarmed()
         except Exception as exc:  # noqa: BLE001

@@ -154,6 +154,7 @@ class Debugger:
                 listener.close()
                 raise DebuggerError("debugpy's listener cannot be gated; not listening")
             _pydevd.quiet_first_listen()
+            _pydevd.guard_thread_tracing()
             try:
                 self._listen_bounded(debugpy, listener, taken)
             finally:

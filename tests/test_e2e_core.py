@@ -8,6 +8,7 @@ daemon, which runs the real DAP sequence against the app's real debugpy.
 from __future__ import annotations
 
 import concurrent.futures
+import textwrap
 import threading
 import time
 
@@ -231,3 +232,47 @@ def test_token_goes_in_the_header_never_the_body(spawn, daemon):
     assert body["language"] == "python" and body["workspaceRoot"] and body["pid"] == app.pid
     assert body["hostname"] and body["port"] >= 1024 and body["name"].endswith(f"-{app.pid}")
     assert "tok-123" not in str(app.status())
+
+
+#: An app with a thread caught in the middle of its start when the wake comes:
+#: ``Thread.start()`` puts the thread in threading's ``_limbo`` table, without an
+#: ident yet, until it runs. Put there by hand here, for as long as the app lives,
+#: so that the wake meets it every time (in CI a thread-starting app met it once).
+STARTING_THREAD_APP = textwrap.dedent(
+    """\
+    import sys, threading, time
+    starting = threading.Thread(target=lambda: None)
+    with threading._active_limbo_lock:
+        threading._limbo[starting] = starting
+    print("app started", flush=True)
+    counter = 0
+    while True:
+        counter += 1
+        value = counter * 10
+        time.sleep(0.02)  # LOGPOINT
+        if counter % 25 == 0:
+            print(sorted(map(str, threading._active)), flush=True)
+    """
+)
+STARTING_THREAD_LINE = next(
+    i for i, line in enumerate(STARTING_THREAD_APP.splitlines(), 1) if "LOGPOINT" in line
+)
+
+
+def test_a_thread_being_started_during_the_wake_is_left_to_start(spawn, daemon):
+    """pydevd's all-threads tracing took every thread of ``threading.enumerate()``,
+    limbo included, and made a dummy thread for an ident of None: on 3.13 a
+    TypeError that failed the wake (500, "ident must be an integer"), on 3.10/3.11
+    a ``None`` key left in ``threading._active``. The wake works; nothing of the
+    host's threading changes; the logpoint fires."""
+    app = spawn(STARTING_THREAD_APP)
+    daemon.add_metric(_metric(app, line=STARTING_THREAD_LINE))
+    code, body = app.request("POST", "/detrix/wake", {"daemon_url": daemon.url})
+    assert (code, body.get("status")) == (200, "awake"), body
+    daemon.wait_for_hits("value", 1, timeout=20)
+    assert app.proc.stdout is not None
+    assert app.proc.stdout.readline().strip() == "app started"
+    for _ in range(2):  # a report from after the wake
+        idents = app.proc.stdout.readline().strip()
+        assert idents.startswith("["), idents
+    assert "'None'" not in idents, idents
