@@ -7,6 +7,7 @@ greenlet's function; the app spawns a greenlet per iteration.
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 import time
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.e2e
 #: ``# @set``; the logpoint goes on the line after it.
 APP = textwrap.dedent(
     """\
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, if it does
     {before}
     from gevent import monkey
     monkey.patch_all()
@@ -114,6 +116,9 @@ def _wake(app, daemon) -> dict:
             status = app.status()
         except OSError as again:
             status = {"unreachable": repr(again)}
+            # Every thread's stack on stderr (faulthandler, no GIL needed): where it hangs.
+            app.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
         _, err = app.stop()
         detail = f"wake unanswered ({exc!r}); status {status}; stderr:\n{err}"
         if sys.version_info < (3, 12):
