@@ -122,9 +122,10 @@ def _wake(app, daemon) -> dict:
         _, err = app.stop()
         detail = f"wake unanswered ({exc!r}); status {status}; stderr:\n{err}"
         if sys.version_info < (3, 12):
-            # Open bug (README, Known limits): seen once in four CI runs, debugpy 1.8.0 on
-            # 3.11 beside the rest of the suite, and once with debugpy 1.8.22 on 3.10 in a
-            # loaded CI run: the first wake and the control plane with it went unanswered.
+            # Open bug (README, Known limits): the first wake and the control plane with
+            # it went unanswered (debugpy 1.8.0 and 1.8.22, 3.10/3.11). The stacks: our
+            # wake thread importing while the main thread imports (its first hub), on
+            # importlib module locks that patch_all() made gevent locks.
             pytest.xfail(f"known open bug: {detail}")
         raise AssertionError(detail) from None
     assert code == 200, body
