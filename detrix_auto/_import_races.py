@@ -39,6 +39,20 @@ their dead locks, are forgotten, so that the child imports them afresh. An
 import the host itself was running in another thread is left as it is (the
 host's, and CPython's, to answer for); so is one in the forking thread, which
 goes on in the child.
+
+**gevent's first hub.** After ``gevent.monkey.patch_all()`` importlib's
+per-module locks are gevent locks (``_thread.allocate_lock`` is gevent's). One of
+our OS threads that waits on such a lock (a module the main thread is importing)
+makes itself a gevent hub to wait in, and making a hub imports the configured
+loop and ``pprint``. The host's main thread makes its own first hub right after
+patching (its first ``spawn`` or ``sleep``), importing the very same modules: our
+thread's second wait, inside the hub it is making, then holds a module lock's
+inner lock that the main thread needs to finish its import, and both wait for
+ever (CI's stacks: our wake importing ``dataclasses`` for the state machine while
+the main thread imported it for ``pprint``; the control plane hung with it). Once
+one hub exists gevent's settings are resolved and a hub is made without
+importing, so before our threads import anything (:func:`wait_for_gevents_hub`)
+they wait, a bounded while, until the host has made its first hub.
 """
 
 from __future__ import annotations
@@ -46,9 +60,18 @@ from __future__ import annotations
 import _thread
 import os
 import sys
-from typing import Any
 
-__all__ = ["note_before_fork", "repair_after_fork", "settle", "wait_for_main_imports"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not loaded for a status request (tests/test_footprint.py)
+    from typing import Any
+
+__all__ = [
+    "note_before_fork",
+    "repair_after_fork",
+    "settle",
+    "wait_for_gevents_hub",
+    "wait_for_main_imports",
+]
 
 #: ``sys.modules`` names ``importlib/__init__.py`` gives the frozen bootstrap modules.
 _ALIASES = (
@@ -117,6 +140,59 @@ def wait_for_main_imports(timeout: float = FIRST_IMPORT_WAIT) -> None:
             _native.sleep(0.002)
     except Exception:  # noqa: BLE001, S110 - a wake goes on without this guard
         pass
+
+
+# -- gevent's first hub ---------------------------------------------------------------
+
+#: At most this long our thread waits for a patched host to make its first gevent hub.
+FIRST_HUB_WAIT = 2.0
+#: Set when a wait ran out: the host makes no hub soon, and nobody waits for it again.
+_no_hub_coming: list[bool] = []
+
+
+def wait_for_gevents_hub(timeout: float = FIRST_HUB_WAIT) -> None:
+    """Before our thread imports, in a host whose threads gevent patched: wait until
+    the host has made a gevent hub, at most ``timeout`` seconds (once per process).
+
+    Costs one ``sys.modules`` look-up where gevent has not patched. The main
+    thread itself never waits (it would wait for itself).
+    """
+    if "gevent.monkey" not in sys.modules or _no_hub_coming:
+        return
+    try:
+        if _hubs_made() != 0:
+            return  # a hub exists (or it cannot be told): nothing to wait for
+        if _thread.get_ident() == _main_ident():
+            return
+        import time
+
+        from . import _native
+
+        deadline = time.monotonic() + timeout
+        while _hubs_made() == 0:
+            if time.monotonic() >= deadline:
+                _no_hub_coming.append(True)
+                return
+            _native.sleep(0.005)
+    except Exception:  # noqa: BLE001, S110 - our thread goes on without this guard
+        pass
+
+
+def _hubs_made() -> int | None:
+    """How many gevent hubs were made (0: none yet), None when it cannot be told.
+
+    Only where ``patch_all()`` (or ``patch_thread()``) made ``_thread``'s locks
+    gevent's: elsewhere a hub needs no import under a gevent lock, so 1.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    patched = getattr(monkey, "is_module_patched", None)
+    if patched is None or not patched("_thread"):
+        return 1
+    hub = sys.modules.get("gevent.hub")
+    if hub is None:
+        return 0
+    made = getattr(getattr(hub, "Hub", None), "_hub_counter", None)
+    return made if isinstance(made, int) else None
 
 
 # -- a fork while our thread imports ------------------------------------------------

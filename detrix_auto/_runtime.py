@@ -139,6 +139,7 @@ def get_client() -> Client:
         from . import _import_races
 
         _import_races.settle()  # before our first import that imports importlib
+        _import_races.wait_for_gevents_hub()
         _import_races.wait_for_main_imports()
     with _lock:
         _reset_if_forked()

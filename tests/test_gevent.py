@@ -121,12 +121,6 @@ def _wake(app, daemon) -> dict:
             time.sleep(1.0)
         _, err = app.stop()
         detail = f"wake unanswered ({exc!r}); status {status}; stderr:\n{err}"
-        if sys.version_info < (3, 12):
-            # Open bug (README, Known limits): the first wake and the control plane with
-            # it went unanswered (debugpy 1.8.0 and 1.8.22, 3.10/3.11). The stacks: our
-            # wake thread importing while the main thread imports (its first hub), on
-            # importlib module locks that patch_all() made gevent locks.
-            pytest.xfail(f"known open bug: {detail}")
         raise AssertionError(detail) from None
     assert code == 200, body
     assert time.monotonic() - started < 15
@@ -177,6 +171,52 @@ def test_a_logpoint_in_a_greenlet_reports_and_the_host_env_is_untouched(spawn, d
     # pydevd's gevent mode was set for debugpy's import only: the host never sees it.
     env = daemon.wait_for_hits("env", count=2, timeout=30)
     assert {hit.values[0] for hit in env} == {"unset"}, env
+    assert app.status()["state"] == "awake"
+    _ends_cleanly(app)
+
+
+#: Put as ``{after}``: the main thread, with no gevent hub made yet, imports
+#: ``dataclasses`` (which building our client imports too) and stays inside that
+#: import for a while, as a host does when its first hub's imports run.
+HOLD_AN_IMPORT = textwrap.dedent(
+    """\
+    import importlib.util
+    class HoldInMain:
+        def find_spec(self, name, path=None, target=None):
+            if name != "dataclasses":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+            def exec_module(module):
+                print("holding", flush=True)
+                monkey.get_original("time", "sleep")(1.0)
+                run(module)
+            spec.loader.exec_module = exec_module
+            return spec
+    assert "dataclasses" not in sys.modules, "dataclasses is loaded already"
+    print("patched", flush=True)
+    sys.meta_path.insert(0, HoldInMain())
+    import dataclasses
+    """
+)
+
+
+def test_a_wake_while_the_main_thread_imports_before_its_first_hub(spawn, daemon):
+    """The main thread holds an import our wake needs, and gevent has no hub yet.
+
+    The wake's thread must not wait on that (gevent) import lock before a hub
+    exists: making one imports, and the two threads' imports then wait for each
+    other for ever (CI saw it: wake and control plane unanswered).
+    """
+    source = _app_source(after=HOLD_AN_IMPORT)
+    app = spawn(source)
+    _wait_patched(app)
+    assert app.proc.stdout.readline().strip() == "holding"
+    _watch(daemon, app, source)
+    body = _wake(app, daemon)
+    assert body["status"] == "awake"
+    _values_are_real(daemon.wait_for_hits("value", count=3, timeout=30))
     assert app.status()["state"] == "awake"
     _ends_cleanly(app)
 

@@ -245,6 +245,11 @@ class ControlServer:
 
     def _serve_connections(self, first: tuple[Any, Any, Any]) -> None:
         try:
+            if self._router is None:
+                # What the first request imports must not race a gevent host's first hub.
+                from .. import _import_races
+
+                _import_races.wait_for_gevents_hub()
             from .loop import EventLoop
 
             if self._router is None:
