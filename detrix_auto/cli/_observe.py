@@ -95,10 +95,16 @@ class SignalGuard:
     ``stopped``, which the streaming loop polls. During cleanup
     (``cleaning``), a second signal overall raises :class:`Interrupted`, so a
     user who insists is never kept waiting for a target that does not answer.
+
+    The handler takes no lock: it runs in the main thread between two bytecodes,
+    possibly while that thread holds one. It once set a ``threading.Event``,
+    whose ``set()`` takes the lock its ``wait()`` holds for a moment around each
+    wake-up: a SIGTERM landing there left ``observe`` waiting for itself, for
+    ever (seen once in CI).
     """
 
     def __init__(self) -> None:
-        self.stopped = threading.Event()
+        self.stopped = False
         self.signum: int | None = None
         self.count = 0
         self.abort_calls = True
@@ -119,10 +125,20 @@ class SignalGuard:
             signal.signal(signum, previous)
         self._previous.clear()
 
+    def pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, less once a signal came (a sleep resumes after a
+        handler that returns, so it is taken in short steps)."""
+        end = time.monotonic() + seconds
+        while not self.stopped:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.02))
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         self.signum = self.signum or signum
-        self.stopped.set()
+        self.stopped = True
         if self.abort_calls:
             self.abort_calls = False
             raise Interrupted()
@@ -318,7 +334,7 @@ class Session:
             if self.count is not None and len(outcome.hits) >= self.count:
                 outcome.ended_by = "count"
                 break
-            if guard.stopped.is_set():
+            if guard.stopped:
                 outcome.ended_by = "signal"
                 break
             now = time.monotonic()
@@ -337,7 +353,7 @@ class Session:
                     if not outcome.failures:
                         self.on_quiet()
             wait = POLL_INTERVAL if deadline is None else min(POLL_INTERVAL, deadline - now)
-            guard.stopped.wait(max(0.0, wait))
+            guard.pause(max(0.0, wait))
         outcome.elapsed = time.monotonic() - started
 
     def _poll(self, api: DaemonApi, metric_id: int, since: int, outcome: Outcome) -> int:

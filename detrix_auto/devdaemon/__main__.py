@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from collections.abc import Sequence
 
 from ..config import parse_token
@@ -129,10 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(hit: MetricHit) -> None:
         print(f"{hit.metric} [{hit.connection_id[:8]}] {' | '.join(hit.values)}", flush=True)
 
-    stop = threading.Event()
+    stop: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
-        stop.set()
+        # No lock here (an Event's set() would wait for the lock its wait() holds,
+        # in this very thread): a flag, read every half second.
+        stop.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -153,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon.on_hit(show)
         print(daemon.url, flush=True)
         print(_access_line(daemon, token, args.token is not None), file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stop:
+            time.sleep(0.5)
     return 0
 
 

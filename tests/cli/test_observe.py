@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -277,6 +278,50 @@ def _connected_to(port):
     with open("/proc/net/tcp") as handle:
         rows = handle.read().splitlines()[1:]
     return any(r.split()[2].endswith(wanted) and r.split()[3] == "01" for r in rows)
+
+
+#: Waits in observe's streaming pause for 3 s, each pause restarted, while the test
+#: sends it SIGTERM every millisecond (the handler once took the lock the interrupted
+#: wait held, in the same thread: observe then never ended; here it died within
+#: 300 signals).
+PELTED = textwrap.dedent(
+    """\
+    import signal, time
+    from detrix_auto.cli._observe import SignalGuard
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what the guard restores at its end
+    with SignalGuard() as guard:
+        guard.abort_calls = False
+        print("ready", flush=True)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            guard.stopped = False
+            guard.pause(0.0002)
+    print(guard.count, flush=True)
+    """
+)
+
+
+def test_a_signal_during_the_streaming_pause_is_handled_and_never_hangs(tmp_path):
+    script = tmp_path / "pelted.py"
+    script.write_text(PELTED)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sent = 0
+        while proc.poll() is None and sent < 20000:
+            proc.send_signal(signal.SIGTERM)
+            sent += 1
+            time.sleep(0.001)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (proc.returncode, sent, err[-2000:])
+    assert 0 < int(out) <= sent  # signals that come together are handled as one
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
