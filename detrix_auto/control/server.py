@@ -32,6 +32,7 @@ from __future__ import annotations
 import _socket
 import _thread
 import os
+import sys
 import time
 
 from .. import _native
@@ -245,7 +246,7 @@ class ControlServer:
 
     def _serve_connections(self, first: tuple[Any, Any, Any]) -> None:
         try:
-            if self._router is None:
+            if self._router is None and "gevent.monkey" in sys.modules:
                 # What the first request imports must not race a gevent host's first hub.
                 from .. import _import_races
 
