@@ -296,8 +296,9 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
     time.sleep(0.3)
     _wake(app, daemon)
     _wait_hits(app, daemon, hits + 1, "second wake")
-    if TRACED:
-        assert timings.phase(6) / never > 1.3, "tracing was not re-armed by the second wake"
+    # Exact, as after the sleeps: a timed ratio here read 1.18x once on a loaded CI
+    # (3.10) after a wake whose logpoint had just reported.
+    assert _still_traced(app) != "", "tracing was not re-armed by the second wake"
     _sleep(app)
     again = timings.phase()
     assert _still_traced(app) == "", f"after the second sleep: {again / never:.2f}x"

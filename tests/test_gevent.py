@@ -175,29 +175,34 @@ def test_a_logpoint_in_a_greenlet_reports_and_the_host_env_is_untouched(spawn, d
     _ends_cleanly(app)
 
 
-#: Put as ``{after}``: the main thread, with no gevent hub made yet, imports
-#: ``dataclasses`` (which building our client imports too) and stays inside that
-#: import for a while, as a host does when its first hub's imports run.
+#: Put as ``{after}``: what a host's first gevent hub does, slowed down. Making a hub
+#: imports ``pprint``; here, inside that import, the main thread also imports
+#: ``hashlib`` (which building our client imports) and stays there for a second.
+#: In CI's stacks the shared module was ``dataclasses``, which ``pprint`` imports on
+#: 3.10-3.13 (``patch_all()`` loads it itself on 3.14).
 HOLD_AN_IMPORT = textwrap.dedent(
     """\
-    import importlib.util
+    import importlib.machinery
     class HoldInMain:
         def find_spec(self, name, path=None, target=None):
-            if name != "dataclasses":
+            if name not in ("pprint", "hashlib"):
                 return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
             run = spec.loader.exec_module
             def exec_module(module):
-                print("holding", flush=True)
-                monkey.get_original("time", "sleep")(1.0)
+                if name == "pprint":
+                    import hashlib
+                else:
+                    sys.meta_path.remove(self)
+                    print("holding", flush=True)
+                    monkey.get_original("time", "sleep")(1.0)
                 run(module)
             spec.loader.exec_module = exec_module
             return spec
-    assert "dataclasses" not in sys.modules, "dataclasses is loaded already"
     print("patched", flush=True)
+    assert not {"pprint", "hashlib"} & set(sys.modules), "pprint or hashlib is loaded already"
     sys.meta_path.insert(0, HoldInMain())
-    import dataclasses
+    import pprint
     """
 )
 
