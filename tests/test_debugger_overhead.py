@@ -99,7 +99,6 @@ OVERHEAD_APP = (
 COLD_LINE = next(i for i, line in enumerate(OVERHEAD_APP.splitlines(), 1) if "COLD_LINE" in line)
 BLOCK_N = 60_000
 PHASE_BLOCKS = 15
-TRACED = sys.version_info < (3, 12)  # sys.settrace-based pydevd: the tracer is costly
 
 
 _TIMINGS: dict[int, Timings] = {}
@@ -282,10 +281,9 @@ def test_after_sleep_runs_as_fast_as_never_woken(spawn, daemon, tmp_path):
     _sleep(app)
     after = timings.phase()
 
+    # The timings only inform the messages: every check here is exact (a timed
+    # "awake is slower" check failed on a loaded CI while the probe saw the tracer).
     ratios = f"awake {awake / never:.2f}x, after sleep {after / never:.2f}x of never woken"
-    if TRACED:
-        # The measurement can see the tracer: otherwise the next assert proves nothing.
-        assert awake / never > 1.3, ratios
     # No tracer left in the main thread: exact. How fast it then runs is the bench's
     # to say (bench/performance.py, with a control for the machine's noise): a timed
     # bound here failed at 3.4x on a loaded CI with no tracer left.
