@@ -63,6 +63,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not loaded for a status request (tests/test_footprint.py)
+    from collections.abc import Callable
     from typing import Any
 
 __all__ = [
@@ -129,17 +130,23 @@ def wait_for_main_imports(timeout: float = FIRST_IMPORT_WAIT) -> None:
         main = _main_ident()
         if not locks or main is None or main == _thread.get_ident():
             return
-        import time
-
-        from . import _native
-
-        deadline = time.monotonic() + timeout
-        while any(_held_by(ref()) == main for ref in list(locks.values())):
-            if time.monotonic() >= deadline:
-                return
-            _native.sleep(0.002)
+        _wait_while(lambda: any(_held_by(ref()) == main for ref in list(locks.values())), timeout)
     except Exception:  # noqa: BLE001, S110 - a wake goes on without this guard
         pass
+
+
+def _wait_while(busy: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``busy`` (unpatched sleeps) until it is false; False if ``timeout`` ran out."""
+    import time
+
+    from . import _native
+
+    deadline = time.monotonic() + timeout
+    while busy():
+        if time.monotonic() >= deadline:
+            return False
+        _native.sleep(0.002)
+    return True
 
 
 # -- gevent's first hub ---------------------------------------------------------------
@@ -160,39 +167,27 @@ def wait_for_gevents_hub(timeout: float = FIRST_HUB_WAIT) -> None:
     if "gevent.monkey" not in sys.modules or _no_hub_coming:
         return
     try:
-        if _hubs_made() != 0:
-            return  # a hub exists (or it cannot be told): nothing to wait for
-        if _thread.get_ident() == _main_ident():
+        if not _no_hub_yet() or _thread.get_ident() == _main_ident():
             return
-        import time
-
-        from . import _native
-
-        deadline = time.monotonic() + timeout
-        while _hubs_made() == 0:
-            if time.monotonic() >= deadline:
-                _no_hub_coming.append(True)
-                return
-            _native.sleep(0.005)
+        if not _wait_while(_no_hub_yet, timeout):
+            _no_hub_coming.append(True)
     except Exception:  # noqa: BLE001, S110 - our thread goes on without this guard
         pass
 
 
-def _hubs_made() -> int | None:
-    """How many gevent hubs were made (0: none yet), None when it cannot be told.
+def _no_hub_yet() -> bool:
+    """gevent made ``_thread``'s locks its own and no hub has been made yet.
 
-    Only where ``patch_all()`` (or ``patch_thread()``) made ``_thread``'s locks
-    gevent's: elsewhere a hub needs no import under a gevent lock, so 1.
+    False where it cannot be told (an unknown gevent): nothing is waited for.
     """
     monkey = sys.modules.get("gevent.monkey")
     patched = getattr(monkey, "is_module_patched", None)
     if patched is None or not patched("_thread"):
-        return 1
+        return False  # importlib's locks are real locks: a hub needs no import under one
     hub = sys.modules.get("gevent.hub")
     if hub is None:
-        return 0
-    made = getattr(getattr(hub, "Hub", None), "_hub_counter", None)
-    return made if isinstance(made, int) else None
+        return True
+    return getattr(getattr(hub, "Hub", None), "_hub_counter", None) == 0
 
 
 # -- a fork while our thread imports ------------------------------------------------
