@@ -226,6 +226,40 @@ def test_a_wake_while_the_main_thread_imports_before_its_first_hub(spawn, daemon
     _ends_cleanly(app)
 
 
+#: A patched app that never makes a gevent hub: it computes and sleeps with the
+#: unpatched ``time.sleep``, so nothing of gevent's ever runs in it.
+NO_HUB_APP = textwrap.dedent(
+    """\
+    from gevent import monkey
+    monkey.patch_all()
+    print("patched", flush=True)
+    real_sleep = monkey.get_original("time", "sleep")
+    n = 0
+    while True:
+        n += 1
+        real_sleep(0.01)
+    """
+)
+
+
+def test_a_patched_app_that_never_makes_a_hub_is_answered_within_the_bound(spawn, daemon):
+    """The wait for the host's first hub is bounded (FIRST_HUB_WAIT), and paid once."""
+    from detrix_auto._import_races import FIRST_HUB_WAIT
+
+    app = spawn(NO_HUB_APP)
+    _wait_patched(app)
+    started = time.monotonic()
+    assert app.status()["state"] == "sleeping"
+    first = time.monotonic() - started
+    assert FIRST_HUB_WAIT * 0.9 <= first < FIRST_HUB_WAIT + 5, first
+    started = time.monotonic()
+    body = _wake(app, daemon)  # the client build does not wait again
+    assert body["status"] == "awake"
+    assert time.monotonic() - started < 15
+    assert app.request("POST", "/detrix/sleep", timeout=30)[0] == 200
+    _ends_cleanly(app)
+
+
 def test_wake_sleep_wake_again(spawn, daemon):
     source = _app_source()
     app = _watched(spawn, daemon, source)
