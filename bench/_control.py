@@ -12,6 +12,28 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+#: The CPU-bound block the overhead measurements run (``bench/performance.py`` times
+#: it, ``bench/instructions.py`` counts its instructions): a loop of arithmetic,
+#: and a loop of calls to a tiny function.
+WORK = """\
+def loop_work(n):
+    total = 0
+    i = 0
+    while i < n:
+        total += i * i % 7
+        i += 1
+    return total
+
+def leaf(x):
+    return x & 3
+
+def calls_work(n):
+    total = 0
+    for i in range(n):
+        total += leaf(i)
+    return total
+"""
+
 
 def ask(
     url: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 60

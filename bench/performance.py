@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _control import WORK
+
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / "bench" / ".venvs"
 DOC = ROOT / "docs" / "performance.md"
@@ -91,22 +93,7 @@ APP = textwrap.dedent(
         sys.stdout.write(json.dumps(fields) + "\\n")
         sys.stdout.flush()
 
-    def loop_work(n):
-        total = 0
-        i = 0
-        while i < n:
-            total += i * i % 7
-            i += 1
-        return total
-
-    def leaf(x):
-        return x & 3
-
-    def calls_work(n):
-        total = 0
-        for i in range(n):
-            total += leaf(i)
-        return total
+    # WORK: the CPU-bound block (bench/_control.py)
 
     def cold(block):
         seen = block + 1  # COLD_LINE
@@ -229,7 +216,7 @@ APP = textwrap.dedent(
         emit(idle=idle, during=during, sleep=time.perf_counter() - t, **box)
         sys.stdin.read()
     """
-)
+).replace("# WORK: the CPU-bound block (bench/_control.py)\n", WORK)
 COLD_LINE = next(i for i, line in enumerate(APP.splitlines(), 1) if "COLD_LINE" in line)
 
 
@@ -1820,6 +1807,7 @@ def run_in_chroot(
     here = Path(chroot + CHROOT_DIR)
     (here / "bench").mkdir(parents=True, exist_ok=True)
     shutil.copy2(Path(__file__), here / "bench" / "performance.py")
+    shutil.copy2(Path(__file__).with_name("_control.py"), here / "bench" / "_control.py")
     if (here / "detrix_auto").exists():
         shutil.rmtree(here / "detrix_auto")
     shutil.copytree(ROOT / "detrix_auto", here / "detrix_auto",

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""What a wake and a sleep leave behind, counted in instructions instead of seconds.
+
+    python bench/instructions.py                        # this interpreter
+    python bench/instructions.py --python /path/to/venv/bin/python --python ...
+    python bench/instructions.py --json                 # one JSON line per interpreter
+
+Timing cannot tell whether a process that was woken and put back to sleep runs
+its host's code as fast as before: on a shared machine the same process, doing
+the same work, moves by 10-30% between two phases a minute apart. Valgrind's
+callgrind counts the instructions the CPU executes instead, which do not depend
+on the machine's load: the same code on the same interpreter counts the same.
+
+A small app (started with ``DETRIX_ENABLE=1``, so the real ``.pth`` hook runs)
+computes a CPU-bound block (``loop_work`` and ``calls_work``, the same block as
+``bench/performance.py``) five times per phase, each call inside
+``functools.reduce`` so that only the block is counted
+(``--toggle-collect=functools_reduce``), and ends each phase with
+``iter(int, 0)``, which makes callgrind write that phase's counts to a file of
+its own (``--dump-before=calliter_iternext``). The main thread's counts only.
+Phases: one to warm up (not reported: a fresh heap), ``never woken``, then
+``awake`` (after a wake by the daemon double, no logpoint) and ``after sleep``.
+A second process, never woken, runs the same phases: what the phases alone do.
+
+Each phase is reported as a ratio to ``never woken`` of the same process, twice:
+all instructions, and those outside the memory allocator (CPython's
+``Objects/obmalloc.c``). The second is the interpreter's own work: a trace
+function, a ``sys.monitoring`` event or a profiler left behind would show there.
+The allocator's share depends on where earlier allocations left free memory
+(debugpy's modules stay loaded after a sleep), and moves by a few per cent
+from one process to the next, in either direction.
+
+Needs valgrind (``callgrind_annotate`` included) and an interpreter whose shared
+library or binary keeps its static symbols (pyenv's builds do; Debian's
+stripped ``python3.x`` does not: reported as such). Each interpreter needs
+detrix-auto and debugpy installed; a run takes about 15 s per interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from _control import WORK, ask, record
+
+APP = textwrap.dedent(
+    """\
+    import functools, json, sys
+
+    # WORK: the CPU-bound block (bench/_control.py)
+
+    def block(_, __):
+        loop_work(20000)
+        calls_work(20000)
+        return 0
+
+    for _ in range(10):  # 3.11's specializing interpreter settles only after a while
+        block(0, 0)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        for _ in range(5):
+            functools.reduce(block, [0], 0)  # counted: --toggle-collect=functools_reduce
+        list(iter(int, 0))  # this phase's counts to a file: --dump-before=calliter_iternext
+        print(json.dumps({"done": line.strip()}), flush=True)
+    """
+).replace("# WORK: the CPU-bound block (bench/_control.py)\n", WORK)
+
+#: The phases, in order; the first is a warm-up and is not reported.
+PHASES = ("warm-up", "never woken", "awake", "after sleep")
+REFERENCE = "never woken"
+ALLOCATOR = "Objects/obmalloc.c"
+
+
+class Unmeasurable(Exception):
+    """This interpreter cannot be measured here (the message says why)."""
+
+
+def counts_of(path: Path) -> tuple[int, int]:
+    """(all instructions, those in the allocator) of one callgrind output file."""
+    out = subprocess.run(
+        ["callgrind_annotate", "--auto=no", "--threshold=100", "--inclusive=no", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    total = allocator = 0
+    for line in out.splitlines():
+        match = re.match(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S+)", line)
+        if match is None:
+            continue
+        count = int(match.group(1).replace(",", ""))
+        if "PROGRAM TOTALS" in line:
+            total = count
+        elif match.group(2).split(":", 1)[0].endswith(ALLOCATOR):
+            allocator += count
+    return total, allocator
+
+
+def measure(python: str, work: Path, daemon_url: str, *, wake: bool) -> dict[str, Any]:
+    """One process under callgrind through the phases; counts per phase."""
+    out_dir = work / ("woken" if wake else "never")
+    out_dir.mkdir()
+    home = out_dir / "home"
+    home.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home), DETRIX_DAEMON_URL=daemon_url)
+    argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--toggle-collect=functools_reduce",
+        "--dump-before=calliter_iternext",
+        "--separate-threads=yes",
+        "--compress-strings=no",
+        "--compress-pos=no",
+        f"--callgrind-out-file={out_dir / 'cg.out'}",
+        python,
+        str(work / "app.py"),
+    ]
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        if not proc.stdout.readline():
+            raise Unmeasurable(f"the app did not start under valgrind: {_tail(proc)}")
+        url = str(record(home, proc.pid, timeout=120)["control_url"])
+
+        def phase(name: str) -> None:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(name.encode() + b"\n")
+            proc.stdin.flush()
+            proc.stdout.readline()
+
+        phase("warm-up")
+        phase("never woken")
+        if wake:
+            state = ask(url, "POST", "/detrix/wake", timeout=300)["status"]
+            if state != "awake":
+                raise Unmeasurable(f"the wake answered {state!r}")
+        phase("awake")
+        if wake:
+            ask(url, "POST", "/detrix/sleep", timeout=300)
+        phase("after sleep")
+        proc.stdin.close()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def part(path: Path) -> int:
+        found = re.search(r"\.(\d+)-01$", path.name)
+        return int(found.group(1)) if found else 1 << 30  # the last: written at exit
+
+    # Only the main thread's files (-01), in the order they were written. Another
+    # thread entering iter(callable, sentinel) writes a dump too: those hold
+    # nothing of the block and are skipped by their empty counts.
+    counts = []
+    for path in sorted(out_dir.glob("cg.out*-01"), key=part):
+        total, allocator = counts_of(path)
+        if total:
+            counts.append((total, allocator))
+    if len(counts) != len(PHASES):
+        raise Unmeasurable(
+            f"{len(counts)} phases counted, not {len(PHASES)}: does {python} keep the "
+            "symbols functools_reduce and calliter_iternext? (a stripped build does not)"
+        )
+    return {name: {"all": t, "allocator": a} for name, (t, a) in zip(PHASES, counts, strict=True)}
+
+
+def _tail(proc: subprocess.Popen[bytes]) -> str:
+    proc.kill()
+    _, err = proc.communicate()
+    lines = err.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def ratios(phases: dict[str, Any]) -> dict[str, dict[str, float]]:
+    ref = phases[REFERENCE]
+    ref_own = ref["all"] - ref["allocator"]
+    return {
+        name: {
+            "all": c["all"] / ref["all"],
+            "interpreter": (c["all"] - c["allocator"]) / ref_own,
+            "allocator_share": c["allocator"] / c["all"],
+        }
+        for name, c in phases.items()
+        if name != "warm-up"
+    }
+
+
+def run(python: str, daemon_url: str) -> dict[str, Any]:
+    version = subprocess.run(
+        [
+            python,
+            "-c",
+            "import platform, debugpy; print(platform.python_version(), debugpy.__version__)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    result: dict[str, Any] = {"python": python, "version": version[0], "debugpy": version[1]}
+    with tempfile.TemporaryDirectory(prefix="detrix-instr-") as tmp:
+        work = Path(tmp)
+        (work / "app.py").write_text(APP)
+        for key, wake in (("control", False), ("detrix-auto", True)):
+            phases = measure(python, work, daemon_url, wake=wake)
+            result[key] = {"counts": phases, "ratios": ratios(phases)}
+    return result
+
+
+def show(result: dict[str, Any]) -> str:
+    lines = [
+        f"Python {result['version']}, debugpy {result['debugpy']}: each phase / never woken, "
+        "same process (all instructions; outside the allocator)"
+    ]
+    for key in ("control", "detrix-auto"):
+        cells = []
+        for name, r in result[key]["ratios"].items():
+            if name == REFERENCE:
+                continue
+            cells.append(f"{name} {r['all']:.4f}x; {r['interpreter']:.5f}x")
+        lines.append(f"  {key:12} " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        help="an interpreter with detrix-auto and debugpy installed (repeatable; "
+        "default: this one)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON line per interpreter")
+    args = parser.parse_args()
+    missing = [tool for tool in ("valgrind", "callgrind_annotate") if shutil.which(tool) is None]
+    if missing:
+        print(
+            f"instructions: {' and '.join(missing)} not found (Debian: apt install valgrind)",
+            file=sys.stderr,
+        )
+        return 2
+    from detrix_auto.devdaemon import DevDaemon
+
+    status = 0
+    # The daemon double waits for a wake's attach as long as valgrind needs.
+    with DevDaemon(attach_timeout=300) as daemon:
+        for python in args.python or [sys.executable]:
+            try:
+                result = run(python, daemon.url)
+            except Unmeasurable as exc:
+                print(f"instructions: {python}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            print(json.dumps(result) if args.json else show(result), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
