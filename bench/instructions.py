@@ -20,7 +20,9 @@ computes a CPU-bound block (``loop_work`` and ``calls_work``, the same block as
 its own (``--dump-before=calliter_iternext``). The main thread's counts only.
 Phases: one to warm up (not reported: a fresh heap), ``never woken``, then
 ``awake`` (after a wake by the daemon double, no logpoint) and ``after sleep``.
-A second process, never woken, runs the same phases: what the phases alone do.
+Two more processes run the same phases: one never woken (what the phases alone
+do) and one that imports debugpy where the other is woken, and never listens
+(what a loaded debugpy alone does to the host's blocks).
 
 Each phase is reported as a ratio to ``never woken`` of the same process, twice:
 all instructions, and those outside the memory allocator (CPython's
@@ -67,6 +69,8 @@ APP = textwrap.dedent(
         block(0, 0)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
+        if line.startswith("load"):  # what a wake imports, without listening nor tracing
+            import debugpy, debugpy.server.api
         for _ in range(5):
             functools.reduce(block, [0], 0)  # counted: --toggle-collect=functools_reduce
         list(iter(int, 0))  # this phase's counts to a file: --dump-before=calliter_iternext
@@ -105,9 +109,18 @@ def counts_of(path: Path) -> tuple[int, int]:
     return total, allocator
 
 
-def measure(python: str, work: Path, daemon_url: str, *, wake: bool) -> dict[str, Any]:
+#: The processes measured: what happens between ``never woken`` and ``awake``.
+KINDS = {
+    "control": "nothing (never woken)",
+    "debugpy loaded": "debugpy imported, never listening: what a wake leaves in memory",
+    "detrix-auto": "woken by the daemon double, then put to sleep before the last phase",
+}
+
+
+def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, Any]:
     """One process under callgrind through the phases; counts per phase."""
-    out_dir = work / ("woken" if wake else "never")
+    wake = kind == "detrix-auto"
+    out_dir = work / kind.replace(" ", "-")
     out_dir.mkdir()
     home = out_dir / "home"
     home.mkdir(mode=0o700)
@@ -148,7 +161,7 @@ def measure(python: str, work: Path, daemon_url: str, *, wake: bool) -> dict[str
             state = ask(url, "POST", "/detrix/wake", timeout=300)["status"]
             if state != "awake":
                 raise Unmeasurable(f"the wake answered {state!r}")
-        phase("awake")
+        phase("load awake" if kind == "debugpy loaded" else "awake")
         if wake:
             ask(url, "POST", "/detrix/sleep", timeout=300)
         phase("after sleep")
@@ -200,7 +213,7 @@ def ratios(phases: dict[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
-def run(python: str, daemon_url: str) -> dict[str, Any]:
+def run(python: str, daemon_url: str, kinds: list[str]) -> dict[str, Any]:
     version = subprocess.run(
         [
             python,
@@ -215,9 +228,9 @@ def run(python: str, daemon_url: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="detrix-instr-") as tmp:
         work = Path(tmp)
         (work / "app.py").write_text(APP)
-        for key, wake in (("control", False), ("detrix-auto", True)):
-            phases = measure(python, work, daemon_url, wake=wake)
-            result[key] = {"counts": phases, "ratios": ratios(phases)}
+        for kind in kinds:
+            phases = measure(python, work, daemon_url, kind)
+            result[kind] = {"counts": phases, "ratios": ratios(phases)}
     return result
 
 
@@ -226,13 +239,13 @@ def show(result: dict[str, Any]) -> str:
         f"Python {result['version']}, debugpy {result['debugpy']}: each phase / never woken, "
         "same process (all instructions; outside the allocator)"
     ]
-    for key in ("control", "detrix-auto"):
+    for key in (k for k in KINDS if k in result):
         cells = []
         for name, r in result[key]["ratios"].items():
             if name == REFERENCE:
                 continue
             cells.append(f"{name} {r['all']:.4f}x; {r['interpreter']:.5f}x")
-        lines.append(f"  {key:12} " + " | ".join(cells))
+        lines.append(f"  {key:14} " + " | ".join(cells))
     return "\n".join(lines)
 
 
@@ -246,7 +259,16 @@ def main() -> int:
         "default: this one)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON line per interpreter")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"comma-separated processes to measure (default: all of {', '.join(KINDS)})",
+    )
     args = parser.parse_args()
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or "control" not in kinds:
+        parser.error(f"--kinds takes control (always) and any of {', '.join(KINDS)}")
     missing = [tool for tool in ("valgrind", "callgrind_annotate") if shutil.which(tool) is None]
     if missing:
         print(
@@ -261,7 +283,7 @@ def main() -> int:
     with DevDaemon(attach_timeout=300) as daemon:
         for python in args.python or [sys.executable]:
             try:
-                result = run(python, daemon.url)
+                result = run(python, daemon.url, kinds)
             except Unmeasurable as exc:
                 print(f"instructions: {python}: {exc}", file=sys.stderr)
                 status = 1
