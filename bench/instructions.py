@@ -56,7 +56,7 @@ from _control import WORK, ask, record
 
 APP = textwrap.dedent(
     """\
-    import functools, json, sys
+    import functools, json, os, sys
 
     # WORK: the CPU-bound block (bench/_control.py)
 
@@ -65,9 +65,14 @@ APP = textwrap.dedent(
         calls_work(20000)
         return 0
 
+    ready = {"ready": True}
+    if os.environ.get("BENCH_ORIGINAL"):  # detrix-py: init() in code, its only way
+        import detrix
+        detrix.init(name="bench-instructions", daemon_url=os.environ["DETRIX_DAEMON_URL"])
+        ready["control_port"] = detrix.status()["control_port"]
     for _ in range(10):  # 3.11's specializing interpreter settles only after a while
         block(0, 0)
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps(ready), flush=True)
     for line in sys.stdin:
         if line.startswith("load"):  # what a wake imports, without listening nor tracing
             import debugpy, debugpy.server.api
@@ -114,12 +119,13 @@ KINDS = {
     "control": "nothing (never woken)",
     "debugpy loaded": "debugpy imported, never listening: what a wake leaves in memory",
     "detrix-auto": "woken by the daemon double, then put to sleep before the last phase",
+    "detrix-py": "the original client (--original), woken and put to sleep the same way",
 }
 
 
 def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, Any]:
     """One process under callgrind through the phases; counts per phase."""
-    wake = kind == "detrix-auto"
+    wake = kind in ("detrix-auto", "detrix-py")
     out_dir = work / kind.replace(" ", "-")
     out_dir.mkdir()
     home = out_dir / "home"
@@ -127,6 +133,8 @@ def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, An
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home), DETRIX_DAEMON_URL=daemon_url)
+    if kind == "detrix-py":
+        env["BENCH_ORIGINAL"] = "1"
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -145,9 +153,14 @@ def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, An
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        if not proc.stdout.readline():
+        line = proc.stdout.readline()
+        if not line:
             raise Unmeasurable(f"the app did not start under valgrind: {_tail(proc)}")
-        url = str(record(home, proc.pid, timeout=120)["control_url"])
+        port = json.loads(line).get("control_port")
+        if port:
+            url = f"http://127.0.0.1:{port}"
+        else:
+            url = str(record(home, proc.pid, timeout=120)["control_url"])
 
         def phase(name: str) -> None:
             assert proc.stdin is not None and proc.stdout is not None
@@ -213,8 +226,9 @@ def ratios(phases: dict[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
-def run(python: str, daemon_url: str, kinds: list[str]) -> dict[str, Any]:
-    version = subprocess.run(
+def versions(python: str) -> tuple[str, str]:
+    """(Python's version, debugpy's) of an interpreter."""
+    out = subprocess.run(
         [
             python,
             "-c",
@@ -224,12 +238,24 @@ def run(python: str, daemon_url: str, kinds: list[str]) -> dict[str, Any]:
         capture_output=True,
         text=True,
     ).stdout.split()
-    result: dict[str, Any] = {"python": python, "version": version[0], "debugpy": version[1]}
+    return out[0], out[1]
+
+
+def run(
+    python: str, daemon_url: str, kinds: list[str], original: str | None = None
+) -> dict[str, Any]:
+    version, debugpy = versions(python)
+    result: dict[str, Any] = {"python": python, "version": version, "debugpy": debugpy}
     with tempfile.TemporaryDirectory(prefix="detrix-instr-") as tmp:
         work = Path(tmp)
         (work / "app.py").write_text(APP)
         for kind in kinds:
-            phases = measure(python, work, daemon_url, kind)
+            interpreter = python
+            if kind == "detrix-py":
+                if original is None:
+                    continue
+                interpreter = original
+            phases = measure(interpreter, work, daemon_url, kind)
             result[kind] = {"counts": phases, "ratios": ratios(phases)}
     return result
 
@@ -258,6 +284,13 @@ def main() -> int:
         help="an interpreter with detrix-auto and debugpy installed (repeatable; "
         "default: this one)",
     )
+    parser.add_argument(
+        "--original",
+        action="append",
+        default=[],
+        help="an interpreter with detrix-py installed, measured beside the --python "
+        "of the same version (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per interpreter")
     parser.add_argument(
         "--kinds",
@@ -280,10 +313,12 @@ def main() -> int:
 
     status = 0
     # The daemon double waits for a wake's attach as long as valgrind needs.
+    originals = {".".join(versions(py)[0].split(".")[:2]): py for py in args.original}
     with DevDaemon(attach_timeout=300) as daemon:
         for python in args.python or [sys.executable]:
+            minor = ".".join(versions(python)[0].split(".")[:2])
             try:
-                result = run(python, daemon.url, kinds)
+                result = run(python, daemon.url, kinds, originals.get(minor))
             except Unmeasurable as exc:
                 print(f"instructions: {python}: {exc}", file=sys.stderr)
                 status = 1
