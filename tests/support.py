@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,15 @@ ROOT = HERE.parent
 #: Python and a quarter on the others: the parsers and rules they feed are the same
 #: code on every Python, and they are a quarter of the suite's CPU time.
 EXAMPLES_SHARE = float(os.environ.get("DETRIX_TEST_EXAMPLES") or "1")
+
+
+def debugpy_traces_by_settrace() -> bool:
+    """pydevd traces by ``sys.settrace`` before 3.12, and with a debugpy older than 1.8.6
+    (after that, by ``sys.monitoring``)."""
+    from importlib.metadata import version
+
+    installed = tuple(int(part) for part in version("debugpy").split(".")[:3])
+    return sys.version_info < (3, 12) or installed < (1, 8, 6)
 
 
 def examples(count: int) -> int:

@@ -20,7 +20,6 @@ import json
 import os
 import queue
 import signal
-import sys
 import textwrap
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TRACING_PROBE, App
+from support import TRACING_PROBE, App, debugpy_traces_by_settrace
 
 from detrix_auto.devdaemon import MetricSpec
 
@@ -393,16 +392,8 @@ PLANTING_APP = (
 )
 
 
-def _debugpy_traces_by_settrace() -> bool:
-    """pydevd traces by ``sys.settrace`` before 3.12, and with a debugpy older than 1.8.6."""
-    from importlib.metadata import version
-
-    installed = tuple(int(part) for part in version("debugpy").split(".")[:3])
-    return sys.version_info < (3, 12) or installed < (1, 8, 6)
-
-
 @pytest.mark.skipif(
-    not _debugpy_traces_by_settrace(),
+    not debugpy_traces_by_settrace(),
     reason="pydevd traces by sys.monitoring here: it puts no trace function on any frame",
 )
 def test_a_tracer_on_pydevds_listener_thread_goes_with_the_sleep(spawn, daemon, tmp_path):
