@@ -58,6 +58,14 @@ class Registration:
         "safe_mode",
         "workspace_root",
     )
+    host: str
+    port: int
+    name: str
+    workspace_root: str
+    hostname: str
+    pid: int | None
+    safe_mode: bool
+    control_plane_url: str | None
 
     def __init__(
         self,
@@ -71,16 +79,23 @@ class Registration:
         safe_mode: bool = False,
         control_plane_url: str | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.name = name
-        self.workspace_root = workspace_root
-        self.hostname = hostname
-        self.pid = pid
-        self.safe_mode = safe_mode
-        #: Where the daemon can reach this process's control plane (to fetch source
-        #: files, ``POST /detrix/files/read``); sent only when a routable host is known.
-        self.control_plane_url = control_plane_url
+        # Where the daemon can reach this process's control plane (to fetch source
+        # files, ``POST /detrix/files/read``): sent only when a routable host is known.
+        values = {
+            "host": host,
+            "port": port,
+            "name": name,
+            "workspace_root": workspace_root,
+            "hostname": hostname,
+            "pid": pid,
+            "safe_mode": safe_mode,
+            "control_plane_url": control_plane_url,
+        }
+        for field, value in values.items():
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Registration never changes (set {name!r})")
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)

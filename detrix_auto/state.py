@@ -23,20 +23,6 @@ class State(str, enum.Enum):
     AWAKE = "awake"
 
 
-#: Snapshot's fields, in order, with their defaults.
-_DEFAULTS: dict[str, Any] = {
-    "state": State.SLEEPING,
-    "warm": False,
-    "debug_port": 0,
-    "debug_port_active": False,
-    "daemon_url": "",
-    "daemon_url_source": "configured",
-    "connection_id": None,
-    "last_error": None,
-    "since": 0.0,
-}
-
-
 class Snapshot:
     """The client's state at one moment; never changes (:meth:`replace` makes another).
 
@@ -44,7 +30,17 @@ class Snapshot:
     the first time it wakes, for nothing a snapshot needs.
     """
 
-    __slots__ = tuple(_DEFAULTS)
+    __slots__ = (
+        "connection_id",
+        "daemon_url",
+        "daemon_url_source",
+        "debug_port",
+        "debug_port_active",
+        "last_error",
+        "since",
+        "state",
+        "warm",
+    )
 
     state: State
     #: debugpy imported and ready, so the next wake is fast (the seed's "warm").
@@ -64,16 +60,36 @@ class Snapshot:
     last_error: str | None
     since: float
 
-    def __init__(self, **fields: Any) -> None:
-        unknown = fields.keys() - _DEFAULTS.keys()
-        if unknown:
-            raise TypeError(f"Snapshot has no field {', '.join(sorted(unknown))}")
-        for name, default in _DEFAULTS.items():
-            object.__setattr__(self, name, fields.get(name, default))
+    def __init__(
+        self,
+        *,
+        state: State = State.SLEEPING,
+        warm: bool = False,
+        debug_port: int = 0,
+        debug_port_active: bool = False,
+        daemon_url: str = "",
+        daemon_url_source: str = "configured",
+        connection_id: str | None = None,
+        last_error: str | None = None,
+        since: float = 0.0,
+    ) -> None:
+        values = {
+            "state": state,
+            "warm": warm,
+            "debug_port": debug_port,
+            "debug_port_active": debug_port_active,
+            "daemon_url": daemon_url,
+            "daemon_url_source": daemon_url_source,
+            "connection_id": connection_id,
+            "last_error": last_error,
+            "since": since,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     def replace(self, **changes: Any) -> Snapshot:
         """A copy with ``changes``."""
-        fields = {name: getattr(self, name) for name in _DEFAULTS}
+        fields = {name: getattr(self, name) for name in self.__slots__}
         fields.update(changes)
         return Snapshot(**fields)
 
@@ -84,7 +100,7 @@ class Snapshot:
         raise AttributeError(f"a Snapshot never changes (delete {name!r})")
 
     def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in _DEFAULTS)
+        return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Snapshot):
@@ -95,7 +111,7 @@ class Snapshot:
         return hash(self._values())
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in _DEFAULTS)
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"Snapshot({inner})"
 
 
