@@ -19,7 +19,9 @@ computes a CPU-bound block (``loop_work`` and ``calls_work``, the same block as
 ``iter(int, 0)``, which makes callgrind write that phase's counts to a file of
 its own (``--dump-before=calliter_iternext``). The main thread's counts only.
 Phases: one to warm up (not reported: a fresh heap), ``never woken``, then
-``awake`` (after a wake by the daemon double, no logpoint) and ``after sleep``.
+``awake`` (after a wake by the daemon double, no logpoint), ``awake, logpoint``
+(a logpoint on the block's own line, set through the daemon double and
+reporting five times a phase) and ``after sleep`` (the sleep removes it).
 Two more processes run the same phases: one never woken (what the phases alone
 do) and one that imports debugpy where the other is woken, and never listens
 (what a loaded debugpy alone does to the host's blocks).
@@ -60,10 +62,11 @@ APP = textwrap.dedent(
 
     # WORK: the CPU-bound block (bench/_control.py)
 
-    def block(_, __):
+    def block(total, item):
         loop_work(20000)
         calls_work(20000)
-        return 0
+        total += item  # LOGPOINT_LINE
+        return total
 
     ready = {"ready": True}
     if os.environ.get("BENCH_ORIGINAL"):  # detrix-py: init() in code, its only way
@@ -76,6 +79,19 @@ APP = textwrap.dedent(
     for line in sys.stdin:
         if line.startswith("load"):  # what a wake imports, without listening nor tracing
             import debugpy, debugpy.server.api
+        if line.startswith("monitor"):  # a sys.monitoring tool with a global event, briefly
+            M = sys.monitoring
+            M.use_tool_id(4, "bench")
+            M.register_callback(4, M.events.PY_START, lambda code, offset: None)
+            M.set_events(4, M.events.PY_START)
+            block(0, 0)
+            M.set_events(4, 0)
+            M.register_callback(4, M.events.PY_START, None)
+            M.free_tool_id(4)
+        if line.startswith("once"):  # one uncounted block (outside reduce), no dump
+            block(0, 0)
+            print(json.dumps({"done": "once"}), flush=True)
+            continue
         for _ in range(5):
             functools.reduce(block, [0], 0)  # counted: --toggle-collect=functools_reduce
         list(iter(int, 0))  # this phase's counts to a file: --dump-before=calliter_iternext
@@ -83,8 +99,12 @@ APP = textwrap.dedent(
     """
 ).replace("# WORK: the CPU-bound block (bench/_control.py)\n", WORK)
 
-#: The phases, in order; the first is a warm-up and is not reported.
-PHASES = ("warm-up", "never woken", "awake", "after sleep")
+LOGPOINT_LINE = next(i for i, text in enumerate(APP.splitlines(), 1) if "LOGPOINT_LINE" in text)
+
+#: The phases, in order; the first is a warm-up and is not reported. In the
+#: woken processes a logpoint is set on the block's own code (it reports five
+#: times a phase) before "awake, logpoint", and removed by the sleep.
+PHASES = ("warm-up", "never woken", "awake", "awake, logpoint", "after sleep")
 REFERENCE = "never woken"
 ALLOCATOR = "Objects/obmalloc.c"
 
@@ -120,10 +140,12 @@ KINDS = {
     "debugpy loaded": "debugpy imported, never listening: what a wake leaves in memory",
     "detrix-auto": "woken by the daemon double, then put to sleep before the last phase",
     "detrix-py": "the original client (--original), woken and put to sleep the same way",
+    "monitored once": "3.12+: a sys.monitoring tool's global PY_START event on while one "
+    "block runs, then off: what CPython itself keeps of instrumentation",
 }
 
 
-def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, Any]:
+def measure(python: str, work: Path, daemon: Any, kind: str) -> dict[str, Any]:
     """One process under callgrind through the phases; counts per phase."""
     wake = kind in ("detrix-auto", "detrix-py")
     out_dir = work / kind.replace(" ", "-")
@@ -132,7 +154,7 @@ def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, An
     home.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home), DETRIX_DAEMON_URL=daemon_url)
+    env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home), DETRIX_DAEMON_URL=daemon.url)
     if kind == "detrix-py":
         env["BENCH_ORIGINAL"] = "1"
     argv = [
@@ -174,9 +196,17 @@ def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, An
             state = ask(url, "POST", "/detrix/wake", timeout=300)["status"]
             if state != "awake":
                 raise Unmeasurable(f"the wake answered {state!r}")
-        phase("load awake" if kind == "debugpy loaded" else "awake")
+        phase(
+            {"debugpy loaded": "load awake", "monitored once": "monitor awake"}.get(kind, "awake")
+        )
+        logpoint = None
+        if wake:
+            logpoint = set_logpoint(daemon, work / "app.py", kind, lambda: phase("once"))
+        phase("awake, logpoint")
         if wake:
             ask(url, "POST", "/detrix/sleep", timeout=300)
+        if logpoint is not None:
+            daemon.remove_metric(logpoint)  # it applies to every connection, later ones too
         phase("after sleep")
         proc.stdin.close()
         proc.wait(timeout=300)
@@ -203,6 +233,24 @@ def measure(python: str, work: Path, daemon_url: str, kind: str) -> dict[str, An
             "symbols functools_reduce and calliter_iternext? (a stripped build does not)"
         )
     return {name: {"all": t, "allocator": a} for name, (t, a) in zip(PHASES, counts, strict=True)}
+
+
+def set_logpoint(daemon: Any, script: Path, kind: str, one_block: Any) -> str:
+    """A logpoint on the block's own line, through the daemon double, once it reports;
+    returns its name."""
+    from detrix_auto.devdaemon import MetricSpec
+
+    name = "block_" + kind.replace("-", "_")
+    daemon.clear_hits()
+    # Evaluated before its line runs: an argument, defined by then.
+    daemon.add_metric(MetricSpec(name, str(script), LOGPOINT_LINE, ("item",)))
+    for _ in range(200):  # ~20 s of blocks under valgrind at the most
+        one_block()
+        if daemon.hits(name):
+            break
+    else:
+        raise Unmeasurable(f"{kind}: the logpoint on the block never reported")
+    return name
 
 
 def _tail(proc: subprocess.Popen[bytes]) -> str:
@@ -242,12 +290,19 @@ def versions(python: str) -> tuple[str, str]:
 
 
 def run(
-    python: str, daemon_url: str, kinds: list[str], original: str | None = None
+    python: str,
+    daemon: Any,
+    kinds: list[str],
+    original: str | None = None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     version, debugpy = versions(python)
     result: dict[str, Any] = {"python": python, "version": version, "debugpy": debugpy}
     with tempfile.TemporaryDirectory(prefix="detrix-instr-") as tmp:
         work = Path(tmp)
+        if keep is not None:  # callgrind's files stay there, to read with callgrind_annotate
+            work = keep / version
+            work.mkdir(parents=True)
         (work / "app.py").write_text(APP)
         for kind in kinds:
             interpreter = python
@@ -255,7 +310,9 @@ def run(
                 if original is None:
                     continue
                 interpreter = original
-            phases = measure(interpreter, work, daemon_url, kind)
+            if kind == "monitored once" and tuple(map(int, version.split(".")[:2])) < (3, 12):
+                continue  # no sys.monitoring
+            phases = measure(interpreter, work, daemon, kind)
             result[kind] = {"counts": phases, "ratios": ratios(phases)}
     return result
 
@@ -293,6 +350,12 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="one JSON line per interpreter")
     parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep callgrind's files under this new directory (one per Python and "
+        "process: callgrind_annotate --inclusive=no DIR/3.12.1/detrix-auto/cg.out.2-01)",
+    )
+    parser.add_argument(
         "--kinds",
         default=",".join(KINDS),
         help=f"comma-separated processes to measure (default: all of {', '.join(KINDS)})",
@@ -318,7 +381,7 @@ def main() -> int:
         for python in args.python or [sys.executable]:
             minor = ".".join(versions(python)[0].split(".")[:2])
             try:
-                result = run(python, daemon.url, kinds, originals.get(minor))
+                result = run(python, daemon, kinds, originals.get(minor), args.keep)
             except Unmeasurable as exc:
                 print(f"instructions: {python}: {exc}", file=sys.stderr)
                 status = 1

@@ -1,8 +1,9 @@
 """After a sleep the host's code runs exactly the instructions it ran before the wake.
 
 Counted, not timed: ``bench/instructions.py`` runs a real app (``DETRIX_ENABLE=1``,
-real debugpy, the daemon double's real attach) under valgrind's callgrind, which
-counts the instructions of a CPU-bound block in each phase of the same process.
+real debugpy, the daemon double's real attach and a logpoint on the block's own
+line) under valgrind's callgrind, which counts the instructions of a CPU-bound
+block in each phase of the same process.
 The same code on the same interpreter counts the same whatever the machine's load,
 so the bound here is tight: a trace function, a profiler or a ``sys.monitoring``
 event left on the host's code costs a block far more than 0.01%.
@@ -32,8 +33,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "instructions.py"
 #: 3.12+ re-specialise the few instructions that sys.monitoring touched, which
 #: costs some hundreds of instructions once (measured: 10 ppm).
 EXACT = 1e-4
-#: The processes this test needs (the bench's third, debugpy loaded, only explains).
-KINDS = "control,detrix-auto"
+#: The processes this test needs (the bench's others only explain). On 3.12, CPython's
+#: instrumentation splits the superinstructions (LOAD_FAST__LOAD_FAST...) of every
+#: function that runs while any sys.monitoring tool has a global event on, and never
+#: fuses them again: pydevd has PY_START on while a logpoint exists, so the block
+#: runs some 3% more instructions for good. "monitored once" is that alone (a
+#: tool of our own, on for one block, without debugpy): the reference there.
+CPYTHON_KEEPS_INSTRUMENTATION = sys.version_info[:2] == (3, 12)
+KINDS = "control,detrix-auto" + (",monitored once" if CPYTHON_KEEPS_INSTRUMENTATION else "")
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +65,30 @@ def test_after_sleep_the_interpreter_runs_what_it_ran_before_the_wake(
 ) -> None:
     ratios = counted["detrix-auto"]["ratios"]  # type: ignore[index]
     after = ratios["after sleep"]["interpreter"]
-    assert abs(after - 1) < EXACT, (
+    expected = 1.0
+    if CPYTHON_KEEPS_INSTRUMENTATION:
+        expected = counted["monitored once"]["ratios"]["after sleep"]["interpreter"]  # type: ignore[index]
+        assert expected > 1.01, f"3.12 kept no split superinstruction: {expected:.5f}x"
+    assert abs(after - expected) < EXACT, (
         f"after sleep the block ran {after:.6f}x the instructions it ran before the wake "
-        f"(outside the allocator): something of the wake is left on the host's code; "
-        f"all instructions {ratios['after sleep']['all']:.4f}x"
+        f"(outside the allocator; {expected:.6f}x expected): something of the wake is left "
+        f"on the host's code; all instructions {ratios['after sleep']['all']:.4f}x"
     )
 
 
-@pytest.mark.skipif(
-    not debugpy_traces_by_settrace(),
-    reason="pydevd traces by sys.monitoring here, which gives code without a breakpoint "
-    "no event: nothing for the count to see while awake",
-)
-def test_the_count_sees_a_tracer_where_debugpy_traces_by_settrace(
-    counted: dict[str, object],
-) -> None:
-    """The instrument's own check: where being awake costs (settrace), it shows."""
-    awake = counted["detrix-auto"]["ratios"]["awake"]["interpreter"]  # type: ignore[index]
-    assert awake > 2, f"awake (debugpy's tracer on) counted only {awake:.3f}x"
+def test_the_count_sees_debugpy_while_it_looks(counted: dict[str, object]) -> None:
+    """The instrument's own check: what being awake costs shows in the count.
+
+    With ``sys.settrace`` (before 3.12, or an old debugpy) every line costs; with
+    ``sys.monitoring`` only code with a breakpoint does, here the block's own line.
+    """
+    ratios = counted["detrix-auto"]["ratios"]  # type: ignore[index]
+    if debugpy_traces_by_settrace():
+        awake = ratios["awake"]["interpreter"]
+        assert awake > 2, f"awake (debugpy's tracer on) counted only {awake:.3f}x"
+    else:
+        with_logpoint = ratios["awake, logpoint"]["interpreter"]
+        assert with_logpoint > 1.003, f"a logpoint on the block counted {with_logpoint:.5f}x"
 
 
 def test_a_process_never_woken_counts_the_same_in_every_phase(
