@@ -354,6 +354,14 @@ def test_disarm_and_rearm_are_safe_in_any_order() -> None:
 #: A host that, on request, puts a trace function on every frame of detrix-auto's
 #: debug gate (in pydevd's listener thread, blocked in accept()) and reports it, or
 #: reports its probe. One CI run found such frames still traced after a sleep.
+def _send(trigger: Path, text: str) -> None:
+    """Hand a polling app a command file whole: a ``write_text()`` it catches between
+    creating the file and writing it reads as "" (CI, once: KeyError 'plant')."""
+    staged = trigger.with_name(trigger.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, trigger)
+
+
 PLANTING_APP = (
     textwrap.dedent(
         """\
@@ -405,7 +413,7 @@ def test_a_tracer_on_pydevds_listener_thread_goes_with_the_sleep(spawn, daemon, 
     app = spawn(PLANTING_APP, str(trigger))
 
     def ask(command: str) -> Any:
-        trigger.write_text(command)
+        _send(trigger, command)
         assert app.proc.stdout is not None
         answer = json.loads(app.proc.stdout.readline())
         return answer[command]
@@ -535,7 +543,7 @@ PYDEVD_POLLERS = ("pydevd.CommandThread", "pydevd.CheckAliveThread")
 
 
 def _woke(app: App, trigger: Path, seconds: float) -> dict[str, int]:
-    trigger.write_text(str(seconds))
+    _send(trigger, str(seconds))
     assert app.proc.stdout is not None
     return dict(json.loads(app.proc.stdout.readline()))
 
