@@ -78,7 +78,9 @@ ORIGINAL = "detrix-py"
 #: (detrix-auto through its .pth hook, nothing imported here), ``api``
 #: (``detrix_auto.init()``), ``orig`` (``detrix.init()``), ``bare``, or
 #: ``debugpy-inproc``/``debugpy-adapter`` (bare debugpy, the floors), or
-#: ``debugpy-imported`` (imported, never listening: the overhead's control). MODE is
+#: ``debugpy-imported`` (imported, never listening: the overhead's control), or
+#: ``debugpy-later`` (the same, imported when it reads ``import``: the second control,
+#: which changes only what an import changes, as a wake imports debugpy). MODE is
 #: ``idle`` (wait for stdin to close), ``work`` (time CPU-bound blocks until
 #: stdin closes), ``forks`` (time ``os.fork()`` on request) or ``statusbench``
 #: (in-process status() latency).
@@ -159,7 +161,12 @@ APP = textwrap.dedent(
         n_loop, n_calls = (int(x) for x in sys.argv[3].split(","))
         emit(ready=True, **info)
         block = 0
-        for _ in sys.stdin:
+        for line in sys.stdin:
+            if line.startswith("import"):  # debugpy-later: what a wake imports, nothing else
+                import debugpy
+                import debugpy.server.api
+                emit(imported=True)
+                continue
             best = {"loop": 1e9, "calls": 1e9}
             for _ in range(5):  # the first runs after a wait run on cold caches
                 t0 = time.perf_counter()
@@ -246,8 +253,26 @@ AFTER_VS_NEVER = "after sleep ÷ never woken, same process"
 CONTROL_DRIFT = "control (debugpy imported, never listening): its after ÷ its never"
 #: After the sleep against the control in the same phase.
 AFTER_VS_LOADED = "after sleep ÷ control, same phase"
+#: The same division for a process that imports debugpy at the wake and does nothing
+#: else (no detrix-auto): what an import alone leaves (CPython's small-object
+#: allocator holds the host's objects in other places afterwards).
+IMPORT_DRIFT = "debugpy imported at the wake, no detrix-auto: its after ÷ its never"
+#: The lane run with the system allocator (``PYTHONMALLOC=malloc``) for every process:
+#: the divisions without the allocator's layout.
+SYSTEM_MALLOC = "PYTHONMALLOC=malloc"
+MALLOC_AFTER_VS_NEVER = f"{SYSTEM_MALLOC}: {AFTER_VS_NEVER}"
+MALLOC_IMPORT_DRIFT = f"{SYSTEM_MALLOC}: {IMPORT_DRIFT}"
+MALLOC_CONTROL_DRIFT = f"{SYSTEM_MALLOC}: {CONTROL_DRIFT}"
 #: Rows that divide two ratios of one run: shown with the runs' range.
-DIVIDED_ROWS = (AFTER_VS_NEVER, CONTROL_DRIFT, AFTER_VS_LOADED)
+DIVIDED_ROWS = (
+    AFTER_VS_NEVER,
+    CONTROL_DRIFT,
+    AFTER_VS_LOADED,
+    IMPORT_DRIFT,
+    MALLOC_AFTER_VS_NEVER,
+    MALLOC_IMPORT_DRIFT,
+    MALLOC_CONTROL_DRIFT,
+)
 
 
 def log(message: str) -> None:
@@ -441,8 +466,12 @@ class Child:
 
     def ask(self) -> dict[str, Any]:
         """One block of work (``onrequest`` mode), while every other child waits."""
+        return self.send("go")
+
+    def send(self, line: str) -> dict[str, Any]:
+        """One line to the child's stdin; its next JSON line."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         return self.next()
 
@@ -1040,96 +1069,136 @@ class Bench:
     def overhead(self) -> None:
         """Runtime cost of each phase against a bare interpreter computing in turn with it.
 
-        Two live processes, the bare interpreter and the one measured, compute
-        one block each in turn (best of 5 runs per block, best block of the
-        phase), so both see the same machine: separate runs one after the
+        Live processes, the bare interpreter, the controls and the one measured,
+        compute one block each in turn (best of 5 runs per block, best block of
+        the phase), so all see the same machine: separate runs one after the
         other differed by up to 40% here with whatever else the machine did.
-        """
-        from detrix_auto.devdaemon import MetricSpec
 
+        detrix-auto imports debugpy at the wake, not at start-up; an import moves
+        where CPython's small-object allocator puts the host's objects, and that
+        alone changes the speed of an int-heavy loop by several per cent (either
+        way, from process to process) without changing one instruction it runs.
+        So detrix-auto's runs carry a second control that imports debugpy at the
+        wake and does nothing else, and a lane of runs repeats them with the
+        system allocator (``PYTHONMALLOC=malloc``, every process), where the
+        after-sleep division shows what the sleep leaves without that layout.
+        """
         res: dict[str, dict[str, list[float]]] = {}
         k = self.cfg.phase_blocks
-        log(f"runtime overhead: {self.cfg.overhead_runs} run(s), {k} blocks a phase in turn")
         impls = ["auto"] + (["orig"] if self.envs.orig is not None else [])
+        malloc_runs = max(1, self.cfg.overhead_runs - 2)
+        log(
+            f"runtime overhead: {self.cfg.overhead_runs} run(s), {k} blocks a phase in turn, "
+            f"then {malloc_runs} with {SYSTEM_MALLOC}"
+        )
         for _ in range(self.cfg.overhead_runs):
             for impl in impls:
-                with self.daemon() as devdaemon:
-                    bare = self.spawn("bare", "bare", "onrequest", self.cfg.work)
-                    bare.next()
-                    # The control: debugpy and pydevd imported, never listening (which on
-                    # 3.10/3.11 would trace), never changed. Its ratio moves between the
-                    # phases only by the machine's noise.
-                    still = self.spawn("bare", "debugpy-imported", "onrequest", self.cfg.work)
-                    still.next()
-                    child = self.spawn_impl(impl, "onrequest", devdaemon.url)
-                    url = self.control_url(child, child.next())
-                    request(url, "GET", "/detrix/status")  # its HTTP side is loaded, as in use
-                    same_cpu(bare, still, child)
-                    controls: list[dict[str, float]] = []
-
-                    def phase(
-                        bare: Child = bare,
-                        still: Child = still,
-                        child: Child = child,
-                        controls: list[dict[str, float]] = controls,
-                    ) -> dict[str, float]:
-                        best: dict[str, dict[str, float]] = {"bare": {}, "still": {}, "impl": {}}
-                        for _ in range(k):
-                            for name, proc in (("bare", bare), ("still", still), ("impl", child)):
-                                block = proc.ask()
-                                for w in ("loop", "calls"):
-                                    best[name][w] = min(best[name].get(w, math.inf), block[w])
-                        controls.append(
-                            {w: best["still"][w] / best["bare"][w] for w in ("loop", "calls")}
-                        )
-                        return {w: best["impl"][w] / best["bare"][w] for w in ("loop", "calls")}
-
-                    phases = {"never woken": phase()}
-                    code, body, _ = request(url, "POST", "/detrix/wake")
-                    if code != 200:
-                        log(f"warning: {impl} wake answered {code}: {body}")
-                        child.stop()
-                        bare.stop()
-                        continue
-                    phases["awake, no logpoint"] = phase()
-                    devdaemon.add_metric(MetricSpec("cold", str(self.app), COLD_LINE, ("block",)))
-                    deadline = time.monotonic() + 30
-                    while len(devdaemon.hits("cold")) < 2 and time.monotonic() < deadline:
-                        child.ask()  # the cold line runs once per block
-                        time.sleep(0.05)
-                    if len(devdaemon.hits("cold")) < 2:
-                        log(f"warning: {impl}: the logpoint did not report within 30 s")
-                    phases["awake, logpoint on a cold line"] = phase()
-                    request(url, "POST", "/detrix/sleep")
-                    time.sleep(0.2)
-                    phases["after sleep"] = phase()
-                    child.stop()
-                    still.stop()
-                    bare.stop()
-                    # The same process before any wake and after a sleep: what is left of
-                    # the wake, without the luck of this process's memory layout that
-                    # every phase's ratio to the bare interpreter shares.
-                    phases[AFTER_VS_NEVER] = {
-                        w: phases["after sleep"][w] / phases["never woken"][w]
-                        for w in ("loop", "calls")
-                    }
-                    # The same division for the control, which changed nothing: how far
-                    # this machine alone moves a process between the two phases.
-                    phases[CONTROL_DRIFT] = {
-                        w: controls[-1][w] / controls[0][w] for w in ("loop", "calls")
-                    }
-                    # After the sleep against debugpy loaded and never attached, in the
-                    # same phase: what sleep leaves beyond what a loaded debugpy costs.
-                    phases[AFTER_VS_LOADED] = {
-                        w: phases["after sleep"][w] / controls[-1][w] for w in ("loop", "calls")
-                    }
-                    for name, ratios in phases.items():
-                        for w in ("loop", "calls"):
-                            res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(
-                                ratios[w]
-                            )
+                self.overhead_run(impl, res, {})
                 self.busy_wake(impl)
+        for _ in range(malloc_runs):
+            self.overhead_run("auto", res, {"PYTHONMALLOC": "malloc"})
         self.results["overhead"] = res
+
+    def overhead_run(
+        self, impl: str, res: dict[str, dict[str, list[float]]], extra: dict[str, str]
+    ) -> None:
+        """One run of the phases for ``impl``, its controls and the bare interpreter."""
+        from detrix_auto.devdaemon import MetricSpec
+
+        k = self.cfg.phase_blocks
+        prefix = f"{SYSTEM_MALLOC}: " if extra else ""
+        with self.daemon() as devdaemon:
+            bare = self.spawn("bare", "bare", "onrequest", self.cfg.work, env=clean_env(**extra))
+            bare.next()
+            # The control: debugpy and pydevd imported, never listening (which on
+            # 3.10/3.11 would trace), never changed. Its ratio moves between the
+            # phases only by the machine's noise.
+            still = self.spawn(
+                "bare", "debugpy-imported", "onrequest", self.cfg.work, env=clean_env(**extra)
+            )
+            still.next()
+            procs = {"bare": bare, "still": still}
+            if impl == "auto":  # detrix-py imports debugpy at init(), before any phase
+                later = self.spawn(
+                    "bare", "debugpy-later", "onrequest", self.cfg.work, env=clean_env(**extra)
+                )
+                later.next()
+                procs["later"] = later
+            child = self.spawn_impl(impl, "onrequest", devdaemon.url, **extra)
+            url = self.control_url(child, child.next())
+            request(url, "GET", "/detrix/status")  # its HTTP side is loaded, as in use
+            procs["impl"] = child
+            same_cpu(*procs.values())
+            seen: list[dict[str, dict[str, float]]] = []
+
+            def phase() -> dict[str, float]:
+                best: dict[str, dict[str, float]] = {name: {} for name in procs}
+                for _ in range(k):
+                    for name, proc in procs.items():
+                        block = proc.ask()
+                        for w in ("loop", "calls"):
+                            best[name][w] = min(best[name].get(w, math.inf), block[w])
+                seen.append(
+                    {
+                        name: {w: best[name][w] / best["bare"][w] for w in ("loop", "calls")}
+                        for name in procs
+                    }
+                )
+                return seen[-1]["impl"]
+
+            def stop_all() -> None:
+                for proc in procs.values():
+                    proc.stop()
+
+            phases = {"never woken": phase()}
+            code, body, _ = request(url, "POST", "/detrix/wake")
+            if code != 200:
+                log(f"warning: {impl} wake answered {code}: {body}")
+                stop_all()
+                return
+            if "later" in procs:
+                procs["later"].send("import")
+            phases["awake, no logpoint"] = phase()
+            devdaemon.add_metric(MetricSpec("cold", str(self.app), COLD_LINE, ("block",)))
+            deadline = time.monotonic() + 30
+            while len(devdaemon.hits("cold")) < 2 and time.monotonic() < deadline:
+                child.ask()  # the cold line runs once per block
+                time.sleep(0.05)
+            if len(devdaemon.hits("cold")) < 2:
+                log(f"warning: {impl}: the logpoint did not report within 30 s")
+            phases["awake, logpoint on a cold line"] = phase()
+            request(url, "POST", "/detrix/sleep")
+            time.sleep(0.2)
+            phases["after sleep"] = phase()
+            stop_all()
+
+        def drift(name: str) -> dict[str, float]:
+            return {w: seen[-1][name][w] / seen[0][name][w] for w in ("loop", "calls")}
+
+        divided = {
+            # The same process before any wake and after a sleep: what is left of
+            # the wake, without the luck of this process's memory layout that
+            # every phase's ratio to the bare interpreter shares.
+            AFTER_VS_NEVER: drift("impl"),
+            # The same division for the control, which changed nothing: how far
+            # this machine alone moves a process between the two phases.
+            CONTROL_DRIFT: drift("still"),
+        }
+        if "later" in procs:
+            # ... and for the process that imported debugpy at the wake, nothing else.
+            divided[IMPORT_DRIFT] = drift("later")
+        if extra:
+            phases = {f"{prefix}{name}": value for name, value in divided.items()}
+        else:
+            # After the sleep against debugpy loaded and never attached, in the
+            # same phase: what sleep leaves beyond what a loaded debugpy costs.
+            divided[AFTER_VS_LOADED] = {
+                w: seen[-1]["impl"][w] / seen[-1]["still"][w] for w in ("loop", "calls")
+            }
+            phases.update(divided)
+        for name, ratios in phases.items():
+            for w in ("loop", "calls"):
+                res.setdefault(f"{impl}|{name}|{w}", {}).setdefault("ratio", []).append(ratios[w])
 
     # -- forks ---------------------------------------------------------------------------
 
@@ -1168,14 +1237,14 @@ class Bench:
             child.stop()
         self.results["forks"] = res
 
-    def spawn_impl(self, impl: str, mode: str, daemon_url: str) -> Child:
+    def spawn_impl(self, impl: str, mode: str, daemon_url: str, **extra: str) -> Child:
         """detrix-auto (through its hook) or detrix-py (``init()``), told where the daemon is."""
         work = "" if mode == "idle" else self.cfg.work
         if impl == "auto":
-            return self.spawn(
-                "auto", "hook", mode, work, env=self.hook_env(DETRIX_DAEMON_URL=daemon_url)
-            )
-        return self.spawn("orig", "orig", mode, work, env=clean_env(BENCH_DAEMON_URL=daemon_url))
+            env = self.hook_env(DETRIX_DAEMON_URL=daemon_url, **extra)
+            return self.spawn("auto", "hook", mode, work, env=env)
+        env = clean_env(BENCH_DAEMON_URL=daemon_url, **extra)
+        return self.spawn("orig", "orig", mode, work, env=env)
 
     def busy_wake(self, impl: str) -> None:
         """Wake and sleep while the host's main thread computes without pause."""
@@ -1650,14 +1719,19 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
             "interpreter, without detrix-auto or detrix-py, computing the same block in "
             f"turn with it; best of {cfg.phase_blocks} blocks a phase, median of "
             f"{cfg.overhead_runs} run(s); 1.00x = no cost. `loop`: arithmetic loop, no "
-            "calls; `calls`: a loop calling a small function. The last three rows divide "
-            "two ratios of one run, in brackets the runs' range: after sleep by never "
+            "calls; `calls`: a loop calling a small function. The rows after the phases "
+            "divide two ratios of one run, in brackets the runs' range: after sleep by never "
             "woken, both of the same process (cancels that process's own layout); the same "
             "for a control process computing in turn with them (debugpy and pydevd "
-            "imported, never listening), which changes nothing: how far the machine alone "
-            "moves that division, the noise any after-sleep figure carries; and after "
+            "imported at start, never listening), which changes nothing: how far the machine "
+            "alone moves that division, the noise any after-sleep figure carries; after "
             "sleep by the control in the same phase (what a sleep leaves beyond an imported "
-            "debugpy))"
+            "debugpy); the same division for a process without detrix-auto that imports "
+            "debugpy at the wake and does nothing else (what the import alone leaves: it "
+            "moves where CPython's small-object allocator puts the host's objects); and, "
+            f"from {max(1, cfg.overhead_runs - 2)} more run(s) of detrix-auto's processes "
+            "with the system allocator (`PYTHONMALLOC=malloc`, every process), the "
+            "divisions without that layout: what the sleep itself leaves)"
         )
         out.append("")
         out.append(
