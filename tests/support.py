@@ -208,9 +208,13 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
+@dataclass(eq=False)  # a handle: equal only to itself
 class App:
-    """A running instrumented subprocess and how to reach its control plane."""
+    """A running instrumented subprocess and how to reach its control plane.
+
+    The one app handle of the suite: the fault tests (``faultkit.FaultApp``) and the
+    attacker's tests (``sechelpers.RunningApp``) extend it with what they inspect.
+    """
 
     proc: subprocess.Popen[str]
     home: Path
@@ -225,6 +229,10 @@ class App:
     def url(self) -> str:
         return str(self.record["control_url"])
 
+    @property
+    def port(self) -> int:
+        return int(self.record["control_port"])
+
     def request(
         self,
         method: str,
@@ -238,7 +246,14 @@ class App:
     def status(self) -> dict[str, Any]:
         code, body = self.request("GET", "/detrix/status")
         assert code == 200, body
-        return body
+        return dict(body)
+
+    def wake(self, daemon_url: str | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+        body = {"daemon_url": daemon_url} if daemon_url is not None else None
+        return self.request("POST", "/detrix/wake", body, timeout=timeout)
+
+    def sleep(self, timeout: float = 30.0) -> tuple[int, Any]:
+        return self.request("POST", "/detrix/sleep", timeout=timeout)
 
     def stop(self) -> tuple[str, str]:
         if self.proc.poll() is None:
@@ -249,6 +264,14 @@ class App:
             self.proc.kill()
             out, err = self.proc.communicate()
         return out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
 
 
 def http_json(
@@ -281,10 +304,18 @@ def http_json(
 
 
 def wait_for_record(
-    home: Path, pid: int, proc: subprocess.Popen[str] | None = None, timeout: float = 20.0
+    home: Path,
+    pid: int,
+    proc: subprocess.Popen[str] | None = None,
+    timeout: float = 20.0,
+    *,
+    directory: Path | None = None,
+    why: Any = None,
 ) -> dict[str, Any]:
-    """Poll for the discovery record the hook writes once the control plane listens."""
-    path = home / "clients" / f"{pid}.json"
+    """Poll for the discovery record the hook writes once the control plane listens
+    (under ``home/clients``, or ``directory`` where a fallback puts it); ``why()``, if
+    given, is added to the failure (the app's stderr, say)."""
+    path = (directory or home / "clients") / f"{pid}.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -296,7 +327,8 @@ def wait_for_record(
             out, err = proc.communicate()
             raise AssertionError(f"app exited {proc.returncode} before listening: {out}\n{err}")
         time.sleep(0.02)
-    raise AssertionError(f"no discovery record for pid {pid} under {home}")
+    more = f"\n{why()}" if why is not None else ""
+    raise AssertionError(f"no discovery record for pid {pid} at {path}{more}")
 
 
 def wait_until(

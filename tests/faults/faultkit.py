@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import clean_env, http_json, wait_for_record, wait_until, write_script
+from support import App, clean_env, wait_for_record, wait_until, write_script
 
 #: Seconds: every daemon timeout of the app under test, except register. Short, so
 #: a module of faults runs in a minute; not shorter, so that an "under" answer
@@ -158,8 +158,8 @@ def pid_running(pid: int) -> bool:
 # -- the app under test ----------------------------------------------------------------
 
 
-class FaultApp:
-    """A running instrumented subprocess and how to reach and inspect it."""
+class FaultApp(App):
+    """An app of :data:`APP` (its main loop touches ``beat``): also how to inspect it."""
 
     def __init__(
         self,
@@ -169,35 +169,8 @@ class FaultApp:
         script: Path,
         record: dict[str, Any],
     ) -> None:
-        self.proc = proc
-        self.home = home
+        super().__init__(proc, home, script, record)
         self.beat = beat
-        self.script = script
-        self.record = record
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def url(self) -> str:
-        return str(self.record["control_url"])
-
-    def request(
-        self, method: str, path: str, body: Any = None, timeout: float = 30.0
-    ) -> tuple[int, Any]:
-        return http_json(self.url, method, path, body, timeout=timeout)
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.request("GET", "/detrix/status")
-        assert code == 200, body
-        return dict(body)
-
-    def wake(self, daemon_url: str, timeout: float = 30.0) -> tuple[int, Any]:
-        return self.request("POST", "/detrix/wake", {"daemon_url": daemon_url}, timeout=timeout)
-
-    def sleep(self, timeout: float = 30.0) -> tuple[int, Any]:
-        return self.request("POST", "/detrix/sleep", timeout=timeout)
 
     def counts(self, daemon_ports: tuple[int, ...] = ()) -> dict[str, int]:
         return counts(self.pid, daemon_ports)
@@ -215,14 +188,6 @@ class FaultApp:
         assert self.proc.poll() is None, f"app exited with {self.proc.returncode}"
         wait_until(self.running, timeout=3, what="the app's main loop ticking")
         assert self.request("GET", "/detrix/health")[0] == 200
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.communicate(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
 
     def terminate(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:

@@ -26,13 +26,12 @@ from faultkit import (
     FaultApp,
     children_of,
     counts,
-    http_json,
     live_rows,
     pid_running,
     settle,
     warm_up,
 )
-from support import free_port, wait_for_record, wait_until
+from support import free_port, http_json, wait_for_record, wait_until
 
 from detrix_auto.devdaemon import DevDaemon
 from detrix_auto.discovery import iter_records

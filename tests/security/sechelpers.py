@@ -25,7 +25,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from doubles import Fault, FaultDaemon  # noqa: E402
-from support import clean_env  # noqa: E402
+from support import App, clean_env, wait_for_record  # noqa: E402
 
 __all__ = [
     "TOKEN",
@@ -98,22 +97,21 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-@dataclass
-class RunningApp:
-    proc: subprocess.Popen[str]
-    home: Path
-    stderr_path: Path
-    record: dict[str, Any]
-    #: Where the record is expected, when not under ``home`` (a fallback directory).
-    record_dir: Path | None = None
+class RunningApp(App):
+    """An app of :data:`APP_SOURCE` (stdin closed, stderr to a file), guarded."""
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def port(self) -> int:
-        return int(self.record["control_port"])
+    def __init__(
+        self,
+        proc: subprocess.Popen[str],
+        home: Path,
+        script: Path,
+        stderr_path: Path,
+        record_dir: Path | None = None,
+    ) -> None:
+        super().__init__(proc, home, script, {})
+        self.stderr_path = stderr_path
+        #: Where the record is expected, when not under ``home`` (a fallback directory).
+        self.record_dir = record_dir
 
     @property
     def record_path(self) -> Path:
@@ -125,7 +123,7 @@ class RunningApp:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def stop(self) -> tuple[str, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -135,6 +133,7 @@ class RunningApp:
                 self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        return "", self.stderr()
 
 
 def start_app(
@@ -162,23 +161,14 @@ def start_app(
             stderr=err,
             text=True,
         )
-    app = RunningApp(
-        proc=proc, home=home, stderr_path=stderr_path, record={}, record_dir=record_dir
-    )
+    app = RunningApp(proc, home, script, stderr_path, record_dir)
     try:
         line = _readline(proc, 30.0)
         if line.strip() != "ready":
             raise AssertionError(f"app did not start: {line!r}\n{app.stderr()}")
-        path = app.record_path
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                app.record = json.loads(path.read_text())
-                break
-            except (OSError, ValueError):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no discovery record\n{app.stderr()}") from None
-                time.sleep(0.02)
+        app.record = wait_for_record(
+            home, proc.pid, timeout=10, directory=record_dir, why=app.stderr
+        )
     except BaseException:
         app.stop()
         raise
