@@ -84,12 +84,7 @@ def spawn(tmp_path: Path, home: Path) -> Iterator[Any]:
 
     yield start
     for app in apps:
-        if app.proc.poll() is None:
-            app.proc.kill()
-        try:
-            app.proc.communicate(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
+        app.kill()
 
 
 @pytest.fixture
