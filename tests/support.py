@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,7 @@ def wait_for_record(
     timeout: float = 20.0,
     *,
     directory: Path | None = None,
-    why: Any = None,
+    why: Callable[[], str] | None = None,
 ) -> dict[str, Any]:
     """Poll for the discovery record the hook writes once the control plane listens
     (under ``home/clients``, or ``directory`` where a fallback puts it); ``why()``, if

@@ -351,9 +351,6 @@ def test_disarm_and_rearm_are_safe_in_any_order() -> None:
     assert not debugger.listening and not debugger.armed
 
 
-#: A host that, on request, puts a trace function on every frame of detrix-auto's
-#: debug gate (in pydevd's listener thread, blocked in accept()) and reports it, or
-#: reports its probe. One CI run found such frames still traced after a sleep.
 def _send(trigger: Path, text: str) -> None:
     """Hand a polling app a command file whole: a ``write_text()`` it catches between
     creating the file and writing it reads as "" (CI, once: KeyError 'plant')."""
@@ -362,6 +359,9 @@ def _send(trigger: Path, text: str) -> None:
     os.replace(staged, trigger)
 
 
+#: A host that, on request, puts a trace function on every frame of detrix-auto's
+#: debug gate (in pydevd's listener thread, blocked in accept()) and reports it, or
+#: reports its probe. One CI run found such frames still traced after a sleep.
 PLANTING_APP = (
     textwrap.dedent(
         """\
