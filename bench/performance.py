@@ -678,6 +678,11 @@ class Config:
     work: str
     startup_core: bool = False
 
+    @property
+    def malloc_runs(self) -> int:
+        """Runs of the overhead's ``PYTHONMALLOC=malloc`` lane (detrix-auto only)."""
+        return max(1, self.overhead_runs - 2)
+
 
 def config(args: argparse.Namespace) -> Config:
     cfg = _config(args)
@@ -1086,7 +1091,7 @@ class Bench:
         res: dict[str, dict[str, list[float]]] = {}
         k = self.cfg.phase_blocks
         impls = ["auto"] + (["orig"] if self.envs.orig is not None else [])
-        malloc_runs = max(1, self.cfg.overhead_runs - 2)
+        malloc_runs = self.cfg.malloc_runs
         log(
             f"runtime overhead: {self.cfg.overhead_runs} run(s), {k} blocks a phase in turn, "
             f"then {malloc_runs} with {SYSTEM_MALLOC}"
@@ -1729,7 +1734,7 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
             "debugpy); the same division for a process without detrix-auto that imports "
             "debugpy at the wake and does nothing else (what the import alone leaves: it "
             "moves where CPython's small-object allocator puts the host's objects); and, "
-            f"from {max(1, cfg.overhead_runs - 2)} more run(s) of detrix-auto's processes "
+            f"from {cfg.malloc_runs} more run(s) of detrix-auto's processes "
             "with the system allocator (`PYTHONMALLOC=malloc`, every process), the "
             "divisions without that layout: what the sleep itself leaves)"
         )
