@@ -6,9 +6,9 @@ silent or slow client must not hold anything but its own file descriptor. So
 all socket I/O and parsing happens in this poll loop with per-connection
 deadlines; cheap requests are answered inline; ``wake`` and ``sleep`` run on
 worker threads (at most :data:`MAX_WORKERS`) and hand their response back
-through a wake-up socket. Connections beyond the limit are told 503 and
-closed, and running out of file descriptors pauses accepting instead of
-spinning.
+through a wake-up socket (opened for the first of them). Connections beyond
+the limit are told 503 and closed, and running out of file descriptors pauses
+accepting instead of spinning.
 
 The loop lives only while it has something to do: :meth:`EventLoop.run`
 returns once no connection is open and no request is being handled, and
@@ -142,6 +142,7 @@ class EventLoop:
         self._wake_w: Any = None
         self._wake_ident: tuple[Any, Any] = (None, None)
         self._wake_fd = -1
+        self._wake_tried = False  # the pair is opened for the first worker's job
         self._accept_paused_until = 0.0
         self._max_connections = 0  # read from the descriptor limit when first needed
 
@@ -175,7 +176,6 @@ class EventLoop:
                 fds.release(first[0], first[2])
             return True
         try:
-            self._open_wakeup()
             self._listener.setblocking(False)
             self._poller.set(self._listener_fd, READ)
             if first is not None:
@@ -394,6 +394,11 @@ class EventLoop:
     # -- workers ----------------------------------------------------------------
 
     def _submit(self, conn: Connection, job: Deferred) -> None:
+        if self._wake_r is None and not self._wake_tried:
+            # Only a worker needs it, so a status request never pays for it: five
+            # system calls, each a wait for the GIL beside a host that computes.
+            self._wake_tried = True
+            self._open_wakeup()
         with self._lock:
             self._jobs.append((conn, job))
             self._in_flight += 1
