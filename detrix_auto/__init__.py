@@ -62,7 +62,7 @@ def init(**options: Any) -> None:
     ``register_timeout``, ``unregister_timeout``, ``verify_ssl``,
     ``ca_bundle``, ``safe_mode``, ``start_state`` (``sleeping``, ``warm`` or
     ``awake``), ``require_token``, ``liveness_interval``, ``wake_retry_max``,
-    ``log_level``, ``discovery``.
+    ``log_level``, ``discovery``, ``switch_interval`` (``DETRIX_SWITCH_INTERVAL``).
 
     Raises :class:`ConfigError` for a bad value (a malformed ``daemon_url``
     is kept: the ``wake()`` that would use it raises :class:`DaemonError`, as

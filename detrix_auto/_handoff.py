@@ -9,6 +9,18 @@ on an idle host took 10-30 s (measured, docs/performance.md). For the length
 of a wake the interval is made short, then put back, unless the host changed
 it meanwhile (then the host's value stays). The host's own threads see more
 frequent switches only while a wake runs.
+
+The short interval of a wake needs the GIL to be set, and so cannot help a
+thread that never gets it. CPython's waiting thread asks the holder to drop
+the GIL only after a whole interval without a hand-off; a main thread that
+computes in slices shorter than that and makes a system call between them (a
+busy asyncio loop polling with timeout 0, a loop that logs or stats files)
+drops the GIL voluntarily each time, wakes the waiter, and takes it back
+before the waiter runs: the waiter's interval starts over, and the control
+plane's thread (debugpy's too, the host's own) waits as long as that goes on
+(measured: no answer in 30 s beside 2 ms slices). Only an interval shorter
+than the slices ends it, so an operator may ask for one for the process's
+whole life (``DETRIX_SWITCH_INTERVAL``, :func:`keep_interval`).
 """
 
 from __future__ import annotations
@@ -18,7 +30,15 @@ from types import TracebackType
 
 from . import _native
 
-__all__ = ["WAKE_SWITCH_INTERVAL", "enter", "forget_after_fork", "leave", "quick_handoffs"]
+__all__ = [
+    "WAKE_SWITCH_INTERVAL",
+    "enter",
+    "forget_after_fork",
+    "keep_interval",
+    "leave",
+    "quick_handoffs",
+    "release_interval",
+]
 
 #: Switch interval (seconds) while a wake runs: 0.1 ms keeps a cold wake beside a
 #: CPU-bound host within a small multiple of the idle wake.
@@ -27,6 +47,8 @@ WAKE_SWITCH_INTERVAL = 0.0001
 _lock = _native.Lock()
 _holders = 0
 _saved: float | None = None
+#: (ours, the one before it) while ``DETRIX_SWITCH_INTERVAL`` holds the interval.
+_kept: tuple[float, float] | None = None
 
 
 def enter() -> None:
@@ -59,6 +81,43 @@ def leave() -> None:
             if abs(sys.getswitchinterval() - WAKE_SWITCH_INTERVAL) < 1e-6:
                 sys.setswitchinterval(_saved)
             _saved = None
+
+
+def keep_interval(seconds: float) -> None:
+    """The operator's ``DETRIX_SWITCH_INTERVAL``: this interval from now on.
+
+    Set at start-up, when they asked for it, and only then: it is the host's
+    scheduling, changed for the process's life, so it is never our default.
+    A wake's shorter interval comes and goes on top of it.
+    """
+    global _kept, _saved
+    with _lock:
+        before = _saved if _holders and _saved is not None else sys.getswitchinterval()
+        if _kept is not None:
+            before = _kept[1]  # a second start (init() after the hook): the host's stays first
+        sys.setswitchinterval(seconds)
+        ours = sys.getswitchinterval()  # as CPython rounded it
+        if _holders and _saved is not None:
+            # A wake holds the short interval now: its end puts ours back.
+            sys.setswitchinterval(WAKE_SWITCH_INTERVAL)
+            _saved = ours
+        _kept = (ours, before)
+
+
+def release_interval() -> None:
+    """At shutdown: the interval from before :func:`keep_interval`, unless someone changed it."""
+    global _kept, _saved
+    with _lock:
+        if _kept is None:
+            return
+        ours, before = _kept
+        _kept = None
+        if _holders and _saved is not None:
+            if abs(_saved - ours) < 1e-6:
+                _saved = before  # the running wake's end restores the host's
+            return
+        if abs(sys.getswitchinterval() - ours) < 1e-6:
+            sys.setswitchinterval(before)
 
 
 class quick_handoffs:  # lower case: reads like a function in ``with quick_handoffs():``

@@ -77,6 +77,10 @@ def start(settings: Settings, *, eager: bool = False, explicit: bool = False) ->
             from . import _log
 
             _log.configure(settings.log_level)
+        if settings.switch_interval is not None:
+            from . import _handoff
+
+            _handoff.keep_interval(settings.switch_interval)
         from .control.server import ControlServer
 
         server = ControlServer(settings.control_host, settings.control_port, _make_router)
@@ -165,11 +169,16 @@ def shutdown(*, only: ControlServer | None = None) -> None:
         if only is not None and _server is not only:
             return
         client, server, record = _client, _server, _record_path
+        kept = _settings is not None and _settings.switch_interval is not None
         _settings = _server = _client = _record_path = None
     if client is not None:
         client.shutdown()
     elif server is not None:
         server.close()
+    if kept:
+        from . import _handoff
+
+        _handoff.release_interval()
     if record is not None:
         from .discovery import remove_record
 

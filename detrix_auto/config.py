@@ -42,6 +42,9 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 START_STATES = ("sleeping", "warm", "awake")
 LOG_LEVELS = ("off", "error", "warning", "info", "debug")
 MAX_TIMEOUT = 3600.0
+#: ``DETRIX_SWITCH_INTERVAL`` bounds: the wake's own short interval, and CPython's default.
+MIN_SWITCH_INTERVAL = 0.0001
+MAX_SWITCH_INTERVAL = 0.005
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -66,6 +69,7 @@ _DEFAULTS: dict[str, Any] = {
     "log_level": "off",
     "discovery": True,
     "advertise_host": None,
+    "switch_interval": None,
     "notes": (),
 }
 
@@ -107,6 +111,9 @@ class Settings:
     #: The host the daemon is told to reach this process by (``DETRIX_HOST``),
     #: when that is not the address the debugger binds (containers, NAT).
     advertise_host: str | None
+    #: The GIL switch interval (seconds) the operator asked this process to run
+    #: with (``DETRIX_SWITCH_INTERVAL``), or None: the host's own stays.
+    switch_interval: float | None
     #: Warnings about accepted-but-odd values, for whoever starts the client to print.
     notes: tuple[str, ...]
 
@@ -219,19 +226,37 @@ def parse_port(value: object, label: str) -> int:
     return port
 
 
-def parse_timeout(value: object, label: str) -> float:
-    accepted = f"a number of seconds greater than 0 and at most {MAX_TIMEOUT:g}"
+def _seconds(value: object, label: str, accepted: str) -> float:
+    """A number (a bool is not one), or the variable's error naming what is accepted."""
     if isinstance(value, bool):
         raise _fail(label, value, accepted)
     try:
-        seconds = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+        return float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise _fail(label, value, accepted) from None
+
+
+def parse_timeout(value: object, label: str) -> float:
+    accepted = f"a number of seconds greater than 0 and at most {MAX_TIMEOUT:g}"
+    seconds = _seconds(value, label, accepted)
     if seconds <= 0:
         # The original client's wording, which users may grep their logs for.
         raise ConfigError(f"Invalid {label}={value!r}: Timeout must be positive ({accepted})")
     # NaN fails both comparisons, infinity fails the upper bound.
     if not 0 < seconds <= MAX_TIMEOUT:
+        raise _fail(label, value, accepted)
+    return seconds
+
+
+def parse_switch_interval(value: object, label: str) -> float:
+    """Seconds, within what CPython's scheduling needs here (see ``_handoff``)."""
+    accepted = (
+        f"a number of seconds from {MIN_SWITCH_INTERVAL:g} to {MAX_SWITCH_INTERVAL:g} "
+        "(Python's default switch interval), e.g. 0.0005"
+    )
+    seconds = _seconds(value, label, accepted)
+    # NaN fails both comparisons, infinity the upper one.
+    if not MIN_SWITCH_INTERVAL <= seconds <= MAX_SWITCH_INTERVAL:
         raise _fail(label, value, accepted)
     return seconds
 
@@ -443,6 +468,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "wake_retry_max": ("DETRIX_WAKE_RETRY_MAX", parse_timeout),
     "log_level": ("DETRIX_LOG_LEVEL", _choice(LOG_LEVELS)),
     "discovery": ("DETRIX_DISCOVERY", parse_bool),
+    "switch_interval": ("DETRIX_SWITCH_INTERVAL", parse_switch_interval),
 }
 
 #: The keyword arguments ``init()`` accepts.

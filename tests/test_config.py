@@ -56,6 +56,7 @@ def test_defaults_with_empty_environment(tmp_path):
         ("start_state", "WARM", "warm"),
         ("require_token", "1", True),
         ("log_level", "debug", "debug"),
+        ("switch_interval", "0.0005", 0.0005),
     ],
 )
 def test_every_variable_takes_effect(option, env_value, parsed):
@@ -270,6 +271,7 @@ def test_environment_parser_either_resolves_or_raises_config_error(env):
     assert 0 <= s.control_port <= 65535
     for timeout in (s.health_check_timeout, s.register_timeout, s.unregister_timeout):
         assert 0 < timeout <= 3600 and not math.isnan(timeout)
+    assert s.switch_interval is None or 0.0001 <= s.switch_interval <= 0.005
 
 
 # -- what code written for detrix-py 1.2.0 relies on ---------------------------------

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from detrix_auto import _handoff
 from detrix_auto._handoff import WAKE_SWITCH_INTERVAL, quick_handoffs
 
 
@@ -63,6 +64,40 @@ def test_an_exception_inside_still_restores():
     with pytest.raises(RuntimeError), quick_handoffs():
         raise RuntimeError("wake failed")
     assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_an_operators_interval_holds_between_wakes_and_goes_at_shutdown():
+    """``DETRIX_SWITCH_INTERVAL``: a wake's short interval comes and goes on top of it."""
+    sys.setswitchinterval(0.005)
+    _handoff.keep_interval(0.0005)
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        with quick_handoffs():
+            assert sys.getswitchinterval() == pytest.approx(WAKE_SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        _handoff.release_interval()
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_an_operators_interval_set_or_released_while_a_wake_runs_lands_after_it():
+    sys.setswitchinterval(0.005)
+    with quick_handoffs():
+        _handoff.keep_interval(0.0005)
+        assert sys.getswitchinterval() == pytest.approx(WAKE_SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
+    with quick_handoffs():
+        _handoff.release_interval()
+        assert sys.getswitchinterval() == pytest.approx(WAKE_SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_value_the_host_sets_over_the_operators_is_kept_at_shutdown():
+    sys.setswitchinterval(0.005)
+    _handoff.keep_interval(0.0005)
+    sys.setswitchinterval(0.002)
+    _handoff.release_interval()
+    assert sys.getswitchinterval() == pytest.approx(0.002)
 
 
 #: A host that computes without pause and reports, after every block, the block's

@@ -158,6 +158,10 @@ class Unreachable(CliError):
     """The control plane did not answer at all (refused, timed out, reset)."""
 
 
+class NoAnswer(Unreachable):
+    """Connected, but no answer came within the time limit."""
+
+
 class Unauthorized(CliError):
     """The control plane answered 401."""
 
@@ -227,7 +231,7 @@ def http_call(
     except ConnectionRefusedError:
         raise Unreachable(f"nothing listens at {base_url} (connection refused)") from None
     except TimeoutError:
-        raise Unreachable(f"{base_url} did not answer within {timeout:g}s") from None
+        raise NoAnswer(f"{base_url} did not answer within {timeout:g}s") from None
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise Unreachable(f"cannot talk to {base_url}: {reason}") from None
@@ -275,10 +279,14 @@ class Target:
         if self.record is not None and self.pid is not None:
             # Found through a record: only the record's own process gets a request.
             verify = functools.partial(verify_holder, pid=self.pid, url=self.url)
+        computed = MainThreadClock(self.pid) if self.pid is not None else None
         try:
             reply = http_call(
                 self.url, method, path, body, headers=headers, timeout=timeout, verify=verify
             )
+        except NoAnswer as exc:
+            why = computed.starving_why() if computed is not None else ""
+            raise NoAnswer(self._gone_message(str(exc)) + why) from None
         except Unreachable as exc:
             raise Unreachable(self._gone_message(str(exc))) from None
         if reply.status == 401 and headers and "invalid token" in reply.error:
@@ -305,6 +313,60 @@ class Target:
         if reply.status != 200 or not isinstance(reply.body, dict):
             die(f"{what} {self.label} failed: {reply.error}")
         return reply.body
+
+
+#: Share of a wait that a target's main thread spent on a CPU above which a
+#: control plane that did not answer is said to be crowded out by it.
+BUSY_SHARE = 0.6
+
+
+class MainThreadClock:
+    """How much of a wait a process's main thread spent computing (Linux ``/proc``).
+
+    Why: CPython gives the GIL to a waiting thread only after a whole switch
+    interval without a hand-off. A main thread that computes in short slices
+    with a system call between them hands it off voluntarily, takes it back
+    first, and so restarts that wait every time: the control plane's thread
+    may then never run (``_handoff`` has the details). A control plane that
+    did not answer while its main thread computed all along is told apart
+    from one that is stuck or gone, so that the advice is the right one.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.started = time.monotonic()
+        self.cpu = self._cpu_seconds()
+
+    def _cpu_seconds(self) -> float | None:
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/stat", "rb") as handle:
+                data = handle.read(4096)
+            fields = data[data.rindex(b")") + 2 :].split()
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
+            return ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None  # no /proc (not Linux), or the process is gone
+
+    def busy_share(self) -> float | None:
+        """CPU seconds of the main thread per second of wall time since the start."""
+        now, cpu = time.monotonic(), self._cpu_seconds()
+        elapsed = now - self.started
+        if self.cpu is None or cpu is None or elapsed < 0.5:
+            return None
+        return max(0.0, (cpu - self.cpu) / elapsed)
+
+    def starving_why(self) -> str:
+        """What to add to "did not answer" when the main thread computed all along, else ""."""
+        share = self.busy_share()
+        if share is None or share < BUSY_SHARE:
+            return ""
+        return (
+            f"; its main thread was computing for {min(share, 1.0):.0%} of that time, and a "
+            "main thread that computes in slices shorter than Python's switch interval (5 ms), "
+            "with a system call between them, can keep CPython from ever running the control "
+            "plane's thread: restart it with DETRIX_SWITCH_INTERVAL=0.0005 (or shorter, down "
+            "to 0.0001, for shorter slices), or retry while it is less busy"
+        )
 
 
 def running(pid: int) -> bool:
