@@ -30,6 +30,8 @@ __all__ = [
     "CliError",
     "ControlReply",
     "DAEMON_PROJECT",
+    "MainThreadClock",
+    "NoAnswer",
     "Target",
     "Unauthorized",
     "Unreachable",

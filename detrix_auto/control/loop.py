@@ -122,8 +122,17 @@ class Deferred:
 
 
 class EventLoop:
-    def __init__(self, listener: Any, listener_ident: tuple[int, int] | None, router: Any) -> None:
+    def __init__(
+        self,
+        listener: Any,
+        listener_ident: tuple[int, int] | None,
+        router: Any,
+        local: Any = None,
+    ) -> None:
         self._listener = listener
+        #: Our end of every connection when the listener is bound to one address
+        #: (not a wildcard): asked of the kernel once, not per connection.
+        self._local = local
         self._listener_ident = listener_ident
         self._listener_fd: int = listener.fileno()
         self._router = router
@@ -262,7 +271,7 @@ class EventLoop:
         ident = ident if ident is not None else fds.identity(sock)
         try:
             sock.setblocking(False)
-            local = sock.getsockname()
+            local = self._local if self._local is not None else sock.getsockname()
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             fds.release(sock, ident)

@@ -50,6 +50,8 @@ __all__ = ["ControlServer"]
 PAUSE_TIMEOUT = 0.25
 #: How long ``close()`` waits for a serving thread it could wake.
 CLOSE_TIMEOUT = 2.0
+#: Bind addresses that take connections on several of ours: each one's own end is asked.
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "::0"})
 
 # Phases of the serving thread, changed only under ``ControlServer._lock``.
 NEW = "new"  # bound, not started
@@ -80,7 +82,11 @@ class ControlServer:
         self._router: Any = None
         self._sock = self._bind(host, port)
         self._ident = fds.identity(self._sock)
-        self.port: int = self._sock.getsockname()[1]
+        bound = self._sock.getsockname()
+        self.port: int = bound[1]
+        #: Our end of each connection, when one address is bound: the loop then
+        #: need not ask the kernel for it at every connection.
+        self._local: Any = None if host in _WILDCARDS else bound
         self._lock = _native.Lock()
         self._phase = NEW
         self._loop: Any = None
@@ -183,12 +189,14 @@ class ControlServer:
                 else:
                     self._phase = SERVING  # a client that came during a fork
             self._wakeup_peer = None
+        fresh = False  # a connection accepted before a fork: looked at again before use
         while True:
             if first is None:
                 first = self._accept()
                 if first is None:
                     return
-            self._serve_connections(first)
+                fresh = True
+            self._serve_connections(first, fresh=fresh)
             first = None
             with self._lock:
                 if self._phase != SERVING:
@@ -244,7 +252,15 @@ class ControlServer:
             fds.release(sock, conn[2])
             return None
 
-    def _serve_connections(self, first: tuple[Any, Any, Any]) -> None:
+    def _serve_connections(self, first: tuple[Any, Any, Any], *, fresh: bool) -> None:
+        """Serve ``first`` and whatever comes while it is served.
+
+        ``fresh``: accepted a moment ago. When the first request's modules are
+        imported first, or the connection waited through a fork, the host had
+        time to close its number and open something else there: it is looked
+        at again before anything is done to it.
+        """
+        fresh = fresh and self._router is not None
         try:
             if self._router is None and "gevent.monkey" in sys.modules:
                 # What the first request imports must not race a gevent host's first hub.
@@ -255,17 +271,22 @@ class ControlServer:
 
             if self._router is None:
                 self._router = self._make_router()
-            loop = EventLoop(self._sock, self._ident, self._router)
+            loop = EventLoop(self._sock, self._ident, self._router, self._local)
         except BaseException:
             fds.release(first[0], first[2])
             raise
+        start: tuple[Any, Any, Any] | None = first
+        if not fresh and not fds.is_ours(first[0], first[2]):
+            fds.forget(first[0])  # the host's now: not ours to close
+            start = None
         with self._lock:
             if self._phase != SERVING:
-                fds.release(first[0], first[2])
+                if start is not None:
+                    fds.release(start[0], start[2])
                 return
             self._loop = loop
         try:
-            lost = loop.run(first)
+            lost = loop.run(start)
         finally:
             with self._lock:
                 self._loop = None
