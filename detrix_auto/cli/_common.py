@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
-from ..config import default_home, parse_path, parse_token, parse_url
+from ..config import MIN_SWITCH_INTERVAL, default_home, parse_path, parse_token, parse_url
 from ..discovery import candidate_dirs, iter_records, pid_alive
 from ..errors import ConfigError
 from ..token import TokenFileError, find_token_file, token_file_candidates
+from ._procfs import _proc_env
 
 __all__ = [
     "CliError",
@@ -362,13 +363,33 @@ class MainThreadClock:
         share = self.busy_share()
         if share is None or share < BUSY_SHARE:
             return ""
+        asked = (_proc_env(self.pid) or {}).get("DETRIX_SWITCH_INTERVAL", "").strip()
+        if not asked:
+            interval, way_out = (
+                "Python's switch interval (5 ms)",
+                "restart it with DETRIX_SWITCH_INTERVAL=0.0005 (or shorter, down to 0.0001, "
+                "for shorter slices)",
+            )
+        else:
+            interval = f"its switch interval (DETRIX_SWITCH_INTERVAL={asked})"
+            way_out = (
+                "restart it with a shorter DETRIX_SWITCH_INTERVAL (down to 0.0001)"
+                if _seconds_or_none(asked) not in (None, MIN_SWITCH_INTERVAL)
+                else "0.0001 is the shortest detrix-auto sets: make its main thread pause"
+            )
         return (
             f"; its main thread was computing for {min(share, 1.0):.0%} of that time, and a "
-            "main thread that computes in slices shorter than Python's switch interval (5 ms), "
-            "with a system call between them, can keep CPython from ever running the control "
-            "plane's thread: restart it with DETRIX_SWITCH_INTERVAL=0.0005 (or shorter, down "
-            "to 0.0001, for shorter slices), or retry while it is less busy"
+            f"main thread that computes in slices shorter than {interval}, with a system call "
+            "between them, can keep CPython from ever running the control plane's thread: "
+            f"{way_out}, or retry while it is less busy"
         )
+
+
+def _seconds_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def running(pid: int) -> bool:

@@ -13,9 +13,10 @@ One module per concern; each imports only those above it in this list::
     install         this interpreter: hook files (.pth, .start), sitecustomize, dependencies
     settings        the DETRIX_* variables of this shell
     daemon          the daemon, debugpy, the token, the discovery records
-    procfs          reading another process through /proc
     uninstrumented  a process with no record nor control plane: why it did not activate
     process         doctor PID: one process, by its record, its sockets or /proc
+
+``cli/_procfs.py`` reads another process through ``/proc`` for them.
 
 This module is the command: it runs the checks in the order of the report.
 """

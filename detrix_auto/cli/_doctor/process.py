@@ -25,9 +25,9 @@ from .._common import (
     live_records,
 )
 from .._control import FORK_LIMIT, forked_workers
+from .._procfs import _namespace, _parent_pid, _pid_in_own_namespace, _proc_env
 from .._sockets import Listener, listening_sockets, socket_inodes
 from .findings import Finding
-from .procfs import _namespace, _parent_pid, _pid_in_own_namespace, _proc_env
 from .uninstrumented import _check_uninstrumented
 
 #: At most this many listening sockets of one process are asked whether they are

@@ -20,9 +20,9 @@ from typing import Any
 from ...config import parse_enable, resolve
 from ...errors import ConfigError
 from .._common import shell_join
+from .._procfs import _proc_read, interpreter_flags
 from .._run import shim_dir
 from .findings import PROBE, Finding
-from .procfs import _proc_read, interpreter_flags
 
 
 def _check_uninstrumented(
