@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import math
@@ -157,6 +158,11 @@ APP = textwrap.dedent(
             cold(block)
             emit(block=block, loop=t1 - t0, calls=t2 - t1)
             block += 1
+    elif MODE == "slices":  # short slices, each followed by a system call (select on stdin)
+        n_loop = int(sys.argv[3])
+        emit(ready=True, **info)
+        while not stdin_closed():
+            loop_work(n_loop)
     elif MODE == "onrequest":  # one block per line on stdin: runs interleaved with others
         n_loop, n_calls = (int(x) for x in sys.argv[3].split(","))
         emit(ready=True, **info)
@@ -246,6 +252,17 @@ def same_cpu(*children: Child) -> None:
     for child in children:
         setaffinity(child.pid, {cpu})
 
+
+#: ``slices`` mode: iterations of the loop between two system calls (~2 ms).
+SLICE_LOOP = "10000"
+#: Seconds a status request beside such a host is given.
+SLICED_LIMIT = 5.0
+#: (row, implementation, extra environment) of the sliced host's status.
+SLICED_VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("detrix-auto", "auto", {}),
+    ("detrix-auto, DETRIX_SWITCH_INTERVAL=0.0005", "auto", {"DETRIX_SWITCH_INTERVAL": "0.0005"}),
+    ("detrix-py", "orig", {}),
+)
 
 #: The overhead row that compares a process after a sleep with itself before any wake.
 AFTER_VS_NEVER = "after sleep ÷ never woken, same process"
@@ -1100,6 +1117,9 @@ class Bench:
             for impl in impls:
                 self.overhead_run(impl, res, {})
                 self.busy_wake(impl)
+            for label, impl, extra in SLICED_VARIANTS:
+                if impl in impls:
+                    self.sliced_status(label, impl, **extra)
         for _ in range(malloc_runs):
             self.overhead_run("auto", res, {"PYTHONMALLOC": "malloc"})
         self.results["overhead"] = res
@@ -1250,6 +1270,28 @@ class Bench:
             return self.spawn("auto", "hook", mode, work, env=env)
         env = clean_env(BENCH_DAEMON_URL=daemon_url, **extra)
         return self.spawn("orig", "orig", mode, work, env=env)
+
+    def sliced_status(self, label: str, impl: str, **extra: str) -> None:
+        """GET /detrix/status of a sleeping process whose main thread computes in
+        ~2 ms slices with a system call between them (README, "Known limits")."""
+        sliced = self.results.setdefault("status_sliced", {})
+        with self.daemon() as devdaemon:
+            if impl == "auto":
+                env = self.hook_env(DETRIX_DAEMON_URL=devdaemon.url, **extra)
+                child = self.spawn("auto", "hook", "slices", SLICE_LOOP, env=env)
+            else:
+                env = clean_env(BENCH_DAEMON_URL=devdaemon.url, **extra)
+                child = self.spawn("orig", "orig", "slices", SLICE_LOOP, env=env)
+            url = self.control_url(child, child.next())
+            time.sleep(0.3)  # computing by now
+            try:
+                _, _, elapsed = request(url, "GET", "/detrix/status", timeout=SLICED_LIMIT)
+            except TimeoutError:
+                sliced.setdefault(f"{label} unanswered", []).append(1.0)
+            else:
+                sliced.setdefault(f"{label} unanswered", []).append(0.0)
+                sliced.setdefault(label, []).append(elapsed)
+            child.stop()
 
     def busy_wake(self, impl: str) -> None:
         """Wake and sleep while the host's main thread computes without pause."""
@@ -1752,7 +1794,34 @@ def report(bench: Bench | Measured, cfg: Config, elapsed: float) -> str:
             )
         )
         out.append("")
+    out += sliced_report(r)
     return "\n".join(out)
+
+
+def sliced_report(r: dict[str, Any]) -> list[str]:
+    """The status of a sleeping process beside a main thread computing in short slices."""
+    sliced = r.get("status_sliced", {})
+    rows = []
+    for label, _, _ in SLICED_VARIANTS:
+        tries = sliced.get(f"{label} unanswered", [])
+        if not tries:
+            continue
+        answered = sliced.get(label, [])
+        spread = (
+            f"{ms(median(answered))} ({ms(min(answered))}-{ms(max(answered))})" if answered else "-"
+        )
+        rows.append([label, f"{len(answered)} of {len(tries)}", spread])
+    if not rows:
+        return []
+    return [
+        "**GET /detrix/status beside a main thread that computes in ~2 ms slices with a "
+        "system call between them** (a fresh sleeping process each time, given "
+        f"{SLICED_LIMIT:g} s without a byte: CPython may never give another thread the GIL "
+        'there; README, "Known limits")',
+        "",
+        table(["", "answered", "ms of those answered, median (min-max)"], rows),
+        "",
+    ]
 
 
 DEFAULT_INTRO = """# Performance
@@ -1776,6 +1845,10 @@ BEGIN = "<!-- bench:{key}:begin -->"
 END = "<!-- bench:{key}:end -->"
 
 
+def _whole(block: str, _match: re.Match[str]) -> str:
+    return block
+
+
 def write_doc(sections: dict[str, str]) -> None:
     text = DOC.read_text() if DOC.exists() else DEFAULT_INTRO + "\n## Results\n\n"
     for key, body in sections.items():
@@ -1783,7 +1856,8 @@ def write_doc(sections: dict[str, str]) -> None:
         block = f"{begin}\n{body}\n{end}"
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if pattern.search(text):
-            text = pattern.sub(lambda _m, block=block: block, text)
+            # A function, not the text: the block's backslashes are not escapes.
+            text = pattern.sub(functools.partial(_whole, block), text)
         elif not re.fullmatch(r"py[\d.]+", key):
             # A table across Pythons: its own section, before the per-Python ones.
             heading = SUMMARY_HEADINGS.get(key, key)
