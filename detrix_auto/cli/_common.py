@@ -164,6 +164,9 @@ class Unreachable(CliError):
 class NoAnswer(Unreachable):
     """Connected, but no answer came within the time limit."""
 
+    #: The target's main thread computed for most of the wait (see :class:`MainThreadClock`).
+    starved = False
+
 
 class Unauthorized(CliError):
     """The control plane answered 401."""
@@ -289,7 +292,9 @@ class Target:
             )
         except NoAnswer as exc:
             why = computed.starving_why() if computed is not None else ""
-            raise NoAnswer(self._gone_message(str(exc)) + why) from None
+            error = NoAnswer(self._gone_message(str(exc)) + why)
+            error.starved = bool(why)
+            raise error from None
         except Unreachable as exc:
             raise Unreachable(self._gone_message(str(exc))) from None
         if reply.status == 401 and headers and "invalid token" in reply.error:

@@ -10,6 +10,7 @@ CLI in another process, nothing mocked.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -128,3 +129,18 @@ def test_the_clock_tells_a_computing_main_thread_from_a_waiting_one(tmp_path):
             proc.wait()
     gone = MainThreadClock(spinning.pid)
     assert gone.cpu is None and gone.starving_why() == ""
+
+
+def test_doctor_on_a_starving_host_points_at_the_interval_not_at_a_restart(spawn):
+    app = spawn(STARVING_APP)
+    time.sleep(0.3)
+    result = run_cli(app.home, "doctor", str(app.pid), "--json")
+    report = json.loads(result.stdout)
+    (control,) = [f for f in report["findings"] if f["check"] == "process-control"]
+    if control["level"] == "ok":
+        return  # it got its turn this time
+    assert control["level"] == "error"
+    if "its main thread was computing for" in control["text"]:
+        assert "shorter switch interval" in control["fix"]
+    else:  # computed less than the threshold (a loaded machine): the general advice
+        assert "restart it" in control["fix"]

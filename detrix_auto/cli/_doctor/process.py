@@ -17,6 +17,7 @@ from ...discovery import candidate_dirs, pid_alive
 from ...errors import ConfigError
 from .._common import (
     CliError,
+    NoAnswer,
     Target,
     Unauthorized,
     Unreachable,
@@ -227,13 +228,13 @@ def _check_control(target: Target, found: list[Finding]) -> dict[str, Any] | Non
         )
         return None
     except Unreachable as exc:
+        fix = (
+            "give it a shorter switch interval, as said above, or retry while it is less busy"
+            if isinstance(exc, NoAnswer) and exc.starved
+            else "the process may be busy, hung or exiting; if it stays so, restart it"
+        )
         found.append(
-            Finding(
-                "process-control",
-                "error",
-                f"its control plane does not answer: {exc}",
-                "the process may be busy, hung or exiting; if it stays so, restart it",
-            )
+            Finding("process-control", "error", f"its control plane does not answer: {exc}", fix)
         )
         return None
     if reply.status != 200 or not isinstance(reply.body, dict):
