@@ -371,16 +371,17 @@ class MainThreadClock:
         asked = (_proc_env(self.pid) or {}).get("DETRIX_SWITCH_INTERVAL", "").strip()
         if not asked:
             interval, way_out = (
-                "Python's switch interval (5 ms)",
+                "Python's switch interval (5 ms unless the application set another)",
                 "restart it with DETRIX_SWITCH_INTERVAL=0.0005 (or shorter, down to 0.0001, "
                 "for shorter slices)",
             )
         else:
             interval = f"its switch interval (DETRIX_SWITCH_INTERVAL={asked})"
+            value = _seconds_or_none(asked)
             way_out = (
-                "restart it with a shorter DETRIX_SWITCH_INTERVAL (down to 0.0001)"
-                if _seconds_or_none(asked) not in (None, MIN_SWITCH_INTERVAL)
-                else "0.0001 is the shortest detrix-auto sets: make its main thread pause"
+                "0.0001 is the shortest detrix-auto sets: make its main thread pause"
+                if value is not None and value <= MIN_SWITCH_INTERVAL
+                else "restart it with a shorter DETRIX_SWITCH_INTERVAL (down to 0.0001)"
             )
         return (
             f"; its main thread was computing for {min(share, 1.0):.0%} of that time, and a "

@@ -144,3 +144,34 @@ def test_doctor_on_a_starving_host_points_at_the_interval_not_at_a_restart(spawn
         assert "shorter switch interval" in control["fix"]
     else:  # computed less than the threshold (a loaded machine): the general advice
         assert "restart it" in control["fix"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "advice"),
+    [
+        (None, "restart it with DETRIX_SWITCH_INTERVAL=0.0005"),
+        ("0.0005", "restart it with a shorter DETRIX_SWITCH_INTERVAL"),
+        ("0.0001", "0.0001 is the shortest detrix-auto sets: make its main thread pause"),
+    ],
+)
+def test_the_advice_follows_the_interval_the_process_was_started_with(home, asked, advice):
+    from detrix_auto.cli._common import BUSY_SHARE, MainThreadClock
+
+    env = clean_env(home)
+    if asked is not None:
+        env["DETRIX_SWITCH_INTERVAL"] = asked  # read from /proc/PID/environ, nothing else
+    spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env)
+    try:
+        clock = MainThreadClock(spinning.pid)
+        time.sleep(1.0)
+        share = clock.busy_share()
+        why = clock.starving_why()
+    finally:
+        spinning.kill()
+        spinning.wait()
+    assert share is not None
+    if share < BUSY_SHARE:
+        assert why == ""  # a machine this loaded gave it less: no claim is made
+        return
+    assert why.startswith("; its main thread was computing for ")
+    assert advice in why
