@@ -376,7 +376,8 @@ class MainThreadClock:
                 "for shorter slices)",
             )
         else:
-            interval = f"its switch interval (DETRIX_SWITCH_INTERVAL={asked})"
+            # The process's own environment: shown escaped and short, never as given.
+            interval = f"its switch interval (DETRIX_SWITCH_INTERVAL={printable(asked[:40])})"
             value = _seconds_or_none(asked)
             way_out = (
                 "0.0001 is the shortest detrix-auto sets: make its main thread pause"

@@ -175,3 +175,23 @@ def test_the_advice_follows_the_interval_the_process_was_started_with(home, aske
         return
     assert why.startswith("; its main thread was computing for ")
     assert advice in why
+
+
+def test_the_interval_read_from_the_process_is_shown_escaped_and_short(home):
+    """A process's environment is its own text: it never reaches the terminal raw."""
+    from detrix_auto.cli._common import MainThreadClock
+
+    env = clean_env(home, DETRIX_SWITCH_INTERVAL="0.0005\x1b[2J\x1b]0;owned\x07\n" + "9" * 500)
+    spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env)
+    try:
+        clock = MainThreadClock(spinning.pid)
+        time.sleep(1.0)
+        why = clock.starving_why()
+    finally:
+        spinning.kill()
+        spinning.wait()
+    if not why:
+        return  # a loaded machine gave it too little CPU for any claim
+    assert "\x1b" not in why and "\n" not in why and "\x07" not in why
+    assert "9" * 50 not in why
+    assert "restart it with a shorter DETRIX_SWITCH_INTERVAL" in why
