@@ -1262,9 +1262,14 @@ class Bench:
             child.stop()
         self.results["forks"] = res
 
-    def spawn_impl(self, impl: str, mode: str, daemon_url: str, **extra: str) -> Child:
-        """detrix-auto (through its hook) or detrix-py (``init()``), told where the daemon is."""
-        work = "" if mode == "idle" else self.cfg.work
+    def spawn_impl(
+        self, impl: str, mode: str, daemon_url: str, work: str | None = None, **extra: str
+    ) -> Child:
+        """detrix-auto (through its hook) or detrix-py (``init()``), told where the daemon is.
+
+        ``work``: the mode's argument; the configured block by default."""
+        if work is None:
+            work = "" if mode == "idle" else self.cfg.work
         if impl == "auto":
             env = self.hook_env(DETRIX_DAEMON_URL=daemon_url, **extra)
             return self.spawn("auto", "hook", mode, work, env=env)
@@ -1276,12 +1281,7 @@ class Bench:
         ~2 ms slices with a system call between them (README, "Known limits")."""
         sliced = self.results.setdefault("status_sliced", {})
         with self.daemon() as devdaemon:
-            if impl == "auto":
-                env = self.hook_env(DETRIX_DAEMON_URL=devdaemon.url, **extra)
-                child = self.spawn("auto", "hook", "slices", SLICE_LOOP, env=env)
-            else:
-                env = clean_env(BENCH_DAEMON_URL=devdaemon.url, **extra)
-                child = self.spawn("orig", "orig", "slices", SLICE_LOOP, env=env)
+            child = self.spawn_impl(impl, "slices", devdaemon.url, SLICE_LOOP, **extra)
             url = self.control_url(child, child.next())
             time.sleep(0.3)  # computing by now
             try:

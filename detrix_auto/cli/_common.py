@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
-from ..config import MIN_SWITCH_INTERVAL, default_home, parse_path, parse_token, parse_url
+from ..config import (
+    MIN_SWITCH_INTERVAL,
+    default_home,
+    parse_path,
+    parse_switch_interval,
+    parse_token,
+    parse_url,
+)
 from ..discovery import candidate_dirs, iter_records, pid_alive
 from ..errors import ConfigError
 from ..token import TokenFileError, find_token_file, token_file_candidates
@@ -378,10 +385,15 @@ class MainThreadClock:
         else:
             # The process's own environment: shown escaped and short, never as given.
             interval = f"its switch interval (DETRIX_SWITCH_INTERVAL={printable(asked[:40])})"
-            value = _seconds_or_none(asked)
+            try:
+                shortest = parse_switch_interval(asked, "DETRIX_SWITCH_INTERVAL") <= (
+                    MIN_SWITCH_INTERVAL
+                )
+            except ConfigError:
+                shortest = False  # not a value it could have started with: say "shorter"
             way_out = (
                 "0.0001 is the shortest detrix-auto sets: make its main thread pause"
-                if value is not None and value <= MIN_SWITCH_INTERVAL
+                if shortest
                 else "restart it with a shorter DETRIX_SWITCH_INTERVAL (down to 0.0001)"
             )
         return (
@@ -390,13 +402,6 @@ class MainThreadClock:
             "between them, can keep CPython from ever running the control plane's thread: "
             f"{way_out}, or retry while it is less busy"
         )
-
-
-def _seconds_or_none(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def running(pid: int) -> bool:

@@ -403,7 +403,7 @@ class EventLoop:
     # -- workers ----------------------------------------------------------------
 
     def _submit(self, conn: Connection, job: Deferred) -> None:
-        if self._wake_r is None and not self._wake_tried:
+        if not self._wake_tried:
             # Only a worker needs it, so a status request never pays for it: five
             # system calls, each a wait for the GIL beside a host that computes.
             self._wake_tried = True
