@@ -319,3 +319,33 @@ def test_a_wake_still_running_when_the_loop_stops_gives_the_interval_back():
         listener.close()
     assert _handoff._holders == 0
     assert sys.getswitchinterval() == before
+
+
+def test_a_connection_whose_number_the_host_reused_while_it_waited_is_left_alone():
+    """The host closes the number of a connection we accepted (``closerange``) while
+    our thread waits (the first request's imports, a fork) and opens a pipe there:
+    the control plane must neither set the pipe non-blocking nor close it."""
+    import os
+
+    from detrix_auto.control import fds
+    from detrix_auto.control import server as control_server
+
+    srv = control_server.ControlServer("127.0.0.1", 0, lambda: object())
+    client = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    fd, peer = srv._sock._accept()
+    accepted = socket.socket(fileno=fd)
+    ident = fds.identity(accepted)
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(read_end, fd)  # the host's pipe now has our connection's number
+        srv._phase = control_server.SERVING  # as if this thread had accepted it
+        srv._serve_connections((accepted, peer, ident), fresh=False)
+        assert os.get_blocking(fd), "the host's pipe was set non-blocking"
+        os.write(write_end, b"x")
+        assert os.read(fd, 1) == b"x", "the host's pipe was closed or read"
+    finally:
+        accepted.detach()
+        for number in (fd, read_end, write_end):
+            os.close(number)
+        client.close()
+        srv.close()
