@@ -134,6 +134,7 @@ def call_soon_in_main(func: Callable[[], object]) -> bool:
             return True  # the pending call queued or running now runs it too
         _soon_pending[0] = True
     _wait_until_main_left_ours()
+    _native.wait_for_ended_threads()
     # Not under the lock: 3.13 may run the call at once, inside Py_AddPendingCall.
     if _add_pending_call():
         return True
@@ -193,6 +194,41 @@ def forget_after_fork() -> None:
     _soon_lock = _native.Lock()
     del _soon[:]
     _soon_pending[0] = False
+    _native.forget_ending_after_fork()
+
+
+#: At most this long an OS thread of ours, as it ends, waits for our pending call.
+ENDING_WAIT = 2.0
+
+
+def _until_ours_ran(bound: float = ENDING_WAIT) -> None:
+    """3.11, an OS thread of ours as it ends: until no pending call of ours is queued
+    or running (at most ``bound`` seconds; see :data:`_PENDING_CALL_SPIN`)."""
+    if not _soon_pending[0]:
+        return
+    import time
+
+    deadline = time.monotonic() + bound
+    while _soon_pending[0] and time.monotonic() < deadline:
+        _native.sleep(0.001)
+
+
+#: CPython 3.11 only: while the main thread runs a pending call of ours and is traced
+#: (pydevd's tracer, a coverage tool), another pending call queued meanwhile leaves the
+#: eval breaker set, and the main thread then spins for ever at its next Python
+#: function call (3.11's traced function entry checks the eval breaker and comes back
+#: to itself; 3.10 and 3.12+ move on). Our own calls never overlap (one at a time);
+#: greenlet queues one whenever a thread that used it dies, and under gevent every
+#: thread that imports uses it. Seen as a gevent app's main thread at 100% CPU for
+#: good, no logpoint ever reporting, in 2% of first wakes under load (the wake's own
+#: threads ended while its call ran). Two guards on 3.11: our pending call runs with
+#: tracing paused for this thread (an untraced function entry moves on), and an OS
+#: thread of ours does not end while a call of ours is queued or running, nor is one
+#: queued while a thread of ours is ending (``_native``), which also covers the
+#: call's first instruction, before the pause.
+_PENDING_CALL_SPIN = sys.version_info[:2] == (3, 11)
+if _PENDING_CALL_SPIN:
+    _native.exit_barriers.append(_until_ours_ran)
 
 
 def _run_soon() -> None:
@@ -209,6 +245,7 @@ def _run_soon() -> None:
     _main_ident[0] = _native.get_ident()
     done: list[Callable[[], object]] = []
     later = sys.version_info >= (3, 13)
+    hold = _pause[0] if _pause else None
     for _ in range(_MAX_ROUNDS):
         with _soon_lock:
             ready = [func for func in _soon if not (later and func in done)]
@@ -225,6 +262,10 @@ def _run_soon() -> None:
                 func()
             except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
                 pass
+            if hold is not None:  # a tracer func() set (the wake's) waits for the end
+                tstate = hold.current()
+                hold.leave(tstate)
+                hold.enter(tstate)
     else:
         again = True  # a function that keeps asking: at a later pending call
     if again and not _add_pending_call():
@@ -241,15 +282,65 @@ def _make_trampoline(func: Callable[[], object]) -> object:
     import ctypes
 
     callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+    if _PENDING_CALL_SPIN and not _pause:
+        _pause.append(_tracing_pause())
+    hold = _pause[0] if _pause else None
 
     def trampoline(_arg: object) -> int:
+        # C calls only until the pause holds: a Python call here would be a traced one.
+        if hold is not None:
+            hold.enter(hold.current())
         try:
             func()
         except BaseException:  # noqa: BLE001, S110 - must not raise in the main thread
             pass
+        finally:
+            if hold is not None:
+                hold.leave(hold.current())
         return 0
 
     return callback_type(trampoline)
+
+
+class _Pause:
+    """ctypes functions: this thread's state, and pausing and resuming its tracing."""
+
+    __slots__ = ("current", "enter", "leave")
+
+    def __init__(
+        self, current: Callable[[], int], enter: Callable[[int], None], leave: Callable[[int], None]
+    ) -> None:
+        self.current = current
+        self.enter = enter
+        self.leave = leave
+
+
+def _tracing_pause() -> _Pause:
+    """3.11: tracing of the main thread paused while our pending call runs.
+
+    ``PyThreadState_EnterTracing`` is what CPython does around a trace call: the
+    thread's events reach no tracer or profiler, and its evaluation loop leaves
+    the traced path. ctypes function objects of our own (``pythonapi[...]``, not
+    the shared attributes others may set types on), taking a C argument: calling
+    them runs no Python function. A tracer set under the pause (the wake's) takes
+    effect when it ends.
+    """
+    import ctypes
+
+    api = ctypes.pythonapi
+    current = api["PyThreadState_Get"]
+    current.restype = ctypes.c_void_p
+    current.argtypes = []
+    enter = api["PyThreadState_EnterTracing"]
+    leave = api["PyThreadState_LeaveTracing"]
+    for function in (enter, leave):
+        function.restype = None
+        function.argtypes = [ctypes.c_void_p]
+    return _Pause(current, enter, leave)
+
+
+#: The one :class:`_Pause` (3.11), made with the trampoline, outside the main thread.
+_pause: list[_Pause] = []
 
 
 #: The code of our pending call: seen on the main thread's stack while it runs.

@@ -47,6 +47,7 @@ __all__ = [
     "sleep",
     "socket_class",
     "start_new_thread",
+    "wait_for_ended_threads",
 ]
 
 
@@ -314,6 +315,65 @@ def Thread(target: Callable[..., object], name: str, args: tuple[Any, ...] = ())
     return _OSThread(target, name, args)
 
 
+#: Run by each OS thread of ours (:class:`_OSThread`) as it ends, before it lets go of
+#: anything; registered by ``_mainthread`` on 3.11 only (why: :func:`wait_for_ended_threads`).
+exit_barriers: list[Callable[[], None]] = []
+#: Native ids of our OS threads that passed their barriers and are ending now.
+_ending: set[int] = set()
+
+
+def wait_for_ended_threads(bound: float = 0.2) -> None:
+    """Until each OS thread of ours that was ending has ended, at most ``bound`` seconds.
+
+    A thread that used greenlet (under gevent every import of ours takes a gevent
+    lock, which gives the thread a greenlet state) has greenlet queue a pending call
+    as it dies, after the Python part of it ended (``join()`` has returned by then).
+    On 3.11 a pending call queued while the main thread runs one of ours makes
+    CPython spin for ever at the next Python function call there (``_mainthread``):
+    so before ours is queued, the threads of ours that were ending are let finish.
+    Gone means gone from ``/proc/self/task``; where there is none, nothing is waited.
+    """
+    if not _ending:
+        return
+    import os
+
+    deadline = None
+    while True:
+        for tid in list(_ending):
+            if not os.path.exists(f"/proc/self/task/{tid}"):
+                _ending.discard(tid)
+        if not _ending:
+            return
+        import time
+
+        now = time.monotonic()
+        deadline = deadline if deadline is not None else now + bound
+        if now > deadline:
+            _ending.clear()  # not seen in practice; a thread stuck in its end is not waited again
+            return
+        sleep(0.001)
+
+
+def forget_ending_after_fork() -> None:
+    """In a forked child: the parent's ending threads are not in this process."""
+    _ending.clear()
+
+
+def _thread_ends() -> None:
+    """The last thing an OS thread of ours does: the barriers, then "ending"."""
+    if not exit_barriers:
+        return
+    for barrier in list(exit_barriers):
+        try:
+            barrier()
+        except Exception:  # noqa: BLE001, S110 - a barrier only delays; it must not throw
+            pass
+    try:
+        _ending.add(original("_thread", "get_native_id")())
+    except Exception:  # noqa: BLE001, S110 - no native ids here: nothing to wait for
+        pass
+
+
 class _OSThread:
     """Just what our callers use of a thread: start, join, is_alive, name, marks."""
 
@@ -344,6 +404,7 @@ class _OSThread:
 
             traceback.print_exc()
         finally:
+            _thread_ends()
             self._done.release()
 
     def is_alive(self) -> bool:
