@@ -53,9 +53,14 @@ def _private_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path, home: Path) -> Iterator[Any]:
-    """Start an untouched script with DETRIX_ENABLE=1; returns an :class:`App`."""
+def spawn(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> Iterator[Any]:
+    """Start an untouched script with DETRIX_ENABLE=1; returns an :class:`App`.
+
+    The apps run with ``PYTHONFAULTHANDLER=1``: when the test fails, each app still
+    running is asked for every thread's stack (:func:`pytest_runtest_makereport`).
+    """
     apps: list[App] = []
+    request.node.detrix_apps = apps
 
     def start(
         source: str = SAMPLE_APP,
@@ -66,7 +71,7 @@ def spawn(tmp_path: Path, home: Path) -> Iterator[Any]:
         name: str = "app.py",
     ) -> App:
         script = write_script(tmp_path / name, source)
-        full_env = clean_env(home, DETRIX_ENABLE="1")
+        full_env = clean_env(home, DETRIX_ENABLE="1", PYTHONFAULTHANDLER="1")
         full_env.update(env or {})
         proc = subprocess.Popen(
             [python or sys.executable, str(script), *args],
@@ -85,6 +90,23 @@ def spawn(tmp_path: Path, home: Path) -> Iterator[Any]:
     yield start
     for app in apps:
         app.kill()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's apps that still run: every thread's stack, in the report.
+
+    A hung main thread or a lost logpoint shows up as a timeout in the test; the
+    stacks say where the app was (CI's rare failures could not be rerun).
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for app in getattr(item, "detrix_apps", ()):
+        stacks = app.stacks()
+        if stacks:
+            report.sections.append((f"app {app.pid}: every thread's stack at the failure", stacks))
 
 
 @pytest.fixture

@@ -266,6 +266,19 @@ class App:
             out, err = self.proc.communicate()
         return out, err
 
+    def stacks(self, limit: int = 12000) -> str:
+        """Every thread's stack, if the app still runs (it must have faulthandler on,
+        as ``spawn``'s apps do): SIGABRT, which faulthandler answers with them before
+        the process ends. Returns the end of its stderr; "" if it had ended."""
+        if self.proc.poll() is not None:
+            return ""
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):
+            return ""
+        return (err or "")[-limit:]
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
