@@ -58,14 +58,17 @@ def record(home: Path, pid: int, timeout: float = 20.0) -> dict[str, Any]:
     raise SystemExit(f"no discovery record from pid {pid}")
 
 
-def enabled_app(work: Path, source: str, **popen: Any) -> tuple[subprocess.Popen[Any], Path, Path]:
+def enabled_app(
+    work: Path, source: str, env_extra: dict[str, str] | None = None, **popen: Any
+) -> tuple[subprocess.Popen[Any], Path, Path]:
     """``source`` written to ``work/app.py`` and started with ``DETRIX_ENABLE=1`` and a
-    private ``DETRIX_HOME`` (``work/home``); returns the process, the home, the script."""
+    private ``DETRIX_HOME`` (``work/home``), plus ``env_extra``; returns the process,
+    the home, the script."""
     home = work / "home"
     home.mkdir(mode=0o700)
     script = work / "app.py"
     script.write_text(source)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETRIX_")}
-    env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home))
+    env.update(DETRIX_ENABLE="1", DETRIX_HOME=str(home), **(env_extra or {}))
     proc = subprocess.Popen([sys.executable, str(script)], env=env, **popen)
     return proc, home, script
