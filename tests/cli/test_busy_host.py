@@ -120,7 +120,9 @@ def test_the_clock_tells_a_computing_main_thread_from_a_waiting_one(tmp_path):
         clocks = MainThreadClock(spinning.pid), MainThreadClock(waiting.pid)
         time.sleep(1.0)
         busy, idle = (clock.busy_share() for clock in clocks)
-        assert busy is not None and busy > 0.3  # a shared CI machine gives it less than 1
+        # A loaded CI machine gave the spinning one 0.30 of a CPU (4 suites on 2 cores):
+        # the claim is the difference, not a share.
+        assert busy is not None and busy > 0.1
         assert idle is not None and idle < 0.1
         assert clocks[1].starving_why() == ""
     finally:

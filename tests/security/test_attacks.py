@@ -380,24 +380,35 @@ def test_every_wake_and_sleep_leaves_an_audit_line(ours):
         ),
         ("/detrix/sleep", {"Via": "1.1 proxy"}, "uid=? auth=none outcome=refused (unauthorized)"),
     ]
+    # The app serves the whole module: only what it writes from here on is this test's,
+    # and each connection stays open to the end, so that no two share a client port
+    # (CI once found another test's line under a reused port).
+    before = len(app.stderr())
     seen = []
-    for path, headers, expect in cases:
-        body = "{}" if path.endswith("wake") else None
-        data = build_request(
-            "POST", path, host=f"127.0.0.1:{ours.port}", headers=headers, body=body
-        )
-        with socket.create_connection(ours.address, timeout=15) as sock:
+    held = []
+    try:
+        for path, headers, expect in cases:
+            body = "{}" if path.endswith("wake") else None
+            data = build_request(
+                "POST", path, host=f"127.0.0.1:{ours.port}", headers=headers, body=body
+            )
+            sock = socket.create_connection(ours.address, timeout=15)
+            held.append(sock)
             port = sock.getsockname()[1]
             sock.sendall(data)
             reply = b""
             while chunk := sock.recv(65536):
                 reply += chunk
-        parse_responses(reply)
-        seen.append((port, path.rsplit("/", 1)[1], expect))
+            parse_responses(reply)
+            seen.append((port, path.rsplit("/", 1)[1], expect))
+    finally:
+        for sock in held:
+            sock.close()
     for port, verb, expect in seen:
 
         def lines(port: int = port) -> list[str]:
-            return [line for line in app.stderr().splitlines() if f"peer=127.0.0.1:{port} " in line]
+            written = app.stderr()[before:]
+            return [line for line in written.splitlines() if f"peer=127.0.0.1:{port} " in line]
 
         found = wait_until(lines, timeout=5)
         assert len(found) == 1, f"expected one audit line for {verb} from port {port}: {found}"
