@@ -197,22 +197,6 @@ def forget_after_fork() -> None:
     _native.forget_ending_after_fork()
 
 
-#: At most this long an OS thread of ours, as it ends, waits for our pending call.
-ENDING_WAIT = 2.0
-
-
-def _until_ours_ran(bound: float = ENDING_WAIT) -> None:
-    """3.11, an OS thread of ours as it ends: until no pending call of ours is queued
-    or running (at most ``bound`` seconds; see :data:`_PENDING_CALL_SPIN`)."""
-    if not _soon_pending[0]:
-        return
-    import time
-
-    deadline = time.monotonic() + bound
-    while _soon_pending[0] and time.monotonic() < deadline:
-        _native.sleep(0.001)
-
-
 #: CPython 3.11 only: while the main thread runs a pending call of ours and is traced
 #: (pydevd's tracer, a coverage tool), another pending call queued meanwhile leaves the
 #: eval breaker set, and the main thread then spins for ever at its next Python
@@ -222,13 +206,13 @@ def _until_ours_ran(bound: float = ENDING_WAIT) -> None:
 #: thread that imports uses it. Seen as a gevent app's main thread at 100% CPU for
 #: good, no logpoint ever reporting, in 2% of first wakes under load (the wake's own
 #: threads ended while its call ran). Two guards on 3.11: our pending call runs with
-#: tracing paused for this thread (an untraced function entry moves on), and an OS
-#: thread of ours does not end while a call of ours is queued or running, nor is one
-#: queued while a thread of ours is ending (``_native``), which also covers the
-#: call's first instruction, before the pause.
+#: tracing paused for this thread (an untraced function entry moves on), and it is not
+#: queued while an OS thread of ours is still ending (``_native``), which covers the
+#: call's first instruction, before the pause (the listen() helper ends just before
+#: the wake's call is queued).
 _PENDING_CALL_SPIN = sys.version_info[:2] == (3, 11)
 if _PENDING_CALL_SPIN:
-    _native.exit_barriers.append(_until_ours_ran)
+    _native.track_ending_threads[0] = True
 
 
 def _run_soon() -> None:

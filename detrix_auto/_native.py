@@ -315,10 +315,10 @@ def Thread(target: Callable[..., object], name: str, args: tuple[Any, ...] = ())
     return _OSThread(target, name, args)
 
 
-#: Run by each OS thread of ours (:class:`_OSThread`) as it ends, before it lets go of
-#: anything; registered by ``_mainthread`` on 3.11 only (why: :func:`wait_for_ended_threads`).
-exit_barriers: list[Callable[[], None]] = []
-#: Native ids of our OS threads that passed their barriers and are ending now.
+#: Whether OS threads of ours note their native id as they end (set by ``_mainthread`` on
+#: 3.11 only; why: :func:`wait_for_ended_threads`).
+track_ending_threads = [False]
+#: Native ids of our OS threads whose Python part has ended.
 _ending: set[int] = set()
 
 
@@ -360,18 +360,19 @@ def forget_ending_after_fork() -> None:
 
 
 def _thread_ends() -> None:
-    """The last thing an OS thread of ours does: the barriers, then "ending"."""
-    if not exit_barriers:
+    """The last thing an OS thread of ours does: note itself as ending (3.11)."""
+    if not track_ending_threads[0]:
         return
-    for barrier in list(exit_barriers):
-        try:
-            barrier()
-        except Exception:  # noqa: BLE001, S110 - a barrier only delays; it must not throw
-            pass
     try:
         _ending.add(original("_thread", "get_native_id")())
-    except Exception:  # noqa: BLE001, S110 - no native ids here: nothing to wait for
-        pass
+    except Exception:  # noqa: BLE001 - no native ids here: nothing to wait for
+        return
+    if len(_ending) > 32:  # no call of ours was queued for a while: forget the gone ones
+        import os
+
+        _ending.difference_update(
+            [tid for tid in list(_ending) if not os.path.exists(f"/proc/self/task/{tid}")]
+        )
 
 
 class _OSThread:
