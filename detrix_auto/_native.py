@@ -349,7 +349,7 @@ def wait_for_ended_threads(bound: float = 0.2) -> None:
         now = time.monotonic()
         deadline = deadline if deadline is not None else now + bound
         if now > deadline:
-            _ending.clear()  # not seen in practice; a thread stuck in its end is not waited again
+            _ending.clear()  # a thread stuck in its end is waited for this once only
             return
         sleep(0.001)
 
