@@ -40,6 +40,7 @@ __all__ = [
     "gevent_patched",
     "gevent_patched_modules",
     "get_ident",
+    "os_thread_gone",
     "original",
     "poll",
     "select",
@@ -315,6 +316,18 @@ def Thread(target: Callable[..., object], name: str, args: tuple[Any, ...] = ())
     return _OSThread(target, name, args)
 
 
+def os_thread_gone(native_id: int) -> bool:
+    """Has this process's OS thread ``native_id`` ended? (True where no ``/proc`` tells:
+    then nothing else counts OS threads either.)"""
+    import os
+
+    try:
+        os.stat(f"/proc/self/task/{native_id}")
+    except OSError:
+        return True
+    return False
+
+
 #: Whether OS threads of ours note their native id as they end (set by ``_mainthread`` on
 #: 3.11 only; why: :func:`wait_for_ended_threads`).
 track_ending_threads = [False]
@@ -335,13 +348,9 @@ def wait_for_ended_threads(bound: float = 0.2) -> None:
     """
     if not _ending:
         return
-    import os
-
     deadline = None
     while True:
-        for tid in list(_ending):
-            if not os.path.exists(f"/proc/self/task/{tid}"):
-                _ending.discard(tid)
+        _ending.difference_update([tid for tid in list(_ending) if os_thread_gone(tid)])
         if not _ending:
             return
         import time
@@ -368,11 +377,7 @@ def _thread_ends() -> None:
     except Exception:  # noqa: BLE001 - no native ids here: nothing to wait for
         return
     if len(_ending) > 32:  # no call of ours was queued for a while: forget the gone ones
-        import os
-
-        _ending.difference_update(
-            [tid for tid in list(_ending) if not os.path.exists(f"/proc/self/task/{tid}")]
-        )
+        _ending.difference_update([tid for tid in list(_ending) if os_thread_gone(tid)])
 
 
 class _OSThread:

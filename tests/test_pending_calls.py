@@ -174,3 +174,22 @@ def test_without_the_pause_the_same_app_is_held_on_3_11(tmp_path, who):
     Should a 3.11 release stop spinning, this fails, and the guards may go."""
     pytest.importorskip("gevent", reason="gevent is not installed for this Python")
     assert _run_ending_thread_app(tmp_path, who, "pause", timeout=8) is None
+
+
+def test_the_wait_for_our_ending_threads_is_bounded_when_one_never_leaves(monkeypatch):
+    """A thread that stays in /proc (stuck in its end, or an id the kernel reused) costs
+    one bounded wait, and is not waited for again; one that is gone costs nothing."""
+    import time
+
+    from detrix_auto import _native
+
+    monkeypatch.setattr(_native, "_ending", {_native.original("_thread", "get_native_id")()})
+    started = time.monotonic()
+    _native.wait_for_ended_threads(bound=0.2)
+    assert 0.2 <= time.monotonic() - started < 2.0
+    assert not _native._ending  # given up on, not waited for at the next call
+    monkeypatch.setattr(_native, "_ending", {2**22 + 12345})  # above any pid_max: no such task
+    started = time.monotonic()
+    _native.wait_for_ended_threads(bound=5.0)
+    assert time.monotonic() - started < 0.5
+    assert not _native._ending

@@ -376,13 +376,8 @@ class ControlServer:
         self._running.release()
         # Its Python part is over (we hold the GIL again); the OS thread ends
         # within microseconds: poll, yielding the CPU to it meanwhile.
-        task = f"/proc/self/task/{self._native_id}"
         yield_cpu = getattr(os, "sched_yield", None) or (lambda: _native.sleep(0))
-        while True:
-            try:
-                os.stat(task)
-            except OSError:
-                break  # gone (or no /proc: then nothing counts OS threads either)
+        while not _native.os_thread_gone(self._native_id):
             if time.monotonic() > deadline:
                 return False
             yield_cpu()
